@@ -1,0 +1,95 @@
+"""Checkpoint files: SPEC §4 ``<run>/<e>.pth.tar`` and safe loading.
+
+Loading always uses ``torch.load(..., weights_only=True)``: a file that would need to execute code
+(an arbitrary pickle) is refused with a clear error.
+"""
+from __future__ import annotations
+
+import pickle
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .atomic import save_torch
+from .cli import UserError
+
+EPOCH_FILE = re.compile(r"^(\d+)\.pth\.tar$")
+
+
+def checkpoint_path(run: Path, epoch: int) -> Path:
+    return Path(run) / f"{epoch}.pth.tar"
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` atomically (temporary file + ``os.replace``)."""
+    save_torch(Path(path), state)
+
+
+def load_checkpoint(path: Path, flag: str = "checkpoint") -> dict[str, Any]:
+    """Load a torch checkpoint safely; any failure is a UserError that names ``flag`` and the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{flag}: {path} does not exist or is not a file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
+        raise UserError(f"{flag}: {path} was refused by the safe loader (weights_only=True): {first}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise UserError(f"{flag}: {path} is not a readable torch checkpoint "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{flag}: {path} holds a {type(obj).__name__}, not a checkpoint dict")
+    return obj
+
+
+def state_dict_of(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The model weights of a checkpoint (``state_dict`` key, or the dict itself), ``module.`` stripped."""
+    sd = ckpt.get("state_dict", ckpt)
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError("no tensor state_dict inside")
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def load_weights(model: nn.Module, path: Path, arch: str, flag: str = "checkpoint") -> dict[str, Any]:
+    """Load the weights in ``path`` into ``model`` strictly; a mismatch names keys and shapes."""
+    ckpt = load_checkpoint(path, flag)
+    try:
+        sd = state_dict_of(ckpt)
+    except ValueError:
+        raise UserError(f"{flag}: {path} is not a kdq/torch model checkpoint (no state_dict)") from None
+    check_fits(model, sd, arch, f"{flag}: {path}")
+    model.load_state_dict(sd)
+    return ckpt
+
+
+def check_fits(model: nn.Module, sd: dict[str, torch.Tensor], arch: str, where: str) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in sd and sd[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s) (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s) (e.g. {unexpected[0]})")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatch(es) (e.g. {shapes[0]}, file vs model)")
+        raise UserError(f"{where} does not fit --arch {arch}: " + "; ".join(parts))
+
+
+def num_classes_of(sd: dict[str, torch.Tensor], arch_fc3_weight: str) -> int:
+    """The number of classes a checkpoint was trained for, read from its fc3 weight."""
+    return int(sd[arch_fc3_weight].shape[0])
+
+
+def list_checkpoints(run: Path) -> dict[int, Path]:
+    """``{epoch: path}`` of the ``<e>.pth.tar`` files in ``run``, sorted by epoch."""
+    found = {int(m.group(1)): p for p in Path(run).iterdir() if (m := EPOCH_FILE.match(p.name))}
+    return dict(sorted(found.items()))

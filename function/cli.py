@@ -1,0 +1,90 @@
+"""Command-line plumbing shared by every stage script.
+
+* :class:`Parser` — an ``argparse.ArgumentParser`` whose errors are one line on stderr, status 2.
+* :class:`UserError` — raised for bad input anywhere; :func:`run` turns it into that one line.
+* :func:`run` — ``__main__`` of every script: parse, set up logging, call ``main``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+log = logging.getLogger("kdq")
+
+
+class UserError(Exception):
+    """Bad input: reported as one line on stderr with exit status 2 (traceback only with --debug)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """ArgumentParser with one-line errors and ``--debug``; defaults shown in ``--help``."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.add_argument("--debug", action="store_true",
+                          help="show the full traceback instead of a one-line error")
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
+
+
+def run(get_parser: Callable[[], argparse.ArgumentParser], main: Callable[[argparse.Namespace], object],
+        argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv``, run ``main`` and map :class:`UserError` (and a few obvious I/O errors) to exit 2."""
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        main(args)
+    except (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
+        if getattr(args, "debug", False):
+            raise
+        msg = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+        sys.stderr.write(f"{parser.prog}: error: {msg}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{parser.prog}: interrupted; rerun with --resume to continue\n")
+        return 130
+    return 0
+
+
+def setup_logging(rank: int = 0) -> None:
+    level = logging.INFO if rank == 0 else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
+                        force=True)
+
+
+def existing_dir(flag: str, path: Path) -> Path:
+    """``path`` if it is a directory, else a UserError naming ``flag``."""
+    if not path.exists():
+        raise UserError(f"{flag}: {path} does not exist")
+    if not path.is_dir():
+        raise UserError(f"{flag}: {path} is not a directory")
+    return path
+
+
+def existing_file(flag: str, path: Path) -> Path:
+    if not path.exists():
+        raise UserError(f"{flag}: {path} does not exist")
+    if not path.is_file():
+        raise UserError(f"{flag}: {path} is not a file")
+    return path
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value

@@ -1,0 +1,110 @@
+"""The folder dataset of SPEC §4: ``<root>/<split>/<class>/<image>`` with masks at
+``<root>/seg/<split>/<class>/<stem>.png`` (a mask pixel > 0 is foreground)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from .cli import UserError
+from .runtime import derive_seed
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
+
+
+class MaskedImageFolder(Dataset):
+    """Images of one split; ``dataset[i]`` → (image tensor, label); ``mask(i)`` → bool (H, W) or None.
+
+    ``names[i]`` is the image path relative to the split root (e.g. ``003.Sooty/img_1.jpg``), the
+    form used by the sigma stage's name lists.  ``require_masks`` makes a missing mask a UserError.
+    """
+
+    def __init__(self, root: Path, split: str, transform: Callable | None = None,
+                 require_masks: bool = False, classes: list[str] | None = None):
+        self.root, self.split, self.transform = Path(root), split, transform
+        if not self.root.is_dir():
+            raise UserError(f"--data: dataset root {self.root} does not exist or is not a directory")
+        self.split_dir = self.root / split
+        if not self.split_dir.is_dir():
+            found = sorted(p.name for p in self.root.iterdir() if p.is_dir() and p.name != "seg")
+            raise UserError(f"--split: {self.split_dir} not found (splits here: {', '.join(found) or 'none'})")
+        self.classes = classes if classes is not None else sorted(
+            p.name for p in self.split_dir.iterdir() if p.is_dir())
+        if not self.classes:
+            raise UserError(f"--data: {self.split_dir} has no class folders")
+        self.samples: list[tuple[str, int]] = []
+        for label, cls in enumerate(self.classes):
+            folder = self.split_dir / cls
+            files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS) \
+                if folder.is_dir() else []
+            if not files:
+                raise UserError(f"--data: class folder {folder} has no images")
+            self.samples += [(f"{cls}/{p.name}", label) for p in files]
+        self.names = [name for name, _ in self.samples]
+        self.targets = [label for _, label in self.samples]
+        if require_masks:
+            self.check_masks()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def image_path(self, i: int) -> Path:
+        return self.split_dir / self.samples[i][0]
+
+    def mask_path(self, i: int) -> Path:
+        return self.root / "seg" / self.split / Path(self.samples[i][0]).with_suffix(".png")
+
+    def load_image(self, i: int) -> Image.Image:
+        with Image.open(self.image_path(i)) as img:
+            return img.convert("RGB")
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        img = self.load_image(i)
+        return (self.transform(img) if self.transform else img), self.samples[i][1]
+
+    def mask(self, i: int) -> np.ndarray | None:
+        path = self.mask_path(i)
+        if not path.is_file():
+            return None
+        with Image.open(path) as m:
+            return np.asarray(m.convert("L")) > 0
+
+    def check_masks(self) -> None:
+        missing = [self.names[i] for i in range(len(self)) if not self.mask_path(i).is_file()]
+        if missing:
+            raise UserError(f"--data: {len(missing)} image(s) of split {self.split!r} have no mask under "
+                            f"{self.root / 'seg' / self.split} (first: {missing[0]})")
+
+    def index_of(self, name: str) -> int:
+        if not hasattr(self, "_index"):
+            self._index = {n: i for i, n in enumerate(self.names)}
+        if name not in self._index:
+            raise UserError(f"--data: image {name!r} is not in split {self.split!r} of {self.root}")
+        return self._index[name]
+
+
+class SeededTransform(Dataset):
+    """Apply a random transform with a torch RNG seeded by (seed, epoch, index).
+
+    The augmentation of a sample then depends neither on the DataLoader's workers nor on the rank
+    that loads it, so a run is reproducible and resumable, and 1 or N processes see the same data.
+    """
+
+    def __init__(self, base: MaskedImageFolder, transform: Callable, seed: int):
+        self.base, self.transform, self.seed, self.epoch = base, transform, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        img, label = self.base[i]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(self.seed, self.epoch, i))
+            return self.transform(img), label

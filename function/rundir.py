@@ -1,0 +1,98 @@
+"""Run folders: refuse to overwrite results, record what produced them (``run.json``)."""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .atomic import write_json
+from .cli import UserError
+
+RUN_JSON = "run.json"
+
+
+def prepare_out(out: Path, resume: bool, overwrite: bool, flag: str = "--out") -> bool:
+    """Make ``out`` ready. Returns True when an earlier run there should be resumed.
+
+    A folder holding files is refused unless ``--resume`` (continue it) or ``--overwrite`` (remove a
+    kdq run first; a folder that is not a kdq run is never removed).
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{flag}: {out} exists and is not a directory")
+    has_files = out.is_dir() and any(out.iterdir())
+    if not has_files:
+        out.mkdir(parents=True, exist_ok=True)
+        return False
+    if resume:
+        return True
+    if overwrite:
+        if not (out / RUN_JSON).is_file():
+            raise UserError(f"{flag}: {out} is not empty and holds no {RUN_JSON}; refusing to delete it "
+                            "with --overwrite (remove it yourself)")
+        shutil.rmtree(out)
+        out.mkdir(parents=True)
+        return False
+    state = read_run_json(out).get("status", "unknown")
+    raise UserError(f"{flag}: {out} already holds results (status: {state}); "
+                    "pass --resume to continue it or --overwrite to replace it")
+
+
+def read_run_json(folder: Path) -> dict[str, Any]:
+    try:
+        return json.loads((Path(folder) / RUN_JSON).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def describe(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+
+
+class RunRecord:
+    """``run.json``: command line, settings, versions, git commit, status and wall time."""
+
+    def __init__(self, out: Path, stage: str, args: argparse.Namespace, extra: dict[str, Any] | None = None):
+        self.path = Path(out) / RUN_JSON
+        self.start = time.time()
+        previous = read_run_json(out)
+        self.data: dict[str, Any] = {
+            "stage": stage,
+            "status": "running",
+            "command": [Path(sys.argv[0]).name] + sys.argv[1:],
+            "settings": describe(args),
+            "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                         "numpy": np.__version__},
+            "git_commit": git_commit(),
+            "wall_time_s": previous.get("wall_time_s", 0.0),
+            **(extra or {}),
+        }
+
+    def update(self, **fields: Any) -> None:
+        self.data.update(fields)
+
+    def save(self, status: str | None = None) -> None:
+        if status:
+            self.data["status"] = status
+        now = time.time()
+        self.data["wall_time_s"] = round(self.data["wall_time_s"] + now - self.start, 3)
+        self.start = now
+        write_json(self.path, self.data)

@@ -1,0 +1,97 @@
+"""Devices, seeds and torch.distributed (torchrun) set-up.
+
+Distributed runs are launched with ``torchrun``; :func:`init_distributed` reads ``RANK``,
+``WORLD_SIZE`` and ``LOCAL_RANK`` from the environment, so the scripts need no flag for it.
+Backend: NCCL on CUDA, gloo on CPU.  Rank 0 is the only writer (:func:`is_main`).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .cli import UserError
+
+log = logging.getLogger("kdq")
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` → CUDA when available else CPU; ``cuda`` without CUDA is a UserError."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+        if name == "cuda":
+            name = f"cuda:{local_rank}"
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise UserError(f"--device {name}: {exc}") from None
+
+
+def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
+    """Initialise the process group when launched by torchrun; return the rank info and the device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_name, local)
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend)
+    return Dist(rank, world, local), device
+
+
+def cleanup_distributed() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def seed_everything(seed: int) -> None:
+    """Seed ``random``, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed that depends only on ``parts`` (e.g. (seed, epoch, rank) or (seed, image, ckpt))."""
+    ss = np.random.SeedSequence([int(p) for p in parts])
+    return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def set_deterministic(enabled: bool) -> None:
+    """Opt-in deterministic algorithms (slower on CUDA); cuDNN autotuning off."""
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True

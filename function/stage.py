@@ -1,0 +1,68 @@
+"""Start-up shared by the training stages (train_net, distillation, supplement): common flags,
+dataset splits, distributed init, seeding and the run folder."""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from .datasets import MaskedImageFolder
+from .rundir import RunRecord, prepare_out, read_run_json
+from .cli import UserError
+from .runtime import barrier, init_distributed, seed_everything, set_deterministic
+from .transforms import TRAIN_TRANSFORMS, eval_transform
+from models import ArchInfo, arch_info
+
+log = logging.getLogger("kdq")
+
+
+def add_common_training_args(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by train_net and distillation: data, run folder, runtime."""
+    g = parser.add_argument_group("data")
+    g.add_argument("--data", type=Path, required=True, help="dataset root (<root>/<split>/<class>/<image>)")
+    g.add_argument("--split", default="train", help="training split")
+    g.add_argument("--val-split", default="val", help="validation split ('none' to skip validation)")
+    g.add_argument("--augment", choices=sorted(TRAIN_TRANSFORMS), default="standard",
+                   help="training transform: standard (resize, random crop, h-flip), heavy (supplement), none")
+    g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    r = parser.add_argument_group("run")
+    r.add_argument("--out", type=Path, required=True, help="run folder to write")
+    r.add_argument("--checkpoints", nargs="+", default=["paper"], metavar="E",
+                   help="epochs to save as <e>.pth.tar, or 'paper' for SPEC's schedule scaled to --epochs")
+    r.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling and augmentation")
+    r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (torchrun sets the local GPU)")
+    r.add_argument("--deterministic", action="store_true", help="use deterministic algorithms (slower on CUDA)")
+    r.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
+    r.add_argument("--overwrite", action="store_true", help="delete the run in --out and start again")
+
+
+def load_splits(args, size: int) -> tuple[MaskedImageFolder, MaskedImageFolder | None]:
+    train = MaskedImageFolder(args.data, args.split)
+    val = None
+    if args.val_split != "none":
+        val = MaskedImageFolder(args.data, args.val_split, transform=eval_transform(size), classes=train.classes)
+    return train, val
+
+
+def arch_or_error(name: str, flag: str = "--arch") -> ArchInfo:
+    """The registry entry of ``name``; an unknown name is a one-line error listing the known ones."""
+    try:
+        return arch_info(name)
+    except KeyError as exc:
+        raise UserError(f"{flag}: {exc}") from None
+
+
+def setup(args, stage: str):
+    """Shared start of a training stage: distributed init, seeding, output folder, run record."""
+    ctx, device = init_distributed(args.device)
+    set_deterministic(args.deterministic)
+    resume = prepare_out(args.out, args.resume, args.overwrite) if ctx.is_main else args.resume
+    barrier()
+    if resume and read_run_json(args.out).get("status") == "complete":
+        log.info("%s already holds a complete run; nothing to do", args.out)
+        return ctx, device, None
+    record = RunRecord(args.out, stage, args, {"world_size": ctx.world_size})
+    seed_everything(args.seed)
+    return ctx, device, record
+
+

@@ -1,0 +1,139 @@
+"""The model registry.
+
+``MODELS`` maps an architecture name to its builder, ``ARCHS`` to what the stages need to know
+about it (family, input size, layer taps), and :func:`build_model` is the one way in::
+
+    model = build_model("vgg_tiny", num_classes=8)
+    tap = TAPS["vgg_tiny"]["conv"]            # Tap(node=..., weight=...)
+    feature = truncated(model, tap)(images)   # pre-activation, layers above never run
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .resnet import RESNET_TAPS, build_resnet_tiny, build_torchvision_resnet
+from .taps import LAYERS, Tap, analysed_weight, params_up_to, truncated
+from .vgg import TinyFeatures, build_torchvision_vgg, build_vgg_tiny, vgg_taps
+from torchvision import models as tvm
+
+__all__ = ["ARCHS", "LAYERS", "MODELS", "TAPS", "ArchInfo", "Tap", "analysed_weight", "build_model",
+           "arch_info", "feature_fn", "params_up_to", "truncated", "load_pretrained"]
+
+
+@dataclass(frozen=True)
+class ArchInfo:
+    family: str  # "vgg", "alexnet" or "resnet": picks the SPEC defaults (λ, fine-tune lr, m̂ rule)
+    input_size: int  # S: the side of the square input
+    taps: dict[str, Tap]
+    new_head: tuple[str, ...]  # state_dict prefixes a pretrained torchvision backbone does not provide
+
+
+def _tv_vgg_taps(arch: str) -> dict[str, Tap]:
+    features = getattr(tvm, arch)(weights=None).features
+    return vgg_taps(features, (0, 3, 6))
+
+
+_VGG_HEAD = ("classifier.6.",)
+_RESNET_HEAD = ("fc.", "features.")
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "alexnet": partial(build_torchvision_vgg, "alexnet"),
+    "vgg11": partial(build_torchvision_vgg, "vgg11"),
+    "vgg16": partial(build_torchvision_vgg, "vgg16"),
+    "vgg16_bn": partial(build_torchvision_vgg, "vgg16_bn"),
+    "vgg19": partial(build_torchvision_vgg, "vgg19"),
+    "resnet18": partial(build_torchvision_resnet, "resnet18"),
+    "resnet50": partial(build_torchvision_resnet, "resnet50"),
+    "resnet101": partial(build_torchvision_resnet, "resnet101"),
+    "resnet152": partial(build_torchvision_resnet, "resnet152"),
+    "vgg_tiny": build_vgg_tiny,
+    "vgg_tiny_bn": partial(build_vgg_tiny, batch_norm=True),
+    "resnet_tiny": build_resnet_tiny,
+}
+
+ARCHS: dict[str, ArchInfo] = {
+    "alexnet": ArchInfo("alexnet", 227, vgg_taps(tvm.alexnet(weights=None).features, (1, 4, 6)), _VGG_HEAD),
+    **{a: ArchInfo("vgg", 224, _tv_vgg_taps(a), _VGG_HEAD) for a in ("vgg11", "vgg16", "vgg16_bn", "vgg19")},
+    **{a: ArchInfo("resnet", 224, RESNET_TAPS, _RESNET_HEAD)
+       for a in ("resnet18", "resnet50", "resnet101", "resnet152")},
+    "vgg_tiny": ArchInfo("vgg", 64, vgg_taps(TinyFeatures((16, 32, 64, 64)), (0, 3, 6)), _VGG_HEAD),
+    "vgg_tiny_bn": ArchInfo("vgg", 64, vgg_taps(TinyFeatures((16, 32, 64, 64), batch_norm=True), (0, 3, 6)),
+                            _VGG_HEAD),
+    "resnet_tiny": ArchInfo("resnet", 64, RESNET_TAPS, _RESNET_HEAD),
+}
+
+TAPS: dict[str, dict[str, Tap]] = {name: info.taps for name, info in ARCHS.items()}
+
+
+class UnknownArch(KeyError):
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def arch_info(name: str) -> ArchInfo:
+    if name not in ARCHS:
+        raise UnknownArch(f"unknown architecture {name!r}; known: {', '.join(sorted(MODELS))}")
+    return ARCHS[name]
+
+
+def build_model(name: str, num_classes: int, pretrained: str | Path | None = None,
+                dropout: float | None = None) -> nn.Module:
+    """Build a registered architecture with fresh SPEC §0 weights (seed torch before calling).
+
+    ``pretrained`` is a local torchvision-format state dict of the backbone (never downloaded);
+    the head/extra block the backbone lacks keeps its fresh initialisation.  ``dropout`` None keeps
+    the architecture's default (0.5).
+    """
+    arch_info(name)
+    kwargs = {} if dropout is None else {"dropout": dropout}
+    model = MODELS[name](num_classes=num_classes, **kwargs)
+    if pretrained is not None:
+        load_pretrained(model, name, Path(pretrained))
+    return model
+
+
+def load_pretrained(model: nn.Module, name: str, path: Path) -> None:
+    """Load a torchvision-format state dict into ``model.net``; raise ValueError naming bad keys."""
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained weights not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable or unsafe file is reported the same way
+        raise ValueError(f"{path} is not a readable torch state dict ({type(exc).__name__})") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    new = ARCHS[name].new_head
+    own = model.net.state_dict()
+    usable, problems = {}, []
+    for key, value in state.items():
+        key = key.removeprefix("module.")
+        if key.startswith(new):
+            continue  # replaced by the paper's head: keep the fresh initialisation
+        if key not in own:
+            problems.append(f"unexpected key {key}")
+        elif own[key].shape != value.shape:
+            problems.append(f"{key}: file {tuple(value.shape)} vs model {tuple(own[key].shape)}")
+        else:
+            usable[key] = value
+    missing = [k for k in own if k not in usable and not k.startswith(new)]
+    problems += [f"missing key {k}" for k in missing]
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; ... ({len(problems)} problems)" if len(problems) > 5 else "")
+        raise ValueError(f"{path} does not fit {name}: {shown}")
+    model.net.load_state_dict(usable, strict=False)
+
+
+def feature_fn(model: nn.Module, arch: str, layer: str) -> nn.Module:
+    """The truncated forward of ``model`` at ``layer`` (pre-activation output)."""
+    info = arch_info(arch)
+    if layer not in info.taps:
+        raise KeyError(f"unknown layer {layer!r}; choose from {', '.join(LAYERS)}")
+    return truncated(model, info.taps[layer])

@@ -1,0 +1,179 @@
+"""The registry: every architecture builds, its taps read the right tensors, and checkpoints of the
+original code (``module.``-prefixed, SPEC §0 names) load."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torchvision import models as tvm
+
+from function.checkpoint import load_weights
+from function.cli import UserError
+from models import ARCHS, LAYERS, MODELS, TAPS, analysed_weight, build_model, feature_fn, load_pretrained, params_up_to
+from models.resnet import ResNetKD
+
+SMALL = 64  # every architecture accepts 64 px (adaptive pooling), which keeps the paper nets cheap
+
+
+def _module(model: nn.Module, path: str) -> nn.Module:
+    return dict(model.named_modules())[path]
+
+
+def hand_forward(model: nn.Module, arch: str, layer: str, x: torch.Tensor) -> torch.Tensor:
+    """The pre-activation output at ``layer`` computed by hand from the architecture's structure."""
+    node = TAPS[arch][layer].node
+    idx = int(node.rsplit(".", 1)[1])
+    if isinstance(model, ResNetKD):
+        n = model.net
+        h = n.maxpool(n.relu(n.bn1(n.conv1(x))))
+        h = n.layer4(n.layer3(n.layer2(n.layer1(h))))
+        if layer == "conv":
+            return _first(model.features, idx)(h)
+        h = torch.flatten(n.avgpool(model.features(h)), 1)
+        return _first(n.fc, idx)(h)
+    net = model.net
+    if layer == "conv":
+        return _first(net.features, idx)(x)
+    h = torch.flatten(net.avgpool(net.features(x)), 1)
+    return _first(net.classifier, idx)(h)
+
+
+def _first(seq: nn.Sequential, idx: int) -> nn.Sequential:
+    """Modules 0..idx of a Sequential, as a plain Sequential."""
+    return nn.Sequential(*list(seq)[: idx + 1])
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def built(request):
+    torch.manual_seed(0)
+    model = build_model(request.param, num_classes=5).eval()
+    return request.param, model
+
+
+def test_forward_gives_logits(built):
+    arch, model = built
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, SMALL, SMALL))
+    assert out.shape == (2, 5)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_tap_matches_hand_forward_and_full_forward(built, layer):
+    arch, model = built
+    x = torch.randn(2, 3, SMALL, SMALL)
+    captured = {}
+    hook = _module(model, TAPS[arch][layer].node).register_forward_hook(
+        lambda m, i, o: captured.setdefault("out", o.detach().clone()))
+    with torch.no_grad():
+        truncated_out = feature_fn(model, arch, layer)(x)
+        model(x)
+        hand = hand_forward(model, arch, layer, x)
+    hook.remove()
+    torch.testing.assert_close(truncated_out, hand)
+    torch.testing.assert_close(truncated_out, captured["out"])
+    assert (truncated_out < 0).any(), "a pre-activation tap should see negative values"
+
+
+def test_fc3_is_the_logits(built):
+    arch, model = built
+    x = torch.randn(2, 3, SMALL, SMALL)
+    with torch.no_grad():
+        torch.testing.assert_close(feature_fn(model, arch, "fc3")(x), model(x))
+
+
+def test_analysed_weights_exist_and_belong_to_the_tapped_module(built):
+    arch, model = built
+    sd = model.state_dict()
+    for layer in LAYERS:
+        tap = TAPS[arch][layer]
+        assert tap.weight in sd
+        w = analysed_weight(model, tap)
+        assert w.dim() in (2, 4)
+        assert tap.weight in params_up_to(model, tap)
+
+
+def test_truncated_forward_uses_only_layers_up_to_the_tap(built):
+    arch, model = built
+    names = params_up_to(model, TAPS[arch]["fc1"])
+    assert TAPS[arch]["fc1"].weight in names
+    assert TAPS[arch]["fc2"].weight not in names and TAPS[arch]["fc3"].weight not in names
+    conv_names = params_up_to(model, TAPS[arch]["conv"])
+    assert TAPS[arch]["fc1"].weight not in conv_names
+
+
+def test_backward_reaches_every_parameter():
+    torch.manual_seed(0)
+    for arch in ("vgg_tiny", "vgg_tiny_bn", "resnet_tiny"):
+        model = build_model(arch, num_classes=3)
+        model(torch.randn(4, 3, 64, 64)).sum().backward()
+        assert all(p.grad is not None for p in model.parameters()), arch
+
+
+def test_unknown_arch_lists_known_ones():
+    with pytest.raises(KeyError, match="vgg16"):
+        build_model("vgg17", num_classes=3)
+
+
+def test_initialisation_follows_spec():
+    torch.manual_seed(0)
+    model = build_model("vgg11", num_classes=10)
+    fc = model.net.classifier[0]
+    assert abs(fc.weight.std().item() - 0.01) < 1e-3 and fc.bias.abs().max() == 0
+    conv = model.net.features[0]
+    assert conv.bias.abs().max() == 0
+    expected = (2.0 / (conv.out_channels * 9)) ** 0.5  # kaiming normal, fan_out, relu
+    assert abs(conv.weight.std().item() - expected) / expected < 0.15
+
+
+def test_seeded_builds_are_identical():
+    a = (torch.manual_seed(3), build_model("resnet_tiny", 4))[1]
+    b = (torch.manual_seed(3), build_model("resnet_tiny", 4))[1]
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)
+
+
+def test_original_code_checkpoint_loads(tmp_path):
+    """A state dict in the original naming (DataParallel ``module.`` prefix) loads strictly."""
+    torch.manual_seed(1)
+    source = build_model("resnet18", num_classes=7)
+    sd = {f"module.{k}": v for k, v in source.state_dict().items()}
+    assert any(k.startswith("module.features.3.") for k in sd) and "module.net.fc.6.weight" in sd
+    torch.save({"epoch": 3, "state_dict": sd, "best_acc1": 12.5, "optimizer": {}}, tmp_path / "3.pth.tar")
+    torch.manual_seed(2)
+    target = build_model("resnet18", num_classes=7)
+    load_weights(target, tmp_path / "3.pth.tar", "resnet18")
+    for k, v in source.state_dict().items():
+        assert torch.equal(target.state_dict()[k], v)
+
+
+def test_checkpoint_of_another_arch_is_refused(tmp_path):
+    torch.save({"state_dict": build_model("vgg_tiny", 4).state_dict()}, tmp_path / "0.pth.tar")
+    with pytest.raises(UserError, match="does not fit --arch resnet_tiny"):
+        load_weights(build_model("resnet_tiny", 4), tmp_path / "0.pth.tar", "resnet_tiny")
+
+
+def test_pretrained_backbone_keeps_weights_and_fresh_head(tmp_path):
+    torch.manual_seed(5)
+    tv = tvm.vgg11(weights=None)  # torchvision format, 1000 classes
+    torch.save(tv.state_dict(), tmp_path / "vgg11.pth")
+    torch.manual_seed(6)
+    model = build_model("vgg11", num_classes=4, pretrained=tmp_path / "vgg11.pth")
+    assert torch.equal(model.net.features[0].weight, tv.features[0].weight)
+    assert torch.equal(model.net.classifier[0].weight, tv.classifier[0].weight)
+    assert model.net.classifier[6].weight.shape == (4, 4096)
+
+
+def test_pretrained_with_wrong_keys_is_refused(tmp_path):
+    torch.save(tvm.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
+    with pytest.raises(ValueError, match="does not fit vgg11"):
+        load_pretrained(build_model("vgg11", 4), "vgg11", tmp_path / "r18.pth")
+    with pytest.raises(FileNotFoundError):
+        load_pretrained(build_model("vgg11", 4), "vgg11", tmp_path / "absent.pth")
+
+
+def test_every_arch_has_a_family_and_input_size():
+    for name, info in ARCHS.items():
+        assert info.family in {"vgg", "alexnet", "resnet"}
+        assert set(info.taps) == set(LAYERS)
+        assert info.input_size in (64, 224, 227)

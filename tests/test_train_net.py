@@ -1,0 +1,115 @@
+"""train_net.py: SPEC §4 files, exact resume, and one-line errors for bad input."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from function.checkpoint import list_checkpoints, load_checkpoint
+from function.engine import EpochLoop
+from function.schedule import paper_schedule, resolve_checkpoints
+from tests.conftest import run_script
+
+SCRIPT = "train_net/train_net.py"
+
+
+def train(data, out, *extra, epochs=2):
+    return run_script(SCRIPT, "--arch", "vgg_tiny", "--data", data, "--split", "train", "--val-split", "val",
+                      "--epochs", epochs, "--batch-size", 4, "--device", "cpu", "--out", out, *extra)
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_run_writes_spec_layout(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    assert train(tiny_data, out, "--checkpoints", "0", "1", "2") == 0
+    assert list(list_checkpoints(out)) == [0, 1, 2]
+    ckpt = load_checkpoint(out / "2.pth.tar")
+    assert {"epoch", "state_dict", "best_acc1", "optimizer"} <= set(ckpt)
+    assert ckpt["epoch"] == 2
+    wd = np.load(out / "weight_diff.npy", allow_pickle=False)
+    assert wd.shape == (4, 3) and np.all(wd[:, 0] == 0) and np.all(wd[:, 1:] > 0)
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "complete" and record["settings"]["epochs"] == 2
+    log = json.loads((out / "train_log.json").read_text())
+    assert [row["epoch"] for row in log] == [1, 2] and "val_acc1" in log[0]
+    assert (out / "train_log.csv").read_text().startswith("epoch,")
+    # epoch 0 is the initialisation, so it differs from epoch 2
+    w0 = load_checkpoint(out / "0.pth.tar")["state_dict"]
+    assert not torch.equal(w0["net.classifier.0.weight"], ckpt["state_dict"]["net.classifier.0.weight"])
+
+
+def test_resume_after_interruption_is_exact(tiny_data, tmp_path, monkeypatch):
+    full = tmp_path / "full"
+    assert train(tiny_data, full, "--checkpoints", "0", "1", "2", "3", epochs=3) == 0
+    part = tmp_path / "part"
+    original = EpochLoop._one_epoch
+
+    def interrupted(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(EpochLoop, "_one_epoch", interrupted)
+    assert train(tiny_data, part, "--checkpoints", "0", "1", "2", "3", epochs=3) == 130
+    monkeypatch.setattr(EpochLoop, "_one_epoch", original)
+    assert list(list_checkpoints(part)) == [0, 1]
+    assert train(tiny_data, part, "--checkpoints", "0", "1", "2", "3", "--resume", epochs=3) == 0
+    for e in (0, 1, 2, 3):
+        a = load_checkpoint(full / f"{e}.pth.tar")["state_dict"]
+        b = load_checkpoint(part / f"{e}.pth.tar")["state_dict"]
+        for k in a:
+            assert torch.equal(a[k], b[k]), (e, k)
+    assert np.array_equal(np.load(full / "weight_diff.npy"), np.load(part / "weight_diff.npy"))
+
+
+def test_finished_run_is_not_overwritten(tiny_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train(tiny_data, out, "--checkpoints", "1", epochs=1) == 0
+    before = (out / "1.pth.tar").read_bytes()
+    capsys.readouterr()
+    assert train(tiny_data, out, epochs=1) == 2
+    assert "--resume" in one_error_line(capsys)
+    assert (out / "1.pth.tar").read_bytes() == before
+    assert train(tiny_data, out, "--resume", epochs=1) == 0  # complete: nothing to do
+    assert train(tiny_data, out, "--overwrite", "--checkpoints", "0", epochs=1) == 0
+    assert list(list_checkpoints(out)) == [0]
+
+
+@pytest.mark.parametrize("case", ["arch", "root", "split", "device", "checkpoints", "pretrained", "batch"])
+def test_bad_input_is_one_line_exit_2(case, tiny_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = {"arch": ("--arch", "vgg17"), "root": ("--data", tmp_path / "nope"), "split": ("--split", "nosplit"),
+            "device": ("--device", "cuda"), "checkpoints": ("--checkpoints", "7"),
+            "pretrained": ("--pretrained", tmp_path / "garbage.pth"), "batch": ("--batch-size", "0")}[case]
+    if case == "device" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    (tmp_path / "garbage.pth").write_text("not a checkpoint")
+    base = {"--arch": "vgg_tiny", "--data": tiny_data, "--split": "train", "--epochs": 1, "--device": "cpu",
+            "--out": out, "--val-split": "val"}
+    base[args[0]] = args[1]
+    argv = [str(x) for kv in base.items() for x in kv]
+    code = run_script(SCRIPT, *argv) if case != "batch" else None
+    if case == "batch":
+        with pytest.raises(SystemExit) as exc:
+            run_script(SCRIPT, *argv)
+        code = exc.value.code
+    assert code == 2
+    line = one_error_line(capsys)
+    assert "error" in line
+    assert not out.exists() or not any(out.glob("*.pth.tar"))
+
+
+def test_paper_schedule_scales():
+    assert paper_schedule(150) == [0, 2, 5, 10, 15, 20, 25, 30, 40, 50, 70, 90, 110, 130, 150]
+    assert paper_schedule(400)[-7:] == [170, 190, 240, 280, 320, 360, 400]
+    assert paper_schedule(15) == [0, 1, 2, 3, 4, 5, 7, 9, 11, 13, 15]
+    assert resolve_checkpoints(["3", "1"], 5) == [1, 3]
+    with pytest.raises(ValueError):
+        resolve_checkpoints(["9"], 5)

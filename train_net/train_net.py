@@ -1,0 +1,99 @@
+"""Stage 1: train a teacher or a label net and record checkpoints plus per-layer weight distances.
+
+    python train_net/train_net.py --arch vgg_tiny --data data/embedded --split train --epochs 30 --out runs/label
+
+Writes ``<out>/<e>.pth.tar`` for every scheduled epoch (0 = initialisation), ``weight_diff.npy``
+(4, epochs+1), ``train_log.{json,csv}``, ``run.json``; ``train_state.pth.tar`` lets ``--resume``
+continue an interrupted run exactly.  Runs under ``torchrun`` unchanged (DDP, rank 0 writes).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from function.cli import Parser, UserError, positive_float, positive_int, run
+from function.datasets import SeededTransform
+from function.engine import EpochLoop, eval_loader, evaluate, log_spaced_lr, train_loader
+from function.runtime import cleanup_distributed
+from function.schedule import resolve_checkpoints
+from function.stage import add_common_training_args, arch_or_error, load_splits, setup
+from function.transforms import TRAIN_TRANSFORMS
+from function.weight_distance import WeightDistance
+from models import MODELS, build_model
+
+log = logging.getLogger("kdq")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = Parser(description=__doc__.split("\n\n")[0])
+    m = p.add_argument_group("model")
+    m.add_argument("--arch", required=True, help=f"architecture: {', '.join(MODELS)}")
+    m.add_argument("--pretrained", type=Path, default=None,
+                   help="local torchvision-format state dict for the backbone (never downloaded)")
+    m.add_argument("--dropout", type=float, default=None, help="dropout of the fc head (default: the arch's 0.5)")
+    o = p.add_argument_group("optimisation (SPEC §1 defaults)")
+    o.add_argument("--epochs", type=positive_int, default=150, help="training epochs")
+    o.add_argument("--lr", type=positive_float, default=0.01, help="first-epoch learning rate (log-spaced to lr/10)")
+    o.add_argument("--batch-size", type=positive_int, default=64, help="global batch size (over all ranks)")
+    o.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    o.add_argument("--weight-decay", type=float, default=1e-4, help="SGD weight decay")
+    add_common_training_args(p)
+    return p
+
+
+def main(args: argparse.Namespace) -> None:
+    info = arch_or_error(args.arch)
+    try:
+        checkpoints = resolve_checkpoints(args.checkpoints, args.epochs)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    train_set, val_set = load_splits(args, info.input_size)
+    ctx, device, record = setup(args, "train_net")
+    if record is None:
+        return
+    try:
+        model = build_model(args.arch, len(train_set.classes), args.pretrained, args.dropout)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UserError(f"--pretrained: {exc}") from None
+    model.to(device)
+    net = nn.parallel.DistributedDataParallel(model) if ctx.enabled else model
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+                                weight_decay=args.weight_decay)
+    data = SeededTransform(train_set, TRAIN_TRANSFORMS[args.augment](info.input_size), args.seed)
+    try:
+        loader = train_loader(data, args.batch_size, ctx, args.seed, args.workers, device)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    val_loader = eval_loader(val_set, args.batch_size, ctx, args.workers, device) if val_set else None
+
+    def step(images, labels):
+        logits = net(images)
+        return nn.functional.cross_entropy(logits, labels), (logits.argmax(1) == labels).sum()
+
+    loop = EpochLoop(out=args.out, model=model, optimizer=optimizer, step_fn=step, loader=loader,
+                     device=device, ctx=ctx, seed=args.seed, epochs=args.epochs, arch=args.arch,
+                     checkpoints=set(checkpoints), tracker=WeightDistance(model, args.arch, args.epochs),
+                     lr_at=log_spaced_lr(args.lr, args.epochs),
+                     validate=(lambda: evaluate(model, val_loader, device)) if val_loader else None,
+                     meta={"classes": train_set.classes, "num_classes": len(train_set.classes)})
+    if args.resume:
+        loop.try_resume()
+    record.update(checkpoints=checkpoints, classes=train_set.classes)
+    if ctx.is_main:
+        record.save("running")
+    history = loop.run()
+    if ctx.is_main:
+        final = history[-1] if history else {}
+        record.update(final=final, best_acc1=loop.best_acc1)
+        record.save("complete")
+        log.info("done: %s (val top-1 %.2f%%, best %.2f%%)", args.out, final.get("val_acc1", float("nan")),
+                 loop.best_acc1)
+    cleanup_distributed()
+
+
+if __name__ == "__main__":
+    raise SystemExit(run(get_args_parser, main))
