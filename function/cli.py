@@ -19,11 +19,24 @@ class UserError(Exception):
     """Bad input: reported as one line on stderr with exit status 2 (traceback only with --debug)."""
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Show ``(default: X)`` for flags that have a meaningful default (not None/False, not required)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("%(default)" in text or action.required or default in (None, False, argparse.SUPPRESS)
+                or isinstance(action, argparse._HelpAction)):
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else "%(default)s"
+        return f"{text} (default: {shown})"
+
+
 class Parser(argparse.ArgumentParser):
     """ArgumentParser with one-line errors and ``--debug``; defaults shown in ``--help``."""
 
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
         self.add_argument("--debug", action="store_true",
                           help="show the full traceback instead of a one-line error")
