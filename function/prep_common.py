@@ -76,11 +76,15 @@ def read_lines(path: Path) -> list[list[str]]:
 
 def select_classes(requested: list[str] | None, known: list[str], default: list[str], what: str,
                    aliases: dict[str, str] | None = None) -> list[str]:
-    """Resolve ``--classes`` against the ``known`` names (``all`` = every one); unknown names are an error."""
+    """Resolve ``--classes`` against the ``known`` names (``all`` = every one); unknown names are an error.
+
+    The result is sorted, the order in which :class:`function.datasets.MaskedImageFolder` numbers the class
+    folders, so the manifest's ``classes`` list is the label order.
+    """
     if not requested:
-        return list(default)
+        return sorted(default)
     if requested == ["all"]:
-        return list(known)
+        return sorted(known)
     aliases = aliases or {}
     known_set, chosen, unknown = set(known), [], []
     for name in requested:
@@ -92,7 +96,7 @@ def select_classes(requested: list[str] | None, known: list[str], default: list[
     if unknown:
         sample = ", ".join(known[:3]) + (", ..." if len(known) > 3 else "")
         raise UserError(f"--classes: unknown {what} {', '.join(unknown)} (known: {sample}; {len(known)} in all)")
-    return chosen
+    return sorted(chosen)
 
 
 # ---- XML --------------------------------------------------------------------------------------------
@@ -216,7 +220,7 @@ class Writer:
 
     ``link``: symlink copied images to their (absolute) source instead of copying them.  ``overwrite``:
     rewrite every file even when it exists.  It records what it was asked to write, so :meth:`verify` can
-    check the folder against the plan and :meth:`summary` can count per split.
+    check the folder against the plan, and counts images and masks per split (``splits``).
     """
 
     def __init__(self, out: Path, link: bool = False, overwrite: bool = False):
@@ -241,7 +245,7 @@ class Writer:
         if source is None:
             return True
         if self.link:
-            return path.is_symlink()
+            return path.is_symlink() and os.readlink(path) == str(source.resolve())
         return not path.is_symlink() and path.stat().st_size == source.stat().st_size
 
     def _count(self, split: str, cls: str, masked: bool) -> None:
@@ -291,6 +295,8 @@ class Writer:
                 self._done(False)
             else:
                 picture = render()
+                if mask_array is not None and mask_array.shape != (picture.size[1], picture.size[0]):
+                    raise AssertionError(f"mask {mask_array.shape} and image {picture.size} of {img_path} differ")
                 with atomic_path(img_path) as tmp:
                     picture.save(tmp, format=image_format, **({"quality": 95} if image_format == "JPEG" else {}))
                 self._done(True)
@@ -340,12 +346,13 @@ class Writer:
 
 
 # ---- the manifest -----------------------------------------------------------------------------------
-def open_output(out: Path, preparer: str, options: dict, overwrite: bool) -> None:
-    """Claim ``out`` for this preparation, or refuse it.
+def open_output(out: Path, preparer: str, options: dict, overwrite: bool) -> bool:
+    """Claim ``out`` for this preparation, or refuse it; returns whether to rewrite every file.
 
     ``out`` may be new, empty, or a dataset this preparer wrote before with the same options (the run then
     resumes: what is there is kept).  Different options need ``--overwrite``; a folder that holds anything
-    else is never touched.
+    else is never touched.  An ``--overwrite`` run that was interrupted left files of the old options among
+    the new ones, so the run that resumes it rewrites every file too.
     """
     manifest = out / MANIFEST
     if out.exists() and not out.is_dir():
@@ -368,7 +375,11 @@ def open_output(out: Path, preparer: str, options: dict, overwrite: bool) -> Non
         if changed and not overwrite:
             raise UserError(f"--out: {out} was prepared with other options ({', '.join(changed)}); "
                             f"pass --overwrite to redo it with these")
-    write_json(manifest, {"preparer": preparer, "status": "incomplete", "options": options})
+        if previous.get("status") != "complete" and previous.get("overwrite") and not overwrite:
+            log.info("%s: an interrupted --overwrite run is finished with --overwrite", out)
+            overwrite = True
+    write_json(manifest, {"preparer": preparer, "status": "incomplete", "options": options, "overwrite": overwrite})
+    return overwrite
 
 
 def finish_output(out: Path, preparer: str, plan: Plan, writer: Writer) -> dict:
@@ -398,7 +409,8 @@ def summary_lines(out: Path, preparer: str, classes: list[str], writer: Writer, 
         empty = [cls for cls in classes if not c.per_class.get(cls)]
         if empty:
             lines.append(f"  warning: {split} has no images of {len(empty)} class(es): {', '.join(empty[:5])}"
-                         + (" ..." if len(empty) > 5 else ""))
+                         + (" ..." if len(empty) > 5 else "") + "; its class folders alone would number the labels "
+                         "differently, load it with the class list of dataset.json")
     for key, value in notes.items():
         if value:
             lines.append(f"  {key.replace('_', ' ')}: {value}")

@@ -80,8 +80,8 @@ def main(args: argparse.Namespace) -> dict:
     check_out_not_in_src(args.out, args.src)
     plan = module.plan(args)
     check_out_not_in_src(args.out, plan.root)
-    open_output(args.out, module.NAME, plan.options, args.overwrite)
-    writer = Writer(args.out, link=args.link, overwrite=args.overwrite)
+    overwrite = open_output(args.out, module.NAME, plan.options, args.overwrite)
+    writer = Writer(args.out, link=args.link, overwrite=overwrite)
     # no bar when stderr is not a terminal (logs, tests); on an error the bar is cleared, leaving one line
     with tqdm(total=len(plan.units), desc=f"{module.NAME} images", unit="img", dynamic_ncols=True,
               disable=None) as bar:

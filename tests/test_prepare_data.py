@@ -14,6 +14,7 @@ from PIL import Image
 
 from function.datasets import MaskedImageFolder
 from function.prep_common import enlarge_box, pixel_box
+from function.prep_voc import CLASSES as VOC_CLASSES
 from tests.conftest import run_script
 
 SCRIPT = "function/prepare_data.py"
@@ -160,6 +161,30 @@ def test_rerun_is_idempotent_and_other_options_need_overwrite(cub, tmp_path, cap
     assert sorted(p.name for p in (out / "train").iterdir()) == [CUB_CLASSES[0]]
     assert sorted(p.name for p in (out / "seg" / "test").iterdir()) == [CUB_CLASSES[0]]
     assert manifest(out)["classes"] == [CUB_CLASSES[0]]
+
+
+def test_an_interrupted_overwrite_is_finished_with_overwrite(cub, tmp_path, monkeypatch):
+    from function import prep_common
+
+    out = tmp_path / "cub"
+    assert prepare("cub", "--src", cub, "--out", out) == 0
+    calls = []
+
+    def flaky(*args, **kwargs):  # the second mask of the threshold-127 run dies (a crash, a kill)
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    real = prep_common.Writer.add
+    monkeypatch.setattr(prep_common.Writer, "add", flaky)
+    assert prepare("cub", "--src", cub, "--out", out, "--mask-threshold", "127", "--overwrite") == 130
+    monkeypatch.setattr(prep_common.Writer, "add", real)
+    assert manifest(out)["status"] == "incomplete"
+    assert prepare("cub", "--src", cub, "--out", out, "--mask-threshold", "127") == 0  # no --overwrite
+    for image_id, label, stem, train, (w, h) in CUB_IMAGES:
+        mask = load_mask(out / "seg" / ("train" if train else "test") / CUB_CLASSES[label - 1] / f"{stem}.png")
+        assert np.array_equal(mask, soft_segmentation(w, h, image_id) > 127), stem
 
 
 def _drop_line(path, prefix):
@@ -315,7 +340,7 @@ def test_voc_object_crops_and_instance_masks(voc, tmp_path, capsys):
         assert sorted(ds.names) == sorted(written[split])
         assert all(ds.mask(i).shape == ds.load_image(i).size[::-1] for i in range(len(ds)))
     record = manifest(out)
-    assert record["classes"] == list(__import__("function.prep_voc", fromlist=["CLASSES"]).CLASSES)
+    assert record["classes"] == list(VOC_CLASSES) == sorted(VOC_CLASSES)
     assert record["splits"]["train"]["images"] == 4 and record["splits"]["val"]["images"] == 2
 
 
@@ -462,7 +487,7 @@ def test_ilsvrc_box_masks_and_val_labels(ilsvrc, tmp_path, capsys, val_labels):
     assert sum(train.mask(i) is None for i in range(len(train))) == 2
     record = manifest(out)
     assert record["options"]["val_labels"] == ("csv" if val_labels == "auto" else "xml")
-    assert record["class_names"] == {TIGER: "tiger", LION: "lion"}
+    assert record["class_names"] == {TIGER: "tiger", LION: "lion"} and record["classes"] == [LION, TIGER]
     assert record["splits"]["train"]["masked"] == 2 and record["splits"]["val"]["masked"] == 2
 
 
@@ -490,7 +515,7 @@ def test_ilsvrc_default_classes(tmp_path, capsys):
     assert prepare("ilsvrc", "--src", base / "ILSVRC", "--out", out, "--link") == 0
     assert sorted(p.name for p in (out / "train").iterdir()) == sorted(DEFAULT_CLASSES)
     assert all(p.is_symlink() for p in (out / "train").rglob("*.JPEG"))
-    assert manifest(out)["classes"] == list(DEFAULT_CLASSES)
+    assert manifest(out)["classes"] == sorted(DEFAULT_CLASSES)
     # a tree without them: the error says they are the defaults
     assert prepare("ilsvrc", "--src", tmp_path / "other", "--out", tmp_path / "o2") == 2
     capsys.readouterr()
