@@ -123,7 +123,7 @@ def plan(args: argparse.Namespace) -> Plan:
                 xml = ann_train / wnid / f"{image.stem}.xml"
                 boxes = partial(read_xml_boxes, xml) if xml.is_file() else None
             elif train_boxes is not None and image.stem in train_boxes:
-                boxes = partial(lambda b: (b, None), train_boxes[image.stem])
+                boxes = partial(_given, train_boxes[image.stem], None)
             else:
                 boxes = None
             units.append(partial(_write_one, "train", wnid, image, boxes, args.bad_box, notes))
@@ -150,13 +150,18 @@ def plan(args: argparse.Namespace) -> Plan:
         image = val_dir / f"{stem}.JPEG"
         if not image.is_file():
             raise UserError(f"--src: {image} is absent but listed with its labels")
-        units.append(partial(_write_one, "val", wnid, image, partial(lambda b, s: (b, s), boxes, size),
+        units.append(partial(_write_one, "val", wnid, image, partial(_given, boxes, size),
                              args.bad_box, notes))
 
     options = {"source": str(root.resolve()), "classes": classes, "val_labels": source, "link": args.link,
                "bad_box": args.bad_box}
     return Plan(root, classes, SPLITS, options, units, notes, NO_MASK_NOTE,
                 class_names={w: names.get(w) or DEFAULT_CLASSES.get(w, "") for w in classes})
+
+
+def _given(boxes: list[Box], size: tuple[int, int] | None) -> tuple[list[Box], tuple[int, int] | None]:
+    """Boxes already read (from a CSV, or the val XMLs read while sorting val images by class)."""
+    return boxes, size
 
 
 def _write_one(split: str, wnid: str, image: Path, boxes, bad_box: str, notes: dict, writer: Writer) -> None:

@@ -565,3 +565,16 @@ def test_classes_from_a_file_and_debug_before_the_subcommand(ilsvrc, tmp_path):
     args = get_args_parser().parse_args(["--debug", "ilsvrc", "--src", "s", "--out", "o", "--classes", f"@{listing}"])
     assert args.debug is True and args.classes == [LION, TIGER]
     assert get_args_parser().parse_args(["cub", "--src", "s", "--out", "o"]).debug is False
+
+
+@pytest.mark.parametrize("dataset", ["cub", "voc", "ilsvrc"])
+def test_help_documents_the_flags(dataset, capsys):
+    from function.prepare_data import get_args_parser
+
+    with pytest.raises(SystemExit) as exc:
+        get_args_parser().parse_args([dataset, "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--src", "--out", "--classes", "--overwrite", "--debug"):
+        assert flag in text
+    assert ("--link" in text) == (dataset != "voc")
