@@ -1,0 +1,106 @@
+"""CUB-200-2011 → SPEC §4 layout: splits ``train`` / ``test`` as ``train_test_split.txt`` defines them, one
+folder per class (``001.Black_footed_Albatross`` …), masks from the segmentation PNGs.
+
+Source: ``CUB_200_2011.tgz`` extracted (``CUB_200_2011/{images.txt, classes.txt, image_class_labels.txt,
+train_test_split.txt, images/}``) and the separate ``segmentations.tgz`` extracted inside or beside it
+(``segmentations/<class>/<stem>.png``).
+
+The segmentation PNGs are soft: 0 … 255 in steps of 51, roughly the share of annotators who marked the pixel.
+The mask written is ``segmentation > --mask-threshold``; the default 0 is SPEC §2's ``segmentation > 0`` (any
+annotator); 127 is a majority vote.
+"""
+from __future__ import annotations
+
+import argparse
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from function.cli import UserError
+from function.prep_common import Plan, Writer, find_root, image_size, read_lines, require, select_classes
+
+NAME = "cub"
+SPLITS = ("train", "test")
+LISTS = ("images.txt", "classes.txt", "image_class_labels.txt", "train_test_split.txt")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--segmentations", type=Path, default=None,
+                   help="folder of the segmentation PNGs (segmentations/<class>/<stem>.png); default: "
+                        "'segmentations' inside --src or beside the CUB_200_2011 folder")
+    p.add_argument("--mask-threshold", type=int, default=0,
+                   help="mask = segmentation PNG value > this (0..254; values are 0..255, 0 = SPEC's "
+                        "'segmentation > 0', 127 = annotator majority)")
+
+
+def _table(root: Path, name: str) -> dict[int, str]:
+    rows = read_lines(root / name)
+    try:
+        return {int(r[0]): " ".join(r[1:]) for r in rows}
+    except (ValueError, IndexError):
+        raise UserError(f"--src: {root / name} is not '<id> <value>' per line") from None
+
+
+def find_segmentations(src: Path, root: Path, given: Path | None) -> Path:
+    if given is not None:
+        return require(given, "--segmentations folder")
+    for cand in (root / "segmentations", root.parent / "segmentations", src / "segmentations"):
+        if cand.is_dir():
+            return cand
+    raise UserError(f"--src: {root / 'segmentations'} is missing (extract segmentations.tgz inside or beside "
+                    f"{root.name}, or pass --segmentations DIR)")
+
+
+def plan(args: argparse.Namespace) -> Plan:
+    if not 0 <= args.mask_threshold <= 254:
+        raise UserError(f"--mask-threshold must be in 0..254, got {args.mask_threshold}")
+    root = find_root(args.src, "images.txt", ["CUB_200_2011"])
+    for name in LISTS:
+        require(root / name)
+    images_dir = require(root / "images")
+    seg_dir = find_segmentations(args.src, root, args.segmentations)
+
+    images, class_names = _table(root, "images.txt"), _table(root, "classes.txt")
+    labels, is_train = _table(root, "image_class_labels.txt"), _table(root, "train_test_split.txt")
+    known = [class_names[k] for k in sorted(class_names)]
+    aliases = {}
+    for k, name in class_names.items():
+        aliases.update({str(k): name, f"{k:03d}": name, name.split(".", 1)[-1]: name})
+    classes = select_classes(args.classes, known, known, "CUB class(es)", aliases)
+    chosen = set(classes)
+
+    units = []
+    for image_id in sorted(images):
+        rel = images[image_id]
+        try:
+            cls, split = class_names[int(labels[image_id])], SPLITS[0 if is_train[image_id].strip() == "1" else 1]
+        except (KeyError, ValueError):
+            raise UserError(f"--src: image {image_id} ({rel}) has no class or split in {root}") from None
+        if cls not in chosen:
+            continue
+        source = images_dir / rel
+        if not source.is_file():
+            raise UserError(f"--src: {source} is listed in images.txt but absent")
+        seg = seg_dir / Path(rel).with_suffix(".png")
+        if not seg.is_file():
+            raise UserError(f"--src: segmentation {seg} of {rel} is missing")
+        units.append(partial(_write_one, split, cls, source, seg, args.mask_threshold))
+    options = {"source": str(root.resolve()), "segmentations": str(seg_dir.resolve()), "classes": classes,
+               "mask_threshold": args.mask_threshold, "link": args.link}
+    return Plan(root, classes, SPLITS, options, units, notes={})
+
+
+def soft_mask(seg_path: Path, image_path: Path, threshold: int) -> np.ndarray:
+    """``segmentation > threshold`` as a bool (H, W) array; a UserError when its size is not the image's."""
+    with Image.open(seg_path) as seg:
+        if seg.size != image_size(image_path):
+            raise UserError(f"--src: mask {seg_path} is {seg.size[0]}x{seg.size[1]} but its image {image_path} "
+                            f"is {image_size(image_path)[0]}x{image_size(image_path)[1]}")
+        values = np.asarray(seg.convert("L"))
+    return values > threshold
+
+
+def _write_one(split: str, cls: str, source: Path, seg: Path, threshold: int, writer: Writer) -> None:
+    writer.add(split, cls, source.name, source=source, mask=lambda: soft_mask(seg, source, threshold))

@@ -1,0 +1,105 @@
+"""Convert a downloaded real dataset into the toolkit's layout (SPEC §4), with foreground masks (SPEC §2).
+
+    python function/prepare_data.py cub    --src CUB_200_2011 --out data/cub
+    python function/prepare_data.py voc    --src VOCdevkit    --out data/voc
+    python function/prepare_data.py ilsvrc --src imagenet     --out data/ilsvrc [--classes n02129165 ...]
+
+Writes ``<out>/<split>/<class>/<image>``, masks ``<out>/seg/<split>/<class>/<stem>.png`` (0/255) and
+``<out>/dataset.json`` (options, classes, counts).  Splits: cub ``train test``, voc ``train val`` (object crops),
+ilsvrc ``train val``.  Files appear atomically; rerunning the same command resumes an interrupted run (what is
+there is kept, the result is checked against the plan).  ``--classes @FILE`` reads the names from FILE.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from tqdm import tqdm
+
+from function import prep_cub, prep_ilsvrc, prep_voc
+from function.cli import Parser, run
+from function.prep_common import Writer, check_out_not_in_src, finish_output, open_output, summary_lines
+
+log = logging.getLogger("kdq")
+
+PREPARERS = {m.NAME: m for m in (prep_cub, prep_voc, prep_ilsvrc)}
+CLASS_HELP = {
+    "cub": "class subset: names as in classes.txt (001.Black_footed_Albatross) or their ids (1 or 001); "
+           "default all 200",
+    "voc": "category subset of the 20 VOC categories (aeroplane ... tvmonitor); default all 20",
+    "ilsvrc": "wnids to prepare, or 'all' (every train folder); default the ten mammals "
+              + " ".join(prep_ilsvrc.DEFAULT_CLASSES),
+}
+
+
+SHORT_HELP = {
+    "cub": "CUB-200-2011: train/test, masks from the segmentation PNGs",
+    "voc": "PASCAL VOC 2012: object crops (box x1.2) with instance masks, train/val",
+    "ilsvrc": "ImageNet CLS-LOC class subset: train/val, box masks where a box is known",
+}
+
+
+class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keep the subcommand's description as written, and show the defaults."""
+
+
+class _SubParser(Parser):
+    """A subcommand's parser: ``--debug`` given before the subcommand must survive its defaults."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for action in self._actions:
+            if action.dest == "debug":
+                action.default = argparse.SUPPRESS  # absent here: keep the main parser's value
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = Parser(description=__doc__.split("\n\n")[0], fromfile_prefix_chars="@")
+    sub = p.add_subparsers(dest="dataset", required=True, metavar="{cub,voc,ilsvrc}", parser_class=_SubParser)
+    for name, module in PREPARERS.items():
+        sp = sub.add_parser(name, help=SHORT_HELP[name], description=module.__doc__, formatter_class=_Help,
+                            fromfile_prefix_chars="@")
+        sp.add_argument("--src", type=Path, required=True, help="the dataset as downloaded and extracted")
+        sp.add_argument("--out", type=Path, required=True,
+                        help="dataset root to write (new, empty, or an earlier run of the same command)")
+        sp.add_argument("--classes", nargs="+", default=None, metavar="NAME", help=CLASS_HELP[name])
+        if name != "voc":  # voc writes crops, there is nothing to link to
+            sp.add_argument("--link", action="store_true",
+                            help="symlink each image to its source instead of copying it")
+        sp.add_argument("--overwrite", action="store_true",
+                        help="rewrite every file, and redo a dataset prepared with other options (removing its "
+                             "files that this run does not plan)")
+        module.add_arguments(sp)
+    return p
+
+
+def main(args: argparse.Namespace) -> dict:
+    module = PREPARERS[args.dataset]
+    args.link = getattr(args, "link", False)
+    check_out_not_in_src(args.out, args.src)
+    plan = module.plan(args)
+    check_out_not_in_src(args.out, plan.root)
+    overwrite = open_output(args.out, module.NAME, plan.options, args.overwrite)
+    writer = Writer(args.out, link=args.link, overwrite=overwrite)
+    # no bar when stderr is not a terminal (logs, tests); on an error the bar is cleared, leaving one line
+    with tqdm(total=len(plan.units), desc=f"{module.NAME} images", unit="img", dynamic_ncols=True,
+              disable=None) as bar:
+        try:
+            for unit in plan.units:
+                unit(writer)
+                bar.update()
+        except BaseException:
+            bar.leave = False
+            raise
+    removed = writer.verify(plan.splits)
+    if removed:
+        log.info("removed %d file(s) left by an earlier preparation with other options", len(removed))
+    record = finish_output(args.out, module.NAME, plan, writer)
+    for line in summary_lines(args.out, module.NAME, plan.classes, writer, plan.notes, plan.no_mask_note):
+        print(line)
+    return record
+
+
+if __name__ == "__main__":
+    raise SystemExit(run(get_args_parser, main))
