@@ -26,7 +26,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="generator seed")
     p.add_argument("--image-size", type=positive_int, default=64, help="image side in pixels")
     p.add_argument("--num-classes", type=positive_int, default=8, help=f"classes (2..{max_classes()})")
-    p.add_argument("--teacher-per-class", type=positive_int, default=200, help="images per class, teacher split")
+    p.add_argument("--teacher-per-class", type=positive_int, default=150, help="images per class, teacher split")
     p.add_argument("--train-per-class", type=positive_int, default=20, help="images per class, train split")
     p.add_argument("--val-per-class", type=positive_int, default=40, help="images per class, val split")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")

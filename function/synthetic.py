@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SHAPES = ("disk", "square", "triangle", "cross", "star", "hexagon")
+SHAPES = ("disk", "cross", "square", "triangle", "star", "hexagon")
 DISTRACTOR_SHAPES = ("ring", "bar", "disk")
 # Colour families as (hue centre in [0, 1), name); an object's hue is jittered ±0.04 around it.
 FAMILIES = ((0.0, "red"), (0.6, "blue"), (0.33, "green"), (0.15, "yellow"))
@@ -28,10 +28,15 @@ def max_classes() -> int:
 
 
 def class_table(num_classes: int) -> list[tuple[str, int]]:
-    """``num_classes`` (shape, family index) pairs: shapes vary fastest, then colour families."""
+    """``num_classes`` (shape, family index) pairs: shapes vary fastest, then colour families.
+
+    As few shapes as the colour families allow (8 classes: disk and cross in 4 colours): telling shapes
+    apart under rotation and clutter is what a tiny CPU net learns slowly, so it is kept to what the class
+    count needs.
+    """
     if not 2 <= num_classes <= max_classes():
         raise ValueError(f"num_classes must be in [2, {max_classes()}], got {num_classes}")
-    n_shapes = min(len(SHAPES), max(2, math.ceil(num_classes / 2)))
+    n_shapes = math.ceil(num_classes / len(FAMILIES))
     return [(SHAPES[c % n_shapes], c // n_shapes) for c in range(num_classes)]
 
 
