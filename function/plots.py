@@ -13,7 +13,10 @@ from __future__ import annotations
 import io
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 COLORS = {"label": "#1f77b4", "distil": "#d62728"}
@@ -43,23 +46,28 @@ def entropy_maps(images: list[tuple[str, np.ndarray, np.ndarray]], H_label: np.n
     vmin, vmax = float(np.min(shown)), float(np.max(shown))
     if vmin == vmax:
         vmin, vmax = vmin - 0.5, vmax + 0.5
-    fig = Figure(figsize=(1.55 * (len(cols) + 1) + 1.2, 1.6 * 2 * n + 1.0), layout="constrained")
-    axes = fig.subplots(2 * n, len(cols) + 1, squeeze=False)
-    im = None
+    norm = Normalize(vmin, vmax)
+    cmap = colormaps["viridis"]
+    # a fixed layout (constrained layout costs seconds with this many panels)
+    panel, ncol, nrow = 1.45, len(cols) + 1, 2 * n
+    width, height = panel * ncol + 1.9, panel * nrow + 0.9
+    fig = Figure(figsize=(width, height))
+    fig.subplots_adjust(left=0.75 / width, right=1 - 1.15 / width, bottom=0.1 / height, top=1 - 0.75 / height,
+                        wspace=0.06, hspace=0.06)
+    axes = fig.subplots(nrow, ncol, squeeze=False)
     for r, (name, rgb, mask) in enumerate(images):
         S = rgb.shape[0]
-        gray = rgb.astype(np.float64).mean(axis=2)
-        extent = (0, S, S, 0)
+        gray = rgb.astype(np.float64).mean(axis=2, keepdims=True) / 255.0
         for j, (net, H) in enumerate((("label", H_label), ("distil", H_distil))):
             row = axes[2 * r + j]
-            row[0].imshow(rgb if j == 0 else gray, cmap=None if j == 0 else "gray", extent=extent)
+            row[0].imshow(rgb, interpolation="nearest")
             _contour(row[0], mask, 1.4)
             row[0].set_ylabel(f"{NAMES[net]}\n{_short(name)}", fontsize=8, color=COLORS[net])
             for c, k in enumerate(cols):
                 ax = row[c + 1]
-                ax.imshow(gray, cmap="gray", extent=extent)
-                im = ax.imshow(H[r, k], cmap="viridis", vmin=vmin, vmax=vmax, alpha=0.8, extent=extent,
-                               interpolation="nearest")
+                # the map upsampled (nearest) to the image, blended over its grey levels: one raster per panel
+                up = _upsample(H[r, k], S)
+                ax.imshow(0.8 * cmap(norm(up))[..., :3] + 0.2 * gray, interpolation="nearest")
                 _contour(ax, mask, 1.0)
                 if r == 0 and j == 0:
                     ax.set_title(f"epoch {epochs[k]}", fontsize=9)
@@ -67,10 +75,17 @@ def entropy_maps(images: list[tuple[str, np.ndarray, np.ndarray]], H_label: np.n
         ax.set_xticks([])
         ax.set_yticks([])
     axes[0, 0].set_title("image + mask", fontsize=9)
-    bar = fig.colorbar(im, ax=axes, shrink=0.6, pad=0.01)
+    cax = fig.add_axes((1 - 0.95 / width, 0.15, 0.18 / width, 0.7))
+    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax)
     bar.set_label("entropy H = log σ* + ½ log 2πe  (low = concept)")
-    fig.suptitle(title, fontsize=11)
+    fig.suptitle(title, fontsize=11, y=1 - 0.12 / height, va="top")
     return _png(fig)
+
+
+def _upsample(cells: np.ndarray, size: int) -> np.ndarray:
+    """Nearest upsampling of a g×g map to size×size (cell i covers pixels [i·size/g, (i+1)·size/g))."""
+    idx = (np.arange(size) * cells.shape[0]) // size
+    return cells[np.ix_(idx, idx)]
 
 
 def _contour(ax, mask: np.ndarray, width: float) -> None:

@@ -52,7 +52,7 @@ class LayerResult:
 
 def fmt(v: Any, digits: int = 4) -> str:
     if v is None:
-        return "—"
+        return "-"
     if isinstance(v, bool):
         return "yes" if v else "no"
     v = float(v)
@@ -67,7 +67,7 @@ def fmt_diff(row: dict) -> tuple[str, str]:
 
 
 def predicted_text(row: dict) -> str:
-    return {"distil > label": "distil > label (↑)", "distil < label": "distil < label (↓)"}.get(row["predicted"], "—")
+    return {"distil > label": "distil > label (↑)", "distil < label": "distil < label (↓)"}.get(row["predicted"], "-")
 
 
 def table_rows(results: list[LayerResult], secondary: bool = True) -> list[list[str]]:
@@ -119,7 +119,7 @@ def layer_json(res: LayerResult) -> dict[str, Any]:
         "grid": res.grid,
         "image_size": res.image_size,
         "mhat_skips_epoch0": res.mhat_skips_epoch0,
-        "images": {**res.counts, "skipped": res.skipped, "central_square_masks": res.mask_fallback},
+        "images": {**res.counts, "skipped_images": res.skipped, "central_square_masks": res.mask_fallback},
         "metrics": {row["metric"]: {k: v for k, v in row.items() if k != "metric"} for row in c.rows},
         "summary": c.summary,
         "bootstrap": {"resamples": c.n_boot, "seed": c.seed, "level": c.level,

@@ -22,6 +22,8 @@ from .metrics import screen_sigma
 
 log = logging.getLogger("kdq")
 
+LAYERS = ("conv", "fc1", "fc2", "fc3")  # = models.LAYERS, the rows of weight_diff.npy (SPEC §1); kept here
+# so that reading results does not import the model registry
 EPOCH_KEYS = ("checkpoints", "epochs", "checkpoint_epochs")
 
 
@@ -138,7 +140,10 @@ class PairedSigma:
 
 
 def load_pair(label: SigmaRun, distil: SigmaRun, epochs: list[int], grid: int | None) -> PairedSigma:
-    """σ* of the images effective in both runs, with shape checks and NaN/inf/≤0 screening."""
+    """σ* of the images effective in both runs, with shape checks and NaN/inf/≤0 screening.
+
+    Skipped images are returned (``skipped``), not logged: the caller warns once the other inputs are
+    checked, so that a bad input still gives exactly one line on stderr."""
     in_distil = set(distil.effect)
     names = [n for n in label.effect if n in in_distil]
     if not names:
@@ -159,13 +164,10 @@ def load_pair(label: SigmaRun, distil: SigmaRun, epochs: list[int], grid: int | 
         reasons = [f"{k}: {r}" for k, r in ((k, screen_sigma(v)) for k, v in arrays.items()) if r]
         if reasons:
             skipped[name] = "; ".join(reasons)
-            log.warning("skipping %s: σ* is %s", name, "; ".join(reasons))
             continue
         kept.append(name)
         a_list.append(arrays["label"])
         b_list.append(arrays["distil"])
-    if skipped:
-        log.warning("skipped %d of %d images effective in both runs (NaN/inf or σ* ≤ 0)", len(skipped), len(names))
     if not kept:
         raise UserError(f"none of the {len(names)} image(s) effective in both runs has a usable σ* "
                         f"(all hold NaN/inf or values ≤ 0)")

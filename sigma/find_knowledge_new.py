@@ -17,6 +17,7 @@ import logging
 import platform
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -33,9 +34,8 @@ from function.metrics import METRICS, NetInput, compare, entropy_map
 from function.report import LABELS, LayerResult, terminal_table, write_outputs
 from function.rundir import git_commit, read_run_json
 from function.schedule import paper_schedule
-from function.sigma_inputs import (SigmaRun, check_recorded_grid, foreground_cells, load_pair, load_weight_diff,
-                                   resolve_epochs)
-from models import ARCHS, LAYERS
+from function.sigma_inputs import (LAYERS, PairedSigma, SigmaRun, check_recorded_grid, foreground_cells, load_pair,
+                                   load_weight_diff, resolve_epochs)
 
 log = logging.getLogger("kdq")
 STAGE = "find_knowledge"
@@ -100,6 +100,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     f = p.add_argument_group("output")
     f.add_argument("--out", type=Path, required=True, help="folder for metrics.json, metrics.csv, report.md, figures/")
     f.add_argument("--overwrite", action="store_true", help="replace a report already in --out")
+    f.add_argument("--no-figures", action="store_true", help="skip the figures (numbers and report only)")
     f.add_argument("--show-images", type=positive_int, default=3, help="images in the entropy-map figure")
     f.add_argument("--max-columns", type=positive_int, default=8, help="checkpoints shown in the entropy-map figure")
     return p
@@ -178,7 +179,29 @@ def _arch(args, *sources: SigmaRun | Path) -> str | None:
     return None
 
 
-def analyse_layer(args, layer: str, data: MaskedImageFolder, label_sigma: Path, distil_sigma: Path) -> LayerResult:
+@dataclass
+class LayerInputs:
+    """Everything one layer's analysis needs, read and checked (nothing logged yet)."""
+    layer: str
+    lab: SigmaRun
+    dis: SigmaRun
+    label_run: Path
+    distil_run: Path
+    epochs: list[int]
+    epochs_source: str
+    pair: PairedSigma
+    wd: dict[str, np.ndarray]
+    size: int
+    skip0: bool
+    allowed: np.ndarray
+    fg: np.ndarray
+    fallback: list[str]
+    warnings: list[str]
+    notes: list[str]
+
+
+def load_layer(args, layer: str, data: MaskedImageFolder, label_sigma: Path, distil_sigma: Path) -> LayerInputs:
+    """Read and check one layer's inputs; every problem is a UserError, nothing is logged here."""
     lab = SigmaRun.open(label_sigma, "--label-sigma")
     dis = SigmaRun.open(distil_sigma, "--distil-sigma")
     for run in (lab, dis):
@@ -197,16 +220,20 @@ def analyse_layer(args, layer: str, data: MaskedImageFolder, label_sigma: Path, 
     wd = {"label": load_weight_diff(label_run, "--label-run", epochs, row),
           "distil": load_weight_diff(distil_run, "--distil-run", epochs, row)}
 
+    warnings: list[str] = []
     notes: list[str] = []
     arch = _arch(args, lab, dis, label_run, distil_run)
-    info = ARCHS.get(arch) if arch else None
-    if arch and info is None:
-        log.warning("architecture %r is not in the registry: pass --image-size (and --mhat-skip-epoch0)", arch)
+    info = None
+    if arch and not (args.image_size and args.mhat_skip_epoch0 != "auto"):
+        from models import ARCHS  # imported only when needed: building the registry takes seconds
+        info = ARCHS.get(arch)
+        if info is None:
+            warnings.append(f"architecture {arch!r} is not in the registry: pass --image-size and --mhat-skip-epoch0")
     size = args.image_size or lab.recorded("image_size", "input_size") or (info.input_size if info else None)
     if size is None:
         size = 224
         notes.append("input size S unknown (no --arch/--image-size, nothing recorded): S = 224 assumed for the masks")
-        log.warning(notes[-1])
+        warnings.append(notes[-1])
     skip0 = {"yes": True, "no": False}.get(args.mhat_skip_epoch0, bool(info and info.family == "resnet"))
     allowed = np.array([not (skip0 and e == 0) for e in epochs])
     if not allowed.any():
@@ -226,21 +253,36 @@ def analyse_layer(args, layer: str, data: MaskedImageFolder, label_sigma: Path, 
         notes.append(f"{len(pair.skipped)} image(s) skipped for NaN/inf or σ* ≤ 0: "
                      + ", ".join(f"{n} ({r})" for n, r in list(pair.skipped.items())[:5])
                      + (" …" if len(pair.skipped) > 5 else ""))
+        warnings += [f"skipping {name}: σ* is {why}" for name, why in pair.skipped.items()]
+        warnings.append(f"skipped {len(pair.skipped)} of {pair.both} images effective in both runs "
+                        "(NaN/inf or σ* ≤ 0)")
+    return LayerInputs(layer, lab, dis, label_run, distil_run, epochs, source, pair, wd, int(size), skip0, allowed,
+                       fg, fallback, warnings, notes)
 
+
+def analyse_layer(args, inp: LayerInputs, data: MaskedImageFolder) -> LayerResult:
+    """SPEC §3 with the bootstrap for one layer (logs the layer's warnings first)."""
+    for message in inp.warnings:
+        log.warning("%s: %s", inp.layer, message)
+    pair, epochs, wd = inp.pair, inp.epochs, inp.wd
     D_at = {net: np.cumsum(wd[net])[epochs] for net in wd}
     H = {"label": entropy_map(pair.label), "distil": entropy_map(pair.distil)}
-    log.info("%s: %d images, %d checkpoints, grid %d; bootstrap %d resamples", layer, len(pair.names), len(epochs),
-             grid, args.bootstrap)
-    comp = compare(NetInput(H["label"], D_at["label"], allowed), NetInput(H["distil"], D_at["distil"], allowed),
-                   fg, args.b, args.bootstrap, args.seed, args.level)
+    log.info("%s: %d images, %d checkpoints, grid %d; bootstrap %d resamples", inp.layer, len(pair.names),
+             len(epochs), pair.label.shape[-1], args.bootstrap)
+    comp = compare(NetInput(H["label"], D_at["label"], inp.allowed),
+                   NetInput(H["distil"], D_at["distil"], inp.allowed), inp.fg, args.b, args.bootstrap, args.seed,
+                   args.level)
     result = LayerResult(
-        layer=layer, names=pair.names, epochs=epochs, epochs_source=source, grid=grid, image_size=int(size),
-        inputs={"--label-sigma": str(lab.path), "--distil-sigma": str(dis.path), "--label-run": str(label_run),
-                "--distil-run": str(distil_run), "--data": str(data.root), "--split": data.split},
-        counts={"label_effective": len(lab.effect), "distil_effective": len(dis.effect), "both": pair.both,
+        layer=inp.layer, names=pair.names, epochs=epochs, epochs_source=inp.epochs_source,
+        grid=pair.label.shape[-1], image_size=inp.size,
+        inputs={"--label-sigma": str(inp.lab.path), "--distil-sigma": str(inp.dis.path),
+                "--label-run": str(inp.label_run), "--distil-run": str(inp.distil_run), "--data": str(data.root),
+                "--split": data.split},
+        counts={"label_effective": len(inp.lab.effect), "distil_effective": len(inp.dis.effect), "both": pair.both,
                 "used": len(pair.names), "skipped": len(pair.skipped)},
-        skipped=pair.skipped, mask_fallback=fallback, mhat_skips_epoch0=skip0, comparison=comp, notes=notes)
-    result.figure_data = {"H": H, "fg": fg, "wd": wd, "arch": arch}
+        skipped=pair.skipped, mask_fallback=inp.fallback, mhat_skips_epoch0=inp.skip0, comparison=comp,
+        notes=inp.notes)
+    result.figure_data = {"H": H, "wd": wd}
     return result
 
 
@@ -285,19 +327,14 @@ def _layer_dirs(args) -> list[tuple[str, Path, Path]]:
     if args.layer != "all":
         return [(args.layer, _pick(args.label_sigma, args.layer, "full_name_list.txt"),
                  _pick(args.distil_sigma, args.layer, "full_name_list.txt"))]
-    found, missing = [], []
+    found = []
     for layer in LAYERS:
         a, b = args.label_sigma / layer, args.distil_sigma / layer
         if (a / "full_name_list.txt").is_file() and (b / "full_name_list.txt").is_file():
             found.append((layer, a, b))
-        else:
-            missing.append(layer)
     if not found:
         raise UserError(f"--layer all: no layer has sigma runs in both {args.label_sigma}/<layer> and "
                         f"{args.distil_sigma}/<layer> (layers: {', '.join(LAYERS)})")
-    if missing:
-        log.warning("--layer all: no sigma runs for %s; the table covers %s", ", ".join(missing),
-                    ", ".join(f[0] for f in found))
     return found
 
 
@@ -311,13 +348,16 @@ def main(args: argparse.Namespace) -> list[LayerResult]:
             raise UserError("--layer is needed: the label sigma run does not record its layer")
     dirs = _layer_dirs(args)
     data = MaskedImageFolder(args.data, args.split)
-    results = [analyse_layer(args, layer, data, a, b) for layer, a, b in dirs]
+    inputs = [load_layer(args, layer, data, a, b) for layer, a, b in dirs]  # every check before any output
     if args.layer == "all":
-        missing = [l for l in LAYERS if l not in {r.layer for r in results}]
+        missing = [l for l in LAYERS if l not in {i.layer for i in inputs}]
         if missing:
-            results[0].notes.append(f"--layer all: no sigma runs for {', '.join(missing)}")
+            log.warning("--layer all: no sigma runs for %s; the table covers %s", ", ".join(missing),
+                        ", ".join(i.layer for i in inputs))
+            inputs[0].notes.append(f"--layer all: no sigma runs for {', '.join(missing)}")
+    results = [analyse_layer(args, inp, data) for inp in inputs]
     figures = {}
-    for res in results:
+    for res in ([] if args.no_figures else results):
         for key, png in render_figures(res, data, args).items():
             rel = f"figures/{res.layer}_{key}.png"
             res.figures[key] = rel
