@@ -160,6 +160,8 @@ def metric_panels(rows: list[dict], labels: dict[str, str], level: float, title:
         lo, hi = row["difference_ci"]
         arrow = {"distil > label": "↑", "distil < label": "↓"}.get(row["predicted"], "")
         verdict = "" if row["holds"] is None else ("holds" if row["holds"] else "does not hold")
+        if row["holds"]:
+            verdict += " (CI excludes 0)" if row["ci_excludes_zero_in_predicted_direction"] else " (CI includes 0)"
         ax.set_title(f"{labels[row['metric']]}  (predicted {arrow})\nΔ={row['difference']:.3g} "
                      f"[{lo:.3g}, {hi:.3g}]\n{verdict}", fontsize=9,
                      color="black" if row["holds"] is None else ("darkgreen" if row["holds"] else "darkred"))

@@ -151,19 +151,9 @@ def metrics_csv(results: list[LayerResult]) -> str:
 
 def markdown(results: list[LayerResult], settings: dict[str, Any], level: float) -> str:
     pct = f"{level:.0%}"
-    lines = ["# Label net vs distil net: the three hypotheses", ""]
-    for res in results:
-        c = res.counts
-        skipped = f", {len(res.skipped)} skipped for NaN/inf/σ* ≤ 0" if res.skipped else ""
-        lines.append(f"- **{res.layer}**: {c['used']} images used ({c['both']} effective in both runs{skipped}; "
-                     f"label run {c['label_effective']}, distil run {c['distil_effective']} effective); "
-                     f"checkpoints {' '.join(map(str, res.epochs))} ({res.epochs_source}); grid {res.grid}×{res.grid}; "
-                     f"S = {res.image_size}; m̂ {'skips' if res.mhat_skips_epoch0 else 'includes'} epoch 0.")
-    lines += [f"- b = {settings['b']}; {pct} paired bootstrap over images, {settings['bootstrap']} resamples, "
-              f"seed {settings['seed']}; differences are distil − label.", ""]
-    lines += ["## Hypotheses", "",
-              f"| layer | metric | label | distil | distil − label [{pct} CI] | predicted | holds | CI excludes 0 |",
-              "| --- | --- | ---: | ---: | --- | --- | --- | --- |"]
+    lines = ["# Label net vs distil net: the three hypotheses", "",
+             f"| layer | metric | label | distil | distil − label [{pct} CI] | predicted | holds | CI excludes 0 |",
+             "| --- | --- | ---: | ---: | --- | --- | --- | --- |"]
     for res in results:
         for row in res.comparison.rows:
             diff, ci = fmt_diff(row)
@@ -173,7 +163,17 @@ def markdown(results: list[LayerResult], settings: dict[str, Any], level: float)
     lines += ["", "*holds*: the point estimate of the difference has the sign the paper predicts; "
               f"*CI excludes 0*: so does the whole {pct} interval. H1: N_fg ↑, N_bg ↓, λ ↑ (last checkpoint); "
               "H2: D_mean ↓, D_std ↓ (D_var shown beside them); H3: ρ ↑ (ρ_bg, ρ_total reported without a "
-              "prediction).", "", "## Figures", ""]
+              "prediction).", "", "## Images and settings", ""]
+    for res in results:
+        c = res.counts
+        skipped = f", {len(res.skipped)} skipped for NaN/inf/σ* ≤ 0" if res.skipped else ""
+        lines.append(f"- **{res.layer}**: {c['used']} images used ({c['both']} effective in both runs{skipped}; "
+                     f"label run {c['label_effective']}, distil run {c['distil_effective']} effective); "
+                     f"checkpoints {' '.join(map(str, res.epochs))} ({res.epochs_source}); grid {res.grid}×{res.grid}; "
+                     f"S = {res.image_size}; m̂ {'skips' if res.mhat_skips_epoch0 else 'includes'} epoch 0.")
+    lines += [f"- b = {settings['b']}; {pct} paired bootstrap over images, {settings['bootstrap']} resamples, "
+              f"seed {settings['seed']} (each resample recomputes the baseline H̄_bg, the concepts, m̂ and the "
+              "metrics); differences are distil − label.", "", "## Figures", ""]
     n = 0
     for res in results:
         for key in FIGURE_ORDER:

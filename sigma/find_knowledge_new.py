@@ -212,6 +212,8 @@ def load_layer(args, layer: str, data: MaskedImageFolder, label_sigma: Path, dis
     label_run = _training_run("--label-run", args.label_run, lab, layer)
     distil_run = _training_run("--distil-run", args.distil_run, dis, layer)
     epochs, source = resolve_epochs(lab, dis, _cli_epochs(args, label_run, distil_run))
+    if source == "--checkpoints" and args.checkpoints == ["paper"]:
+        source = f"--checkpoints paper, scaled to {_run_epochs(label_run, '--label-run')} epochs"
     if epochs != sorted(set(epochs)) or min(epochs) < 0:
         raise UserError(f"the sigma runs record checkpoint epochs {epochs}; expected distinct epochs ≥ 0, oldest first")
     pair = load_pair(lab, dis, epochs, args.grid)

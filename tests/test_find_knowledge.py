@@ -177,7 +177,7 @@ def test_report_and_figures_are_written(hand_case, tmp_path):
     out = tmp_path / "report"
     assert run_script(SCRIPT, *hand_args(hand_case, out)) == 0
     report = (out / "report.md").read_text()
-    assert report.index("## Hypotheses") < report.index("## Figures")
+    assert report.index("| layer | metric |") < report.index("## Images and settings") < report.index("## Figures")
     for key in ("entropy_maps", "concept_curves", "weight_distance", "metric_panels"):
         png = out / "figures" / f"conv_{key}.png"
         assert png.is_file() and png.stat().st_size > 5000 and png.read_bytes()[:8] == PNG_MAGIC
@@ -355,7 +355,8 @@ def kdq_case(tiny_data, tmp_path, registry):
             write_sigma_run(tmp_path / f"sigma_{net}" / layer, names, effect,
                             {n: sigma_of(H[net, layer][n]) for n in effect},
                             {"stage": "train_sigma", "checkpoints": epochs, "settings": {
-                                "grid": g, "arch": "vgg_tiny", "layer": layer, "checkpoints": ["paper"]}})
+                                "grid": g, "arch": "vgg_tiny", "layer": layer, "checkpoints": ["paper"],
+                                "checkpoint_root": str(tmp_path / net / (layer if net == "distil" else ""))}})
     wd = {"label": rng.uniform(0.1, 1, (4, 5)), "distil": rng.uniform(0.1, 1, (4, 5))}
     for v in wd.values():
         v[:, 0] = 0
@@ -408,6 +409,18 @@ def test_resnet_rule_and_layer_from_subfolder(kdq_case, tmp_path):
     D_at = [float(np.cumsum(c["wd"]["label"][0])[e]) for e in c["epochs"]]
     want = independent(c["H"]["label", "conv"], c["fg"], names, D_at, 0.2, skip0=True)
     assert L["metrics"]["D_mean"]["label"] == pytest.approx(want["D_mean"])
+
+
+def test_layer_and_training_runs_default_to_what_the_sigma_run_records(kdq_case, tmp_path):
+    t = kdq_case["tmp"]
+    out = tmp_path / "o"
+    assert run_script(SCRIPT, "--label-sigma", t / "sigma_label" / "fc1", "--distil-sigma", t / "sigma_distil" / "fc1",
+                      "--data", kdq_case["data"], "--bootstrap", "5", "--no-figures", "--out", out) == 0
+    L = json.loads((out / "metrics.json").read_text())["layers"]["fc1"]
+    assert Path(L["inputs"]["--distil-run"]) == t / "distil" / "fc1"
+    D_at = [float(np.cumsum(kdq_case["wd"]["distil"][1] * 2)[e]) for e in kdq_case["epochs"]]
+    want = independent(kdq_case["H"]["distil", "fc1"], kdq_case["fg"], kdq_case["names"][1:-1], D_at, 0.2)
+    assert L["metrics"]["D_mean"]["distil"] == pytest.approx(want["D_mean"])
 
 
 def test_recorded_layer_must_match(kdq_case, tmp_path, capsys):
