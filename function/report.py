@@ -192,11 +192,22 @@ def markdown(results: list[LayerResult], settings: dict[str, Any], level: float)
     return "\n".join(lines)
 
 
+def finite_or_none(obj: Any) -> Any:
+    """``obj`` with every NaN/inf float replaced by None, so that metrics.json is strict JSON."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    return obj
+
+
 def write_outputs(out: Path, results: list[LayerResult], settings: dict[str, Any], provenance: dict[str, Any],
                   level: float) -> None:
     """``metrics.json`` (everything), ``metrics.csv`` (image × net), ``report.md``; each written atomically."""
-    write_json(out / "metrics.json", {**provenance, "settings": settings,
-                                      "table": [dict(zip(HEADER, r)) for r in table_rows(results)],
-                                      "layers": {res.layer: layer_json(res) for res in results}})
+    write_json(out / "metrics.json", finite_or_none({
+        **provenance, "settings": settings, "table": [dict(zip(HEADER, r)) for r in table_rows(results)],
+        "layers": {res.layer: layer_json(res) for res in results}}))
     write_text(out / "metrics.csv", metrics_csv(results))
     write_text(out / "report.md", markdown(results, settings, level))

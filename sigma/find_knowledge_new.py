@@ -12,7 +12,6 @@ prints the hypotheses table.  Reads sigma runs of kdq and of the original code (
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import platform
 import shutil
@@ -68,25 +67,25 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 def get_args_parser() -> argparse.ArgumentParser:
     p = Parser(description=__doc__.split("\n\n")[0], epilog=LAYOUT_HELP, formatter_class=_Formatter)
     i = p.add_argument_group("inputs")
-    i.add_argument("--label-sigma", type=Path, required=True, help="sigma run of the label net (baseline)")
-    i.add_argument("--distil-sigma", type=Path, required=True, help="sigma run of the distil net (student)")
-    i.add_argument("--label-run", type=Path, default=None,
+    i.add_argument("--label-sigma", metavar="DIR", type=Path, required=True, help="sigma run of the label net (baseline)")
+    i.add_argument("--distil-sigma", metavar="DIR", type=Path, required=True, help="sigma run of the distil net (student)")
+    i.add_argument("--label-run", metavar="RUN", type=Path, default=None,
                    help="training run of the label net (its weight_diff.npy); default: recorded in the sigma run")
-    i.add_argument("--distil-run", type=Path, default=None,
+    i.add_argument("--distil-run", metavar="RUN", type=Path, default=None,
                    help="training run of the distil net (phase-1 weight_diff.npy); default: recorded in the sigma run")
-    i.add_argument("--data", type=Path, required=True, help="dataset root with masks under seg/ (SPEC §4)")
-    i.add_argument("--split", default="train", help="the split the sigma runs' image names are relative to")
+    i.add_argument("--data", metavar="ROOT", type=Path, required=True, help="dataset root with masks under seg/ (SPEC §4)")
+    i.add_argument("--split", metavar="SPLIT", default="train", help="the split the sigma runs' image names are relative to")
     i.add_argument("--layer", choices=list(LAYERS) + ["all"], default=None,
                    help="layer analysed; 'all' = one table over the four layers (see folders below); "
                         "default: the layer the sigma run records")
     i.add_argument("--checkpoints", nargs="+", default=None, metavar="E",
                    help="epochs of the sigma files' K entries, oldest first, or 'paper'; "
                         "default: recorded in the sigma runs' run.json")
-    i.add_argument("--grid", type=positive_int, default=None,
+    i.add_argument("--grid", metavar="G", type=positive_int, default=None,
                    help="expected sigma grid g (checked against the files; default: read from them)")
-    i.add_argument("--arch", default=None,
+    i.add_argument("--arch", metavar="ARCH", default=None,
                    help="architecture, for the input size S and the ResNet m̂ rule; default: recorded in the runs")
-    i.add_argument("--image-size", type=positive_int, default=None,
+    i.add_argument("--image-size", metavar="S", type=positive_int, default=None,
                    help="input side S the masks are resized to before the grid; default: the arch's (224 if unknown)")
     i.add_argument("--missing-mask", choices=["error", "central"], default="error",
                    help="an image without a mask: refuse (error) or use the central square [g/6, 5g/6] (ILSVRC)")
@@ -94,15 +93,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     m.add_argument("--b", type=float, default=0.2, help="concept threshold: H̄_bg(k) − H_i(k) > b")
     m.add_argument("--mhat-skip-epoch0", choices=["auto", "yes", "no"], default="auto",
                    help="leave epoch 0 out of m̂ = argmax_k N_fg; auto = yes for ResNets (original code)")
-    m.add_argument("--bootstrap", type=positive_int, default=1000, help="bootstrap resamples over images")
-    m.add_argument("--level", type=float, default=0.95, help="interval level")
-    m.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    m.add_argument("--bootstrap", metavar="N", type=positive_int, default=1000, help="bootstrap resamples over images")
+    m.add_argument("--level", metavar="P", type=float, default=0.95, help="interval level")
+    m.add_argument("--seed", metavar="SEED", type=int, default=0, help="bootstrap seed")
     f = p.add_argument_group("output")
-    f.add_argument("--out", type=Path, required=True, help="folder for metrics.json, metrics.csv, report.md, figures/")
+    f.add_argument("--out", metavar="DIR", type=Path, required=True, help="folder for metrics.json, metrics.csv, report.md, figures/")
     f.add_argument("--overwrite", action="store_true", help="replace a report already in --out")
     f.add_argument("--no-figures", action="store_true", help="skip the figures (numbers and report only)")
-    f.add_argument("--show-images", type=positive_int, default=3, help="images in the entropy-map figure")
-    f.add_argument("--max-columns", type=positive_int, default=8, help="checkpoints shown in the entropy-map figure")
+    f.add_argument("--show-images", metavar="N", type=positive_int, default=3, help="images in the entropy-map figure")
+    f.add_argument("--max-columns", metavar="N", type=positive_int, default=8, help="checkpoints shown in the entropy-map figure")
     return p
 
 

@@ -162,3 +162,9 @@ def test_compare_rows_intervals_and_directions():
     p = per_image_metrics(H_distil, fg, 0.2, D, allowed)
     assert rows["N_fg"]["distil"] == pytest.approx(summarise(p)["N_fg"])
     assert len(c1.curves["label"]["n_fg_mean"]) == K
+
+
+def test_metrics_json_has_no_nan():
+    from function.report import finite_or_none
+    assert finite_or_none({"a": [1.0, float("nan")], "b": (float("inf"), 2), "c": "x"}) == \
+        {"a": [1.0, None], "b": [None, 2], "c": "x"}
