@@ -175,6 +175,8 @@ def markdown(results: list[LayerResult], settings: dict[str, Any], level: float)
               f"seed {settings['seed']} (each resample recomputes the baseline H̄_bg, the concepts, m̂ and the "
               "metrics); differences are distil − label.", "", "## Figures", ""]
     n = 0
+    if not any(res.figures for res in results):
+        lines += ["(not drawn: --no-figures)", ""]
     for res in results:
         for key in FIGURE_ORDER:
             if key in res.figures:
