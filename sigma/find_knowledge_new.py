@@ -87,6 +87,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="architecture, for the input size S and the ResNet m̂ rule; default: recorded in the runs")
     i.add_argument("--image-size", metavar="S", type=positive_int, default=None,
                    help="input side S the masks are resized to before the grid; default: the arch's (224 if unknown)")
+    i.add_argument("--foreground", choices=["auto", "masks", "central"], default="auto",
+                   help="foreground cells: the dataset's masks, or the central square [g/6, 5g/6] for every image; "
+                        "auto = what the sigma run records (its --foreground), else masks")
     i.add_argument("--missing-mask", choices=["error", "central"], default="error",
                    help="an image without a mask: refuse (error) or use the central square [g/6, 5g/6] (ILSVRC)")
     m = p.add_argument_group("metrics (SPEC §3)")
@@ -195,6 +198,7 @@ class LayerInputs:
     allowed: np.ndarray
     fg: np.ndarray
     fallback: list[str]
+    foreground: str  # "masks" or "central"
     warnings: list[str]
     notes: list[str]
 
@@ -241,7 +245,18 @@ def load_layer(args, layer: str, data: MaskedImageFolder, label_sigma: Path, dis
         allowed[:] = True
         notes.append("m̂: epoch 0 is the only checkpoint, so it is kept")
 
-    fg, fallback = foreground_cells(data, pair.names, int(size), grid, args.missing_mask)
+    foreground = args.foreground
+    if foreground == "auto":
+        recorded = {run.recorded("foreground") for run in (lab, dis)} - {None}
+        if len(recorded) > 1:
+            raise UserError(f"the sigma runs used different foregrounds ({' vs '.join(sorted(recorded))}); "
+                            "pass --foreground")
+        foreground = recorded.pop() if recorded else "masks"
+    if foreground == "central":
+        fg, fallback = np.stack([central_square(grid)] * len(pair.names)), []
+        notes.append("foreground: the central square [g/6, 5g/6] for every image")
+    else:
+        fg, fallback = foreground_cells(data, pair.names, int(size), grid, args.missing_mask)
     if fallback:
         notes.append(f"{len(fallback)} image(s) without a mask use the central square")
     no_bg = int((fg.reshape(len(fg), -1).all(axis=1)).sum())
@@ -258,7 +273,7 @@ def load_layer(args, layer: str, data: MaskedImageFolder, label_sigma: Path, dis
         warnings.append(f"skipped {len(pair.skipped)} of {pair.both} images effective in both runs "
                         "(NaN/inf or σ* ≤ 0)")
     return LayerInputs(layer, lab, dis, label_run, distil_run, epochs, source, pair, wd, int(size), skip0, allowed,
-                       fg, fallback, warnings, notes)
+                       fg, fallback, foreground, warnings, notes)
 
 
 def analyse_layer(args, inp: LayerInputs, data: MaskedImageFolder) -> LayerResult:
@@ -278,23 +293,26 @@ def analyse_layer(args, inp: LayerInputs, data: MaskedImageFolder) -> LayerResul
         grid=pair.label.shape[-1], image_size=inp.size,
         inputs={"--label-sigma": str(inp.lab.path), "--distil-sigma": str(inp.dis.path),
                 "--label-run": str(inp.label_run), "--distil-run": str(inp.distil_run), "--data": str(data.root),
-                "--split": data.split},
+                "--split": data.split, "--foreground": inp.foreground},
         counts={"label_effective": len(inp.lab.effect), "distil_effective": len(inp.dis.effect), "both": pair.both,
                 "used": len(pair.names), "skipped": len(pair.skipped)},
         skipped=pair.skipped, mask_fallback=inp.fallback, mhat_skips_epoch0=inp.skip0, comparison=comp,
         notes=inp.notes)
-    result.figure_data = {"H": H, "wd": wd}
+    result.figure_data = {"H": H, "wd": wd, "central": inp.foreground == "central"}
     return result
 
 
 # ---- figures --------------------------------------------------------------------------------------
 
-def _display_image(data: MaskedImageFolder, name: str, size: int, grid: int) -> tuple[str, np.ndarray, np.ndarray]:
+def _display_image(data: MaskedImageFolder, name: str, size: int, grid: int,
+                   central: bool) -> tuple[str, np.ndarray, np.ndarray]:
+    """The image at S×S with the foreground the metrics used (mask, or the central square upsampled)."""
     i = data.index_of(name)
     rgb = np.asarray(data.load_image(i).resize((size, size), Image.BILINEAR))
-    mask = data.mask(i)
+    mask = None if central else data.mask(i)
     if mask is None:
-        mask = np.kron(central_square(grid), np.ones((size // grid + 1,) * 2, dtype=bool))[:size, :size]
+        idx = (np.arange(size) * grid) // size
+        mask = central_square(grid)[np.ix_(idx, idx)]
     else:
         mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)) > 0
     return name, rgb, mask
@@ -304,7 +322,7 @@ def render_figures(res: LayerResult, data: MaskedImageFolder, args) -> dict[str,
     fd = res.figure_data
     c = res.comparison
     n = min(args.show_images, len(res.names))
-    images = [_display_image(data, name, res.image_size, res.grid) for name in res.names[:n]]
+    images = [_display_image(data, name, res.image_size, res.grid, fd["central"]) for name in res.names[:n]]
     tag = f"layer {res.layer}, {len(res.names)} images"
     figs = {
         "entropy_maps": plots.entropy_maps(images, fd["H"]["label"][:n], fd["H"]["distil"][:n], res.epochs,

@@ -257,6 +257,20 @@ def test_missing_mask_is_refused_or_replaced(hand_case, tmp_path, capsys):
     assert layer["images"]["central_square_masks"] == ["cls/B.png"]
 
 
+def test_central_foreground_recorded_by_the_sigma_run(hand_case, tmp_path):
+    for run in ("label_sigma", "distil_sigma"):
+        (hand_case[run] / "run.json").write_text(json.dumps({"settings": {"foreground": "central", "grid": 2}}))
+    out = tmp_path / "o"
+    assert run_script(SCRIPT, *hand_args(hand_case, out, "--show-images", "1", "--max-columns", "2")) == 0
+    L = json.loads((out / "metrics.json").read_text())["layers"]["conv"]
+    assert L["inputs"]["--foreground"] == "central"
+    # g = 2: the central square [round(2/6), round(10/6)) = [0, 2) covers every cell → no background cell, the
+    # baseline is undefined (NaN → null) and no cell is a concept
+    assert L["curves"]["baseline_label"] == [None, None, None]
+    assert L["metrics"]["N_fg"]["label"] == 0 and L["metrics"]["N_bg"]["distil"] == 0
+    assert (out / "figures" / "conv_entropy_maps.png").stat().st_size > 0
+
+
 def test_pickled_sigma_file_is_refused(hand_case, tmp_path, capsys):
     f = next(hand_case["label_sigma"].rglob("best_sigma_entropy.npy"))
     np.save(f, np.array([{"a": 1}], dtype=object), allow_pickle=True)
