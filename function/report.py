@@ -1,0 +1,215 @@
+"""What the metrics stage writes: ``metrics.json``, ``metrics.csv``, ``report.md`` and the terminal table.
+
+One :class:`LayerResult` per analysed layer; a run over ``--layer all`` gives one table over the layers.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .atomic import write_json, write_text
+from .metrics import ALL_METRICS, METRICS, Comparison, PerImage
+
+LABELS = {m.key: m.label for m in ALL_METRICS}
+CAPTIONS = {
+    "entropy_maps": "Entropy maps H = log σ* + ½log 2πe over the checkpoints; for each image the label net is "
+                    "above the distil net, one colour scale, mask outline in yellow (low entropy = concept).",
+    "concept_curves": "Mean number of visual concepts per image on the foreground (N_fg) and the background "
+                      "(N_bg) at each checkpoint, with the bootstrap interval of the mean as a band.",
+    "weight_distance": "Cumulative weight distance D(e) of the layer's analysed weight; circles/squares mark m̂ "
+                       "(the checkpoint where N_fg first peaks), area ∝ number of images; dashed: D_mean.",
+    "metric_panels": "The six metrics for both nets with bootstrap intervals; each title gives the paired "
+                     "difference distil − label with its interval and whether the predicted direction holds.",
+}
+FIGURE_ORDER = tuple(CAPTIONS)
+
+
+@dataclass
+class LayerResult:
+    layer: str
+    names: list[str]  # the images used, in order
+    epochs: list[int]
+    epochs_source: str
+    grid: int
+    image_size: int
+    inputs: dict[str, str]  # flag → path
+    counts: dict[str, int]
+    skipped: dict[str, str]  # image → why
+    mask_fallback: list[str]
+    mhat_skips_epoch0: bool
+    comparison: Comparison
+    figures: dict[str, str] = field(default_factory=dict)  # figure key → path relative to the output folder
+    notes: list[str] = field(default_factory=list)
+    figure_data: dict[str, Any] = field(default_factory=dict, repr=False)  # arrays the figures need
+
+
+# ---- numbers as text ------------------------------------------------------------------------------
+
+def fmt(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    v = float(v)
+    if np.isnan(v):
+        return "nan"
+    return f"{v:.{digits}g}"
+
+
+def fmt_diff(row: dict) -> tuple[str, str]:
+    lo, hi = row["difference_ci"]
+    return f"{row['difference']:+.4g}", f"[{fmt(lo)}, {fmt(hi)}]"
+
+
+def predicted_text(row: dict) -> str:
+    return {"distil > label": "distil > label (↑)", "distil < label": "distil < label (↓)"}.get(row["predicted"], "-")
+
+
+def table_rows(results: list[LayerResult], secondary: bool = True) -> list[list[str]]:
+    keys = [m.key for m in (ALL_METRICS if secondary else METRICS)]
+    out = []
+    for res in results:
+        for row in res.comparison.rows:
+            if row["metric"] not in keys:
+                continue
+            diff, ci = fmt_diff(row)
+            out.append([res.layer, row["metric"], fmt(row["label"]), fmt(row["distil"]), diff, ci,
+                        predicted_text(row).split(" (")[0], fmt(row["holds"]),
+                        fmt(row["ci_excludes_zero_in_predicted_direction"])])
+    return out
+
+
+HEADER = ["layer", "metric", "label", "distil", "distil-label", "95% CI", "predicted", "holds", "CI excl. 0"]
+
+
+def terminal_table(results: list[LayerResult], level: float) -> str:
+    """The hypotheses table with aligned columns (plain ASCII)."""
+    header = HEADER[:5] + [f"{level:.0%} CI"] + HEADER[6:]
+    rows = [header] + table_rows(results)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    numeric = {2, 3, 4}
+
+    def line(r):
+        return "  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([line(rows[0]), sep] + [line(r) for r in rows[1:]])
+
+
+# ---- files ---------------------------------------------------------------------------------------
+
+def per_image_dict(p: PerImage, epochs: list[int]) -> dict[str, list]:
+    return {"n_fg": p.n_fg.tolist(), "n_bg": p.n_bg.tolist(), "lambda": p.lam.tolist(),
+            "mhat_index": p.mhat.tolist(), "mhat_epoch": [epochs[i] for i in p.mhat], "D": p.D.tolist(),
+            "rho": p.rho.tolist(), "rho_bg": p.rho_bg.tolist(), "rho_total": p.rho_total.tolist()}
+
+
+def layer_json(res: LayerResult) -> dict[str, Any]:
+    c = res.comparison
+    return {
+        "layer": res.layer,
+        "inputs": res.inputs,
+        "checkpoints": res.epochs,
+        "checkpoints_source": res.epochs_source,
+        "grid": res.grid,
+        "image_size": res.image_size,
+        "mhat_skips_epoch0": res.mhat_skips_epoch0,
+        "images": {**res.counts, "skipped_images": res.skipped, "central_square_masks": res.mask_fallback},
+        "metrics": {row["metric"]: {k: v for k, v in row.items() if k != "metric"} for row in c.rows},
+        "summary": c.summary,
+        "bootstrap": {"resamples": c.n_boot, "seed": c.seed, "level": c.level,
+                      "method": "paired percentile bootstrap over images; every replicate recomputes the "
+                                "baseline, the concepts, m̂ and all metrics"},
+        "curves": {"epochs": res.epochs, "baseline_label": c.label.baseline.tolist(),
+                   "baseline_distil": c.distil.baseline.tolist(), **{f"{net}": c.curves[net] for net in c.curves}},
+        "per_image": {"names": res.names, "label": per_image_dict(c.label, res.epochs),
+                      "distil": per_image_dict(c.distil, res.epochs)},
+        "figures": res.figures,
+        "notes": res.notes,
+    }
+
+
+def metrics_csv(results: list[LayerResult]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["layer", "net", "image", "N_fg", "N_bg", "lambda", "mhat_index", "mhat_epoch", "D", "rho",
+                "rho_bg", "rho_total"])
+    for res in results:
+        for net in ("label", "distil"):
+            p: PerImage = getattr(res.comparison, net)
+            for i, name in enumerate(res.names):
+                w.writerow([res.layer, net, name, int(p.n_fg[i, -1]), int(p.n_bg[i, -1]), repr(float(p.lam[i])),
+                            int(p.mhat[i]), res.epochs[int(p.mhat[i])], repr(float(p.D[i])),
+                            repr(float(p.rho[i])), repr(float(p.rho_bg[i])), repr(float(p.rho_total[i]))])
+    return buf.getvalue()
+
+
+def markdown(results: list[LayerResult], settings: dict[str, Any], level: float) -> str:
+    pct = f"{level:.0%}"
+    lines = ["# Label net vs distil net: the three hypotheses", "",
+             f"| layer | metric | label | distil | distil − label [{pct} CI] | predicted | holds | CI excludes 0 |",
+             "| --- | --- | ---: | ---: | --- | --- | --- | --- |"]
+    for res in results:
+        for row in res.comparison.rows:
+            diff, ci = fmt_diff(row)
+            lines.append(f"| {res.layer} | {LABELS[row['metric']]} | {fmt(row['label'])} | {fmt(row['distil'])} | "
+                         f"{diff} {ci} | {predicted_text(row)} | {fmt(row['holds'])} | "
+                         f"{fmt(row['ci_excludes_zero_in_predicted_direction'])} |")
+    lines += ["", "*holds*: the point estimate of the difference has the sign the paper predicts; "
+              f"*CI excludes 0*: so does the whole {pct} interval. H1: N_fg ↑, N_bg ↓, λ ↑ (last checkpoint); "
+              "H2: D_mean ↓, D_std ↓ (D_var shown beside them); H3: ρ ↑ (ρ_bg, ρ_total reported without a "
+              "prediction).", "", "## Images and settings", ""]
+    for res in results:
+        c = res.counts
+        skipped = f", {len(res.skipped)} skipped for NaN/inf/σ* ≤ 0" if res.skipped else ""
+        lines.append(f"- **{res.layer}**: {c['used']} images used ({c['both']} effective in both runs{skipped}; "
+                     f"label run {c['label_effective']}, distil run {c['distil_effective']} effective); "
+                     f"checkpoints {' '.join(map(str, res.epochs))} ({res.epochs_source}); grid {res.grid}×{res.grid}; "
+                     f"S = {res.image_size}; m̂ {'skips' if res.mhat_skips_epoch0 else 'includes'} epoch 0.")
+    lines += [f"- b = {settings['b']}; {pct} paired bootstrap over images, {settings['bootstrap']} resamples, "
+              f"seed {settings['seed']} (each resample recomputes the baseline H̄_bg, the concepts, m̂ and the "
+              "metrics); differences are distil − label.", "", "## Figures", ""]
+    n = 0
+    if not any(res.figures for res in results):
+        lines += ["(not drawn: --no-figures)", ""]
+    for res in results:
+        for key in FIGURE_ORDER:
+            if key in res.figures:
+                n += 1
+                lines += [f"![{key} {res.layer}]({res.figures[key]})", "",
+                          f"*Figure {n} ({res.layer}).* {CAPTIONS[key]}", ""]
+    notes = [f"- {res.layer}: {note}" for res in results for note in res.notes]
+    if notes:
+        lines += ["## Notes", ""] + notes + [""]
+    lines += ["## Inputs", ""]
+    for res in results:
+        for flag, path in res.inputs.items():
+            lines.append(f"- {res.layer} `{flag}`: `{path}`")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def finite_or_none(obj: Any) -> Any:
+    """``obj`` with every NaN/inf float replaced by None, so that metrics.json is strict JSON."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    return obj
+
+
+def write_outputs(out: Path, results: list[LayerResult], settings: dict[str, Any], provenance: dict[str, Any],
+                  level: float) -> None:
+    """``metrics.json`` (everything), ``metrics.csv`` (image × net), ``report.md``; each written atomically."""
+    write_json(out / "metrics.json", finite_or_none({
+        **provenance, "settings": settings, "table": [dict(zip(HEADER, r)) for r in table_rows(results)],
+        "layers": {res.layer: layer_json(res) for res in results}}))
+    write_text(out / "metrics.csv", metrics_csv(results))
+    write_text(out / "report.md", markdown(results, settings, level))
