@@ -19,8 +19,8 @@ from torch import nn
 
 from .resnet import RESNET_TAPS, build_resnet_tiny, build_torchvision_resnet
 from .taps import LAYERS, Tap, analysed_weight, params_up_to, truncated
-from .vgg import TinyFeatures, build_torchvision_vgg, build_vgg_tiny, vgg_taps
-from torchvision import models as tvm
+from .vgg import build_torchvision_vgg, build_vgg_tiny, feature_layout, tiny_cfg, vgg_taps
+from torchvision.models import vgg as tv_vgg
 
 __all__ = ["ARCHS", "LAYERS", "MODELS", "TAPS", "ArchInfo", "Tap", "analysed_weight", "build_model",
            "arch_info", "feature_fn", "params_up_to", "truncated", "load_pretrained"]
@@ -34,9 +34,14 @@ class ArchInfo:
     new_head: tuple[str, ...]  # state_dict prefixes a pretrained torchvision backbone does not provide
 
 
+_TV_VGG_CFG = {"vgg11": ("A", False), "vgg16": ("D", False), "vgg16_bn": ("D", True), "vgg19": ("E", False)}
+# torchvision's AlexNet features: conv relu pool conv relu pool conv relu conv relu conv relu pool
+_ALEXNET_LAYOUT = ["conv", "relu", "pool"] * 2 + ["conv", "relu"] * 3 + ["pool"]
+
+
 def _tv_vgg_taps(arch: str) -> dict[str, Tap]:
-    features = getattr(tvm, arch)(weights=None).features
-    return vgg_taps(features, (0, 3, 6))
+    cfg, bn = _TV_VGG_CFG[arch]
+    return vgg_taps(feature_layout(tv_vgg.cfgs[cfg], bn), (0, 3, 6))
 
 
 _VGG_HEAD = ("classifier.6.",)
@@ -58,13 +63,12 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 ARCHS: dict[str, ArchInfo] = {
-    "alexnet": ArchInfo("alexnet", 227, vgg_taps(tvm.alexnet(weights=None).features, (1, 4, 6)), _VGG_HEAD),
+    "alexnet": ArchInfo("alexnet", 227, vgg_taps(_ALEXNET_LAYOUT, (1, 4, 6)), _VGG_HEAD),
     **{a: ArchInfo("vgg", 224, _tv_vgg_taps(a), _VGG_HEAD) for a in ("vgg11", "vgg16", "vgg16_bn", "vgg19")},
     **{a: ArchInfo("resnet", 224, RESNET_TAPS, _RESNET_HEAD)
        for a in ("resnet18", "resnet50", "resnet101", "resnet152")},
-    "vgg_tiny": ArchInfo("vgg", 64, vgg_taps(TinyFeatures((16, 32, 64, 64)), (0, 3, 6)), _VGG_HEAD),
-    "vgg_tiny_bn": ArchInfo("vgg", 64, vgg_taps(TinyFeatures((16, 32, 64, 64), batch_norm=True), (0, 3, 6)),
-                            _VGG_HEAD),
+    "vgg_tiny": ArchInfo("vgg", 64, vgg_taps(feature_layout(tiny_cfg(), False), (0, 3, 6)), _VGG_HEAD),
+    "vgg_tiny_bn": ArchInfo("vgg", 64, vgg_taps(feature_layout(tiny_cfg(), True), (0, 3, 6)), _VGG_HEAD),
     "resnet_tiny": ArchInfo("resnet", 64, RESNET_TAPS, _RESNET_HEAD),
 }
 

@@ -33,18 +33,23 @@ def _classifier_head(in_features: int, hidden: int, num_classes: int, dropout: f
     )
 
 
-def _last_conv_index(features: nn.Sequential) -> int:
-    return max(i for i, m in enumerate(features) if isinstance(m, nn.Conv2d))
+def feature_layout(cfg: list, batch_norm: bool, pool_after_last: bool = True) -> list[str]:
+    """Module kinds of a VGG ``features`` stack built from a torchvision-style cfg (ints = conv widths,
+    "M" = max-pool), without building it: ["conv", "bn", "relu", "pool", ...]."""
+    kinds: list[str] = []
+    for v in cfg:
+        kinds += ["pool"] if v == "M" else (["conv", "bn", "relu"] if batch_norm else ["conv", "relu"])
+    return kinds
 
 
-def vgg_taps(features: nn.Sequential, classifier_linear: tuple[int, int, int]) -> dict[str, Tap]:
-    """Taps for a ``net.features`` / ``net.classifier`` model.
+def vgg_taps(layout: list[str], classifier_linear: tuple[int, int, int]) -> dict[str, Tap]:
+    """Taps for a ``net.features`` / ``net.classifier`` model whose features have ``layout``.
 
     ``conv`` reads the last conv (or its BatchNorm, for ``*_bn`` nets: the value right before the ReLU);
     ``fc1..fc3`` read the three Linear layers of the classifier at the given indices.
     """
-    conv = _last_conv_index(features)
-    node = conv + 1 if isinstance(features[conv + 1], nn.BatchNorm2d) else conv
+    conv = max(i for i, kind in enumerate(layout) if kind == "conv")
+    node = conv + 1 if layout[conv + 1] == "bn" else conv
     taps = {"conv": Tap(f"net.features.{node}", f"net.features.{conv}.weight")}
     for name, idx in zip(("fc1", "fc2", "fc3"), classifier_linear):
         taps[name] = Tap(f"net.classifier.{idx}", f"net.classifier.{idx}.weight")
@@ -57,6 +62,14 @@ def build_torchvision_vgg(arch: str, num_classes: int, dropout: float = 0.5) -> 
     model = WrappedNet(net)
     init_weights(model)
     return disable_inplace(model)
+
+
+TINY_WIDTHS = (16, 32, 64, 64)
+
+
+def tiny_cfg(widths: tuple[int, ...] = TINY_WIDTHS) -> list:
+    """The tiny VGG's features as a torchvision-style cfg: every conv followed by a max-pool."""
+    return [x for w in widths for x in (w, "M")]
 
 
 class TinyFeatures(nn.Sequential):
@@ -77,7 +90,7 @@ class TinyFeatures(nn.Sequential):
 class TinyVGG(nn.Module):
     """CPU-sized VGG with torchvision's attribute names (``features``, ``avgpool``, ``classifier``)."""
 
-    def __init__(self, num_classes: int, widths=(16, 32, 64, 64), pool: int = 4, hidden: int = 256,
+    def __init__(self, num_classes: int, widths=TINY_WIDTHS, pool: int = 4, hidden: int = 256,
                  dropout: float = 0.5, batch_norm: bool = False):
         super().__init__()
         self.features = TinyFeatures(widths, batch_norm=batch_norm)
