@@ -1,21 +1,33 @@
-# kdq — the two README commands (`make demo`, `make test`) and the stages of the demo as targets.
-# `make -n demo` prints the exact commands, to run by hand on your own data.
+# kdq — the two README commands (`make demo`, `make test`) and the stages of the study as targets.
+# `make -n demo` prints the exact commands, to run by hand on your own data.  Every stage writes a
+# `.done` marker only when its script succeeded, so an interrupted demo continues from the last
+# finished stage (and each script's --resume continues the stage itself).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DATA ?= data/embedded
 RUNS ?= runs/demo
 ARCH ?= vgg_tiny
+LAYER ?= fc1
 DEVICE ?= cpu
 SEED ?= 0
+# demo scale (see README: measured ≈ minutes on 2 CPU cores)
 TEACHER_EPOCHS ?= 20
-LABEL_EPOCHS ?= 20
+EPOCHS ?= 20
+FINETUNE_EPOCHS ?= 20
+CHECKPOINTS ?= 0 1 2 4 7 10 15 20
+TRAIN_FLAGS ?= --batch-size 16 --lr 0.02 --device $(DEVICE) --seed $(SEED)
+SIGMA_FLAGS ?= --pic-num 40 --effect-num 16 --samples 16 --steps 40 --break-steps 10 --batch-images 8 \
+	--device $(DEVICE) --seed $(SEED)
+METRIC_FLAGS ?= --bootstrap 1000 --seed $(SEED)
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-quick venv clean-demo help
+.PHONY: demo study test test-quick venv clean-demo help
 
 help:
-	@echo "make demo   run the study on the embedded dataset (CPU)"
-	@echo "make test   run the whole test suite (make test-quick skips the slow end-to-end tests)"
+	@echo "make demo        the study on the embedded dataset (CPU, minutes)"
+	@echo "make study       all four layers, vgg_tiny and resnet_tiny, more images (tens of minutes)"
+	@echo "make test        the whole test suite; make test-quick skips the slow end-to-end tests"
+	@echo "make -n demo     print the commands without running them"
 
 # ---- environment -------------------------------------------------------------------------------
 $(VENV)/.kdq-requirements: requirements.txt
@@ -34,22 +46,58 @@ test: venv
 test-quick: venv
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-# ---- the demo pipeline: each stage is a file target, so an interrupted demo resumes ---------------
+# ---- the study: one target per stage -------------------------------------------------------------
 $(DATA)/dataset.json: | venv
 	$(PY) function/make_dataset.py --out $(DATA) --seed $(SEED) --overwrite
 
-$(RUNS)/teacher/run.json: $(DATA)/dataset.json
+$(RUNS)/teacher/.done: $(DATA)/dataset.json | venv
 	$(PY) train_net/train_net.py --arch $(ARCH) --data $(DATA) --split teacher --val-split val \
-		--epochs $(TEACHER_EPOCHS) --lr 0.05 --checkpoints $(TEACHER_EPOCHS) --device $(DEVICE) \
-		--seed $(SEED) --out $(RUNS)/teacher --resume
+		--epochs $(TEACHER_EPOCHS) --checkpoints $(TEACHER_EPOCHS) $(TRAIN_FLAGS) --out $(@D) --resume
+	touch $@
 
-$(RUNS)/label/run.json: $(DATA)/dataset.json
+$(RUNS)/label/.done: $(DATA)/dataset.json | venv
 	$(PY) train_net/train_net.py --arch $(ARCH) --data $(DATA) --split train --val-split val \
-		--epochs $(LABEL_EPOCHS) --lr 0.05 --checkpoints paper --device $(DEVICE) \
-		--seed $(SEED) --out $(RUNS)/label --resume
+		--epochs $(EPOCHS) --checkpoints $(CHECKPOINTS) $(TRAIN_FLAGS) --out $(@D) --resume
+	touch $@
 
-demo: $(RUNS)/teacher/run.json $(RUNS)/label/run.json
-	@$(PY) -c "import json; [print(f'{r}: val top-1 {json.load(open(\"$(RUNS)/\" + r + \"/run.json\"))[\"final\"][\"val_acc1\"]:.1f}%') for r in ('teacher', 'label')]"
+$(RUNS)/distil_%/.done: $(RUNS)/teacher/.done | venv
+	$(PY) distillation/distillation.py --teacher_checkpoint $(RUNS)/teacher/$(TEACHER_EPOCHS).pth.tar \
+		--teacher-arch $(ARCH) --arch $(ARCH) --layer $* --data $(DATA) --split train --val-split val \
+		--epochs $(EPOCHS) --finetune-epochs $(FINETUNE_EPOCHS) --checkpoints $(CHECKPOINTS) $(TRAIN_FLAGS) \
+		--out $(@D) --resume
+	touch $@
+
+$(RUNS)/sigma_label/%/.done: $(RUNS)/label/.done | venv
+	$(PY) sigma/train_sigma.py --checkpoint_root $(RUNS)/label --arch $(ARCH) --layer $* --data $(DATA) \
+		--split train $(SIGMA_FLAGS) --out $(@D) --resume
+	touch $@
+
+$(RUNS)/sigma_distil/%/.done: $(RUNS)/distil_%/.done | venv
+	$(PY) sigma/train_sigma.py --checkpoint_root $(RUNS)/distil_$* --arch $(ARCH) --layer $* --data $(DATA) \
+		--split train $(SIGMA_FLAGS) --out $(@D) --resume
+	touch $@
+
+$(RUNS)/metrics_%/report.md: $(RUNS)/sigma_label/%/.done $(RUNS)/sigma_distil/%/.done | venv
+	$(PY) sigma/find_knowledge_new.py --label-sigma $(RUNS)/sigma_label/$* --distil-sigma $(RUNS)/sigma_distil/$* \
+		--label-run $(RUNS)/label --distil-run $(RUNS)/distil_$* --data $(DATA) --split train --layer $* \
+		$(METRIC_FLAGS) --out $(@D) --overwrite
+
+demo: $(RUNS)/metrics_$(LAYER)/report.md
+	@$(PY) function/summarize_runs.py $(RUNS)
+
+# The fuller study: both tiny archs, all four layers (tens of minutes on 2 CPU cores).
+STUDY_RUNS ?= runs/study
+STUDY_LAYERS ?= conv fc1 fc2 fc3
+study: | venv
+	for arch in vgg_tiny resnet_tiny; do for layer in $(STUDY_LAYERS); do \
+		$(MAKE) --no-print-directory $(STUDY_RUNS)/$$arch/metrics_$$layer/report.md RUNS=$(STUDY_RUNS)/$$arch \
+			ARCH=$$arch VENV=$(VENV) DATA=$(DATA) \
+			SIGMA_FLAGS="--pic-num 80 --effect-num 32 --samples 24 --steps 60 --break-steps 15 --batch-images 8 --device $(DEVICE) --seed $(SEED)" \
+			|| exit 1; done; done
+	$(PY) function/summarize_runs.py $(STUDY_RUNS)
 
 clean-demo:
 	rm -rf $(RUNS) $(DATA)
+
+.PRECIOUS: $(RUNS)/%/.done $(RUNS)/sigma_label/%/.done $(RUNS)/sigma_distil/%/.done
+.SECONDARY:
