@@ -66,3 +66,23 @@ def setup(args, stage: str):
     return ctx, device, record
 
 
+
+
+def import_stage(relpath: str):
+    """Import a stage script of this repository (e.g. ``"train_net/train_net.py"``) as a module, so a
+    thin entry point (``supplement/``) can reuse its ``get_args_parser`` and ``main`` without copying."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / relpath
+    name = "kdq_stage_" + path.stem
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return sys.modules[name]
