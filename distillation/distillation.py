@@ -96,10 +96,44 @@ def check_args(args: argparse.Namespace) -> None:
         args.layer = "fc3"
     if not 0.0 <= args.alpha <= 1.0:
         raise UserError(f"--alpha must be in [0, 1], got {args.alpha}")
+    if args.adapter and args.method != "feature":
+        raise UserError("--adapter applies to --method feature only")
     if args.finetune_epochs < 0:
         raise UserError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
     if args.teacher_mode is None:
         args.teacher_mode = "train" if args.method == "feature" else "eval"
+
+
+def prepare_teacher(args: argparse.Namespace, input_size: int, classes: list[str]):
+    """Load the frozen teacher and check it against the student (before any output is written).
+
+    Returns ``(teacher, teacher_fn, teacher_meta, student_shape, teacher_shape)``: ``teacher_fn`` is the
+    teacher's truncated forward at ``--layer`` (the whole net for hinton), the shapes are per sample.
+    """
+    teacher, meta = load_teacher(args.teacher_checkpoint, args.teacher_arch, args.teacher_format)
+    if args.method == "hinton" or args.layer == "fc3":  # logits are compared class by class
+        if meta["num_classes"] != len(classes):
+            raise UserError(f"--teacher_checkpoint: the teacher has {meta['num_classes']} classes, split "
+                            f"{args.split!r} has {len(classes)}; distilling logits needs the same classes")
+        if meta["classes"] is not None and meta["classes"] != classes:
+            raise UserError(f"--teacher_checkpoint: the teacher's classes ({', '.join(meta['classes'][:3])}, ...) "
+                            f"are not those of split {args.split!r} in the same order")
+    freeze_teacher(teacher, args.teacher_mode)
+    teacher_fn = teacher if args.method == "hinton" else feature_fn(teacher, args.teacher_arch, args.layer)
+    with torch.random.fork_rng(devices=[]):
+        probe = build_model(args.arch, len(classes), dropout=args.dropout)
+    student_shape = feature_shape(feature_fn(probe, args.arch, args.layer), input_size)
+    teacher_shape = feature_shape(teacher_fn, input_size)
+    if args.adapter:
+        try:
+            make_adapter(student_shape, teacher_shape)
+        except ValueError as exc:
+            raise UserError(f"--adapter at --layer {args.layer}: {exc}") from None
+    elif student_shape != teacher_shape:
+        raise UserError(f"--layer {args.layer}: the teacher's feature ({args.teacher_arch}) has shape "
+                        f"{teacher_shape} but the student's ({args.arch}) has {student_shape}; they must agree"
+                        + (" (or pass --adapter to learn a map between them)" if args.method == "feature" else ""))
+    return teacher, teacher_fn, meta, student_shape, teacher_shape
 
 
 def main(args: argparse.Namespace) -> None:
@@ -112,33 +146,8 @@ def main(args: argparse.Namespace) -> None:
         raise UserError(str(exc)) from None
     train_set, val_set = load_splits(args, info.input_size)
     num_classes = len(train_set.classes)
-
-    # --- everything that can fail on bad input is checked before the output folder is touched
-    teacher, teacher_meta = load_teacher(args.teacher_checkpoint, args.teacher_arch, args.teacher_format)
-    logits_matter = args.method == "hinton" or args.layer == "fc3"
-    if logits_matter:
-        if teacher_meta["num_classes"] != num_classes:
-            raise UserError(f"--teacher_checkpoint: the teacher has {teacher_meta['num_classes']} classes, "
-                            f"split {args.split!r} has {num_classes}; distilling logits needs the same classes")
-        if teacher_meta["classes"] is not None and teacher_meta["classes"] != train_set.classes:
-            raise UserError(f"--teacher_checkpoint: the teacher's classes {teacher_meta['classes'][:3]}... are "
-                            f"not those of split {args.split!r} in the same order; logits would not correspond")
-    freeze_teacher(teacher, args.teacher_mode)
-    teacher_fn = teacher if args.method == "hinton" else feature_fn(teacher, args.teacher_arch, args.layer)
-    with torch.random.fork_rng(devices=[]):
-        probe = build_model(args.arch, num_classes, dropout=args.dropout)
-    student_shape = feature_shape(feature_fn(probe, args.arch, args.layer), info.input_size)
-    teacher_shape = feature_shape(teacher_fn, info.input_size)
-    del probe
-    if args.adapter:
-        try:
-            make_adapter(student_shape, teacher_shape)
-        except ValueError as exc:
-            raise UserError(f"--adapter at --layer {args.layer}: {exc}") from None
-    elif student_shape != teacher_shape:
-        raise UserError(f"--layer {args.layer}: the teacher's feature ({args.teacher_arch}) has shape "
-                        f"{teacher_shape} but the student's ({args.arch}) has {student_shape}; they must agree"
-                        + (" (or pass --adapter to learn a map between them)" if args.method == "feature" else ""))
+    teacher, teacher_fn, teacher_meta, student_shape, teacher_shape = prepare_teacher(
+        args, info.input_size, train_set.classes)
 
     ctx, device, record = setup(args, "distillation")
     if record is None:

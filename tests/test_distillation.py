@@ -273,7 +273,7 @@ def test_torchvision_format_teacher(tiny_data, teacher, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case", ["missing", "garbage", "unsafe", "wrong_arch", "unknown_layer", "no_layer",
-                                  "teacher_arch", "hinton_layer", "finished"])
+                                  "teacher_arch", "hinton_layer", "hinton_adapter", "class_order", "finished"])
 def test_bad_input_is_one_line_exit_2(case, tiny_data, teacher, conv_run, tmp_path, capsys):
     out = tmp_path / "run"
     ckpt, extra, layer = teacher, [], "conv"
@@ -295,6 +295,13 @@ def test_bad_input_is_one_line_exit_2(case, tiny_data, teacher, conv_run, tmp_pa
         extra = ["--teacher-arch", "vgg17"]
     elif case == "hinton_layer":
         extra = ["--method", "hinton"]
+    elif case == "hinton_adapter":
+        extra, layer = ["--method", "hinton", "--adapter"], None
+    elif case == "class_order":  # logits of a teacher whose classes are in another order
+        ckpt = tmp_path / "shuffled.pth.tar"
+        state = load_checkpoint(teacher)
+        torch.save({**state, "classes": state["classes"][::-1]}, ckpt)
+        layer = "fc3"
     elif case == "finished":
         out = conv_run[0]
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()} if out.exists() else None
@@ -308,7 +315,8 @@ def test_bad_input_is_one_line_exit_2(case, tiny_data, teacher, conv_run, tmp_pa
     assert "error" in line
     expect = {"missing": "does not exist", "garbage": "--teacher_checkpoint", "unsafe": "weights_only",
               "wrong_arch": "--teacher-arch resnet_tiny", "unknown_layer": "fc9", "no_layer": "--layer",
-              "teacher_arch": "vgg17", "hinton_layer": "hinton", "finished": "--resume"}[case]
+              "teacher_arch": "vgg17", "hinton_layer": "hinton", "hinton_adapter": "--adapter",
+              "class_order": "same order", "finished": "--resume"}[case]
     assert expect in line
     if case == "wrong_arch":
         assert "key" in line
