@@ -58,7 +58,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     s.add_argument("--layer", choices=LAYERS, default=None,
                    help="layer whose pre-activation output is distilled (required for --method feature; "
                         "hinton distils the logits, fc3)")
-    s.add_argument("--dropout", type=float, default=None, help="dropout of the student's fc head (default 0.5)")
+    s.add_argument("--dropout", type=float, default=None,
+                   help="dropout of the student's fc head (None: the arch's 0.5)")
     s.add_argument("--method", choices=("feature", "hinton"), default="feature",
                    help="feature: MSE on the layer's feature (the paper); hinton: logit KD (Hinton et al. 2015)")
     s.add_argument("--adapter", action="store_true",
