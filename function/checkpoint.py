@@ -67,7 +67,8 @@ def load_weights(model: nn.Module, path: Path, arch: str, flag: str = "checkpoin
     return ckpt
 
 
-def check_fits(model: nn.Module, sd: dict[str, torch.Tensor], arch: str, where: str) -> None:
+def check_fits(model: nn.Module, sd: dict[str, torch.Tensor], arch: str, where: str,
+               arch_flag: str = "--arch") -> None:
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
@@ -81,7 +82,7 @@ def check_fits(model: nn.Module, sd: dict[str, torch.Tensor], arch: str, where: 
             parts.append(f"{len(unexpected)} unexpected key(s) (e.g. {unexpected[0]})")
         if shapes:
             parts.append(f"{len(shapes)} shape mismatch(es) (e.g. {shapes[0]}, file vs model)")
-        raise UserError(f"{where} does not fit --arch {arch}: " + "; ".join(parts))
+        raise UserError(f"{where} does not fit {arch_flag} {arch}: " + "; ".join(parts))
 
 
 def num_classes_of(sd: dict[str, torch.Tensor], arch_fc3_weight: str) -> int:

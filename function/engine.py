@@ -110,6 +110,10 @@ class EpochLoop:
     ``lr_at(e)``: learning rate of epoch e (1-based), or None to leave it to ``plateau``.
     ``validate()``: a dict of validation figures; ``val_acc1`` updates ``best_acc1``, ``val_loss``
     drives ``plateau``.
+    ``extra_modules``: modules trained beside ``model`` (e.g. a distillation adapter); each one's state
+    dict is stored under its key in every checkpoint and restored by ``--resume``.
+    ``train_mode()``: puts the modules in their training modes at the start of every epoch (default
+    ``model.train()``; distillation's phase 2 keeps its frozen layers in eval mode).
     """
 
     out: Path
@@ -129,6 +133,8 @@ class EpochLoop:
     validate: Callable[[], dict[str, float]] | None = None
     name: str = "train"  # resume file <name>_state.pth.tar, log <name>_log.{json,csv}
     meta: dict = field(default_factory=dict)  # extra keys stored in every checkpoint
+    extra_modules: dict[str, nn.Module] = field(default_factory=dict)
+    train_mode: Callable[[], None] | None = None
     start_epoch: int = 0
     best_acc1: float = 0.0
     history: list[dict] = field(default_factory=list)
@@ -143,6 +149,8 @@ class EpochLoop:
             return False
         state = load_checkpoint(self.state_file, "--resume")
         self.model.load_state_dict(state["state_dict"])
+        for key, module in self.extra_modules.items():
+            module.load_state_dict(state[key])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.plateau is not None and state.get("plateau"):
             self.plateau.load_state_dict(state["plateau"])
@@ -176,7 +184,10 @@ class EpochLoop:
                 group["lr"] = self.lr_at(epoch)
         lr = self.optimizer.param_groups[0]["lr"]
         tic = time.time()
-        self.model.train()
+        if self.train_mode is not None:
+            self.train_mode()
+        else:
+            self.model.train()
         row = {"epoch": epoch, "lr": lr}
         row.update(train_one_epoch(self.step_fn, self.loader, self.optimizer, self.device, self.tracker,
                                    desc=f"{self.name} {epoch}", show=self.ctx.is_main))
@@ -202,7 +213,8 @@ class EpochLoop:
 
     def checkpoint_state(self, epoch: int) -> dict:
         return {"epoch": epoch, "state_dict": self.model.state_dict(), "best_acc1": self.best_acc1,
-                "optimizer": self.optimizer.state_dict(), "arch": self.arch, **self.meta}
+                "optimizer": self.optimizer.state_dict(), "arch": self.arch, **self.meta,
+                **{key: module.state_dict() for key, module in self.extra_modules.items()}}
 
     def _save_checkpoint(self, epoch: int) -> None:
         if self.ctx.is_main:

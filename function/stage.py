@@ -3,7 +3,9 @@ dataset splits, distributed init, seeding and the run folder."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
+import sys
 from pathlib import Path
 
 from .datasets import MaskedImageFolder
@@ -66,3 +68,18 @@ def setup(args, stage: str):
     return ctx, device, record
 
 
+def import_stage(path: str | Path):
+    """Import a stage script (e.g. ``"train_net/train_net.py"``, relative to this repository, or an absolute
+    path) as a module, so a thin entry point (``supplement/``) reuses its ``get_args_parser`` and ``main``."""
+    path = Path(__file__).resolve().parents[1] / path
+    name = f"kdq_stage_{path.parent.name}_{path.stem}"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return sys.modules[name]

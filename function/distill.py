@@ -1,0 +1,180 @@
+"""Knowledge distillation (SPEC §1): the losses, the frozen teacher and the student-side adapter.
+
+Losses are pure functions of tensors (each also as a small ``nn.Module``):
+
+* feature KD — :func:`feature_mse`: ``mean((student_feature − teacher_feature)²)`` over batch and elements,
+  the feature being a layer's pre-activation output (``models.feature_fn``).
+* logit KD (Hinton, Vinyals & Dean 2015) — :func:`hinton_loss`::
+
+      α · T² · KL( softmax(t/T) ‖ softmax(s/T) )  +  (1 − α) · CE(s, y)
+
+  ``s``/``t`` student/teacher logits, ``T`` the temperature, KL summed over classes and averaged over the
+  batch, CE averaged over the batch.  The ``T²`` keeps the soft term's gradients on the scale of the hard
+  term's whatever ``T`` is.
+
+The teacher is never updated: :func:`freeze_teacher` turns its gradients off and, in train mode (SPEC §1:
+"both nets in train mode"), makes BatchNorm use batch statistics *without* updating its running statistics,
+so the teacher's state dict stays bit-identical.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .checkpoint import check_fits, load_checkpoint, state_dict_of
+from .cli import UserError
+from .engine import _reduce
+from models import TAPS, build_model
+
+TEACHER_FORMATS = ("kdq", "torchvision")
+
+
+def feature_mse(student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between two features of the same shape (SPEC §1 phase-1 loss)."""
+    if student_feature.shape != teacher_feature.shape:
+        raise ValueError(f"feature shapes differ: student {tuple(student_feature.shape)} vs teacher "
+                         f"{tuple(teacher_feature.shape)}")
+    return F.mse_loss(student_feature, teacher_feature)
+
+
+def hinton_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                temperature: float = 4.0, alpha: float = 0.9) -> torch.Tensor:
+    """``α·T²·KL(softmax(t/T) ‖ softmax(s/T)) + (1−α)·CE(s, labels)`` (batch means; see the module doc)."""
+    t = temperature
+    log_p_student = F.log_softmax(student_logits / t, dim=1)
+    log_p_teacher = F.log_softmax(teacher_logits / t, dim=1)
+    kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
+    return alpha * t * t * kl + (1.0 - alpha) * F.cross_entropy(student_logits, labels)
+
+
+class FeatureMSE(nn.Module):
+    def forward(self, student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> torch.Tensor:
+        return feature_mse(student_feature, teacher_feature)
+
+
+class HintonLoss(nn.Module):
+    def __init__(self, temperature: float = 4.0, alpha: float = 0.9):
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        self.temperature, self.alpha = temperature, alpha
+
+    def forward(self, student_logits, teacher_logits, labels) -> torch.Tensor:
+        return hinton_loss(student_logits, teacher_logits, labels, self.temperature, self.alpha)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, alpha={self.alpha}"
+
+
+def make_adapter(student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]) -> nn.Module:
+    """A learned map from the student's feature to the teacher's (per-sample shapes, no batch axis):
+    a 1×1 conv for (C, H, W) features with equal H, W; a linear layer for (D,) features."""
+    s, t = tuple(student_shape), tuple(teacher_shape)
+    if len(s) == 3 and len(t) == 3:
+        if s[1:] != t[1:]:
+            raise ValueError(f"a 1x1 adapter maps channels only, but the spatial sizes differ "
+                             f"(student {s}, teacher {t})")
+        return nn.Conv2d(s[0], t[0], kernel_size=1)
+    if len(s) == 1 and len(t) == 1:
+        return nn.Linear(s[0], t[0])
+    raise ValueError(f"no adapter maps a student feature of shape {s} to a teacher feature of shape {t}")
+
+
+def _batch_norms(model: nn.Module):
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def freeze_teacher(model: nn.Module, mode: str = "train") -> nn.Module:
+    """Make ``model`` a fixed teacher: no gradients, and ``mode`` ``train`` (dropout on, BatchNorm on batch
+    statistics — but its running statistics are never updated) or ``eval``."""
+    if mode not in ("train", "eval"):
+        raise ValueError(f"teacher mode must be train or eval, got {mode!r}")
+    model.requires_grad_(False)
+    model.train(mode == "train")
+    if mode == "train":
+        for bn in _batch_norms(model):
+            bn.track_running_stats = False  # batch statistics, running buffers untouched
+    return model
+
+
+@contextlib.contextmanager
+def eval_mode(*modules: nn.Module):
+    """Put ``modules`` in eval mode and give every submodule back its own training flag afterwards."""
+    flags = [(m, m.training) for module in modules for m in module.modules()]
+    for module in modules:
+        module.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+@torch.no_grad()
+def feature_shape(fn: nn.Module, size: int, device: torch.device | str = "cpu") -> tuple[int, ...]:
+    """The per-sample shape of ``fn``'s output for one ``3×size×size`` input (run in eval mode)."""
+    with eval_mode(fn):
+        return tuple(fn(torch.zeros(1, 3, size, size, device=device)).shape[1:])
+
+
+@torch.no_grad()
+def evaluate_feature_mse(student_fn: nn.Module, teacher_fn: nn.Module, loader: DataLoader,
+                         device: torch.device, adapter: nn.Module | None = None) -> dict[str, float]:
+    """Mean feature MSE over ``loader`` with both nets in eval mode (``val_mse``)."""
+    total, n = 0.0, 0
+    with eval_mode(student_fn, teacher_fn, *([adapter] if adapter is not None else [])):
+        for images, _ in loader:
+            images = images.to(device)
+            s = student_fn(images)
+            if adapter is not None:
+                s = adapter(s)
+            total += F.mse_loss(s, teacher_fn(images), reduction="sum").item() / s[0].numel()
+            n += images.shape[0]
+    total, n = _reduce([total, float(n)], device)
+    return {"val_mse": total / max(n, 1)}
+
+
+def load_teacher(path: Path, arch: str, fmt: str = "kdq", flag: str = "--teacher_checkpoint",
+                 arch_flag: str = "--teacher-arch") -> tuple[nn.Module, dict[str, Any]]:
+    """Build ``arch`` and load the teacher weights in ``path`` into it (``weights_only=True``).
+
+    ``fmt`` ``kdq``: a train_net checkpoint (``state_dict`` with ``net.*`` keys, or the original code's
+    checkpoints; a ``module.`` prefix is stripped).  ``torchvision``: a torchvision-format state dict of the
+    whole model (``features.*``, ``classifier.*``), read as ``net.*``.  The number of classes is the
+    checkpoint's ``num_classes`` or the rows of its fc3 weight.  Returns the model (on the CPU, random state
+    untouched) and ``{"num_classes", "classes", "epoch"}``; every failure is a one-line UserError.
+    """
+    if fmt not in TEACHER_FORMATS:
+        raise UserError(f"--teacher-format: {fmt!r} is not one of {', '.join(TEACHER_FORMATS)}")
+    ckpt = load_checkpoint(path, flag)
+    try:
+        sd = state_dict_of(ckpt)
+    except ValueError:
+        raise UserError(f"{flag}: {path} holds no state dict of tensors") from None
+    if fmt == "torchvision":
+        sd = {"net." + k: v for k, v in sd.items()}
+    fc3 = TAPS[arch]["fc3"].weight
+    num_classes = ckpt.get("num_classes") if fmt == "kdq" else None
+    if not isinstance(num_classes, int):
+        num_classes = int(sd[fc3].shape[0]) if fc3 in sd and sd[fc3].dim() == 2 else 1
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(arch, num_classes)
+    hint = ""
+    if fmt == "kdq" and not any(k.startswith("net.") for k in sd):
+        hint = " (for a torchvision-format state dict pass --teacher-format torchvision)"
+    try:
+        check_fits(model, sd, arch, f"{flag}: {path}", arch_flag)
+    except UserError as exc:
+        raise UserError(f"{exc}{hint}") from None
+    model.load_state_dict(sd)
+    classes = ckpt.get("classes") if fmt == "kdq" else None
+    return model, {"num_classes": num_classes, "classes": list(classes) if isinstance(classes, list) else None,
+                   "epoch": ckpt.get("epoch") if isinstance(ckpt.get("epoch"), int) else None}

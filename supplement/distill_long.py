@@ -1,0 +1,34 @@
+"""Supplement: the long distillation schedule (400 epochs, checkpoints extended by SPEC §1).
+
+    python supplement/distill_long.py --teacher_checkpoint runs/teacher_heavy/150.pth.tar --teacher-arch vgg16 \
+        --arch vgg16 --layer conv --data ROOT --split train --val-split val --out runs/distil_conv_long
+
+This is ``distillation/distillation.py`` with ``--epochs 400`` as the default; ``--checkpoints paper`` (the
+default) then saves ``0 2 5 10 15 20 25 30 40 50 70 90 110 130 150 170 190 240 280 320 360 400``.
+Every distillation flag works and may override it (a label net for the comparison is
+``train_net.py --epochs 400``).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from function.cli import run
+from function.stage import import_stage
+
+LONG_DEFAULTS = {"epochs": 400}
+
+_distillation = import_stage(Path(__file__).resolve().parents[1] / "distillation/distillation.py")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = _distillation.get_args_parser()
+    parser.description = __doc__.split("\n\n")[0]
+    parser.set_defaults(**LONG_DEFAULTS)
+    return parser
+
+
+main = _distillation.main
+
+if __name__ == "__main__":
+    raise SystemExit(run(get_args_parser, main))
