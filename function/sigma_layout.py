@@ -13,6 +13,7 @@ of the K entries).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -83,8 +84,6 @@ def finished_images(run: Path) -> dict[int, bool]:
 def run_epochs(run: Path) -> list[int] | None:
     """The checkpoint epochs of the K entries, as recorded by kdq in ``<run>/run.json``
     (None for runs of the original code, which do not record them)."""
-    import json
-
     try:
         data = json.loads((Path(run) / "run.json").read_text())
     except (OSError, ValueError):
