@@ -47,6 +47,7 @@ from .runtime import derive_seed
 HALF_LOG_2PIE = 0.5 * math.log(2 * math.pi * math.e)
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
+CPU_CHUNK = 32  # default noise samples per forward pass on the CPU
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,7 +144,7 @@ class SigmaConfig:
     lambda_factor: float = 1.5  # λ ← factor·λ when the target was not reached by the decision step
     sigma_min: float = 1e-3
     sigma_max: float = 1.0
-    sample_chunk: int | None = None  # samples per forward chunk (None: all n; halved on CUDA OOM)
+    sample_chunk: int | None = None  # samples per forward pass (None: 32 on CPU, else all n, halved on OOM)
     amp: str | None = None  # None, "bf16" or "fp16": autocast of the feature forward
     channels_last: bool = False  # feed the net channels-last inputs
 
@@ -214,7 +215,13 @@ class SigmaFitter:
         self.cfg = config
         self.device = torch.device(device)
         self.activation = activation
-        self.chunk = config.sample_chunk  # None = all samples; may shrink on CUDA OOM (auto mode)
+        # samples per forward pass (per image).  Auto (sample_chunk=None): on the CPU small passes keep
+        # the activations in cache (measured ~15% faster for vgg_tiny than one pass of 96); elsewhere
+        # all n at once, halved on CUDA out-of-memory.  Chunking changes only summation order.
+        if config.sample_chunk is not None:
+            self.chunk = config.sample_chunk
+        else:
+            self.chunk = min(CPU_CHUNK, config.samples) if self.device.type == "cpu" else None
 
     # -- public -------------------------------------------------------------------------------
     def fit(self, images: torch.Tensor, seeds: Sequence[int],

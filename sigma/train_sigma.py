@@ -97,8 +97,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-images", type=positive_int, default=1,
                    help="images fitted at once (independent σ, noise, λ and stopping); raise it on a GPU")
     r.add_argument("--sample-chunk", type=positive_int, default=None,
-                   help="noise samples per forward pass, gradients accumulated (same result, less memory); "
-                        "default: all, halved automatically on CUDA out-of-memory")
+                   help="noise samples per forward pass, gradients accumulated (same result up to rounding, less "
+                        "memory); default: 32 on the CPU (faster), else all, halved automatically on CUDA "
+                        "out-of-memory")
     r.add_argument("--amp", nargs="?", const="bf16", choices=("bf16", "fp16"), default=None,
                    help="autocast the net's forward (bf16 unless fp16 is named); changes the maps slightly")
     r.add_argument("--channels-last", action="store_true", help="channels-last memory format for conv nets")
