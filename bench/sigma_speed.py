@@ -7,7 +7,8 @@
     RNG, a ``.item()`` per step for the log (how the original code works) — versus ``SigmaFitter``;
 (b) ``SigmaFitter`` versus the floor: ``T·n`` forward+backward passes of the truncated net, with nothing
     else (``feature(x).sum().backward()`` on an input that requires grad);
-(c) on CUDA: images per second at B = 1, 8, 32, with and without ``--amp`` (bf16).
+(c) on CUDA: images per second at B = 1, 8, 32, with and without ``--amp`` (bf16);
+(d) with ``--map-effect N``: how much ``--amp`` and ``--channels-last`` change the maps of N images.
 
 Times are per SGD step (a fit may stop after step T−T_break−1), the minimum over ``--repeats``
 interleaved runs, on one checkpoint and device.  Without ``--checkpoint`` a freshly initialised net is used.
@@ -25,6 +26,8 @@ from torch import nn
 
 from function.checkpoint import load_checkpoint, num_classes_of, state_dict_of
 from function.cli import Parser, positive_int, run
+from function.datasets import MaskedImageFolder
+from function.transforms import eval_transform
 from function.sigma import SigmaConfig, SigmaFitter, mean_entropy, select_step
 from models import arch_info, build_model, feature_fn
 
@@ -44,6 +47,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--skip-naive", action="store_true", help="skip (a)")
     p.add_argument("--cuda-batches", type=int, nargs="+", default=[1, 8, 32], help="B for (c)")
+    p.add_argument("--data", type=Path, default=None, help="dataset root: time and compare on its train images")
+    p.add_argument("--map-effect", type=int, default=0, metavar="N",
+                   help="(d) fit N random images with and without --amp / --channels-last and compare the maps")
     return p
 
 
@@ -134,7 +140,9 @@ def main(args: argparse.Namespace) -> None:
     if sd is not None:
         model.load_state_dict(sd)
     model.to(device).eval()
-    x = torch.randn(1, 3, size, size, device=device)
+    global DATA
+    DATA = args.data
+    x = images(1, size, device)
     print(f"device {device} ({torch.get_num_threads()} CPU threads), torch {torch.__version__}, {args.arch} at "
           f"{size} px, n={args.samples}, T={args.steps}, grid {args.grid}, "
           f"weights: {args.checkpoint or 'fresh'}; times: min of {args.repeats} per SGD step")
@@ -177,6 +185,36 @@ def main(args: argparse.Namespace) -> None:
               f"a sigma run costs images × checkpoints × that")
         if device.type == "cuda":
             cuda_throughput(feature, cfg, size, device, args.cuda_batches, layer)
+        if args.map_effect:
+            map_effect(feature, cfg, size, device, args.map_effect, layer)
+
+
+DATA: Path | None = None
+
+
+def images(n: int, size: int, device) -> torch.Tensor:
+    """``n`` images of ``--data`` (its train split), or random normalised-scale inputs without it."""
+    if DATA is None:
+        return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(1)).to(device)
+    ds = MaskedImageFolder(DATA, "train", transform=eval_transform(size))
+    return torch.stack([ds[i * len(ds) // n][0] for i in range(n)]).to(device)
+
+
+def map_effect(feature, cfg: SigmaConfig, size: int, device, n_images: int, layer: str) -> None:
+    """(d) how much --amp (bf16) and --channels-last change the maps: same images, seeds and settings."""
+    x = images(n_images, size, device)
+    seeds = list(range(n_images))
+    base = SigmaFitter(feature, cfg, device).fit(x, seeds)
+    for label, changed in (("amp bf16", cfg.with_(amp="bf16")), ("channels-last", cfg.with_(channels_last=True))):
+        fits = SigmaFitter(feature, changed, device).fit(x, seeds)
+        d_h, corr, same_step = [], [], 0
+        for a, b in zip(base, fits):
+            ha, hb = torch.from_numpy(a.sigma).log(), torch.from_numpy(b.sigma).log()
+            d_h.append((ha - hb).abs().mean().item())
+            corr.append(torch.corrcoef(torch.stack([ha.flatten(), hb.flatten()]))[0, 1].item())
+            same_step += a.best_step == b.best_step
+        print(f"[{layer}] (d) {label}: mean |ΔH| per cell {sum(d_h) / len(d_h):.4f} nats, corr(log σ*) "
+              f"{sum(corr) / len(corr):.4f}, same σ* step {same_step}/{len(base)} ({device.type})")
 
 
 def cuda_throughput(feature, cfg: SigmaConfig, size: int, device, batches: list[int], layer: str) -> None:

@@ -319,6 +319,7 @@ def write_lists(out: Path, names: list[str], status: list[int], effect_num: int)
 
 def main(args: argparse.Namespace) -> None:
     plan = Plan(args)  # every check that needs no writing
+    args.lam = plan.lam  # recorded and compared on --resume as the value used, not "default"
     ctx, device = init_distributed(args.device)
     error = None
     if ctx.is_main:

@@ -205,3 +205,38 @@ def test_bad_input_is_one_line_exit_2(case, ckpt_run, tiny_data, tmp_path, capsy
         assert not out.exists()  # nothing half-written
     else:
         assert sorted(out.rglob("*")) == before
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_write_the_same_files_and_resume_with_one(ckpt_run, tiny_data, tmp_path):
+    """Issue 8 §2: 2 ranks (gloo) write byte-identical files to 1 rank; a cut-short 2-rank run resumes with 1."""
+    import os
+    import subprocess
+    import sys
+
+    args = ("--pic-num", "6", "--effect-num", "3", "--batch-images", "2")
+    one = tmp_path / "one"
+    assert sigma(ckpt_run, tiny_data, one, *args) == 0  # one thread, as torchrun gives each rank
+    two = tmp_path / "two"
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(root / SCRIPT), "--checkpoint_root", str(ckpt_run), "--arch", "vgg_tiny", "--layer", "conv",
+           "--data", str(tiny_data), "--split", "train", "--out", str(two), *FAST, *args]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    def listed(run: Path) -> dict[str, bytes]:
+        full = read_names(run / FULL_LIST)
+        keep = {FULL_LIST, EFFECT_LIST, NON_EFFECT_LIST}
+        for name in read_names(run / EFFECT_LIST) + read_names(run / NON_EFFECT_LIST):
+            i = full.index(name)
+            keep |= {f"img_{i}_effect", f"img_{i}_non_effect"}
+        return {k: v for k, v in files_of(run).items() if k.split("/")[0] in keep}
+
+    assert listed(two) == listed(one) and len(read_names(two / EFFECT_LIST)) == 3
+    # cut the 2-rank run short (as if killed before its last images were written) and resume with 1 rank
+    for folder in sorted(two.glob("img_*"))[-3:]:
+        shutil.rmtree(folder)
+    assert sigma(ckpt_run, tiny_data, two, *args, "--resume") == 0
+    assert listed(two) == listed(one)
