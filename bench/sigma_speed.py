@@ -140,9 +140,7 @@ def main(args: argparse.Namespace) -> None:
     if sd is not None:
         model.load_state_dict(sd)
     model.to(device).eval()
-    global DATA
-    DATA = args.data
-    x = images(1, size, device)
+    x = images(1, size, device, args.data)
     print(f"device {device} ({torch.get_num_threads()} CPU threads), torch {torch.__version__}, {args.arch} at "
           f"{size} px, n={args.samples}, T={args.steps}, grid {args.grid}, "
           f"weights: {args.checkpoint or 'fresh'}; times: min of {args.repeats} per SGD step")
@@ -186,23 +184,20 @@ def main(args: argparse.Namespace) -> None:
         if device.type == "cuda":
             cuda_throughput(feature, cfg, size, device, args.cuda_batches, layer)
         if args.map_effect:
-            map_effect(feature, cfg, size, device, args.map_effect, layer)
+            map_effect(feature, cfg, size, device, args.map_effect, layer, args.data)
 
 
-DATA: Path | None = None
-
-
-def images(n: int, size: int, device) -> torch.Tensor:
-    """``n`` images of ``--data`` (its train split), or random normalised-scale inputs without it."""
-    if DATA is None:
+def images(n: int, size: int, device, data: Path | None) -> torch.Tensor:
+    """``n`` images of ``data`` (its train split), or random normalised-scale inputs without it."""
+    if data is None:
         return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(1)).to(device)
-    ds = MaskedImageFolder(DATA, "train", transform=eval_transform(size))
+    ds = MaskedImageFolder(data, "train", transform=eval_transform(size))
     return torch.stack([ds[i * len(ds) // n][0] for i in range(n)]).to(device)
 
 
-def map_effect(feature, cfg: SigmaConfig, size: int, device, n_images: int, layer: str) -> None:
+def map_effect(feature, cfg: SigmaConfig, size: int, device, n_images: int, layer: str, data) -> None:
     """(d) how much --amp (bf16) and --channels-last change the maps: same images, seeds and settings."""
-    x = images(n_images, size, device)
+    x = images(n_images, size, device, data)
     seeds = list(range(n_images))
     base = SigmaFitter(feature, cfg, device).fit(x, seeds)
     for label, changed in (("amp bf16", cfg.with_(amp="bf16")), ("channels-last", cfg.with_(channels_last=True))):
