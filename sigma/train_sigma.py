@@ -18,6 +18,7 @@ finished image and redoes a half-written one.  Runs under ``torchrun`` (images s
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
@@ -32,7 +33,6 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from function.atomic import save_npy, write_json
 from function.checkpoint import check_fits, list_checkpoints, load_checkpoint, num_classes_of, state_dict_of
 from function.cli import Parser, UserError, existing_dir, positive_float, positive_int, run
 from function.datasets import MaskedImageFolder
@@ -237,15 +237,22 @@ class ImageRecord:
         final = image_folder(out, self.pos, self.effective)
         tmp = Path(tempfile.mkdtemp(prefix=f".img_{self.pos}.", suffix=".tmp", dir=out))
         try:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result is not
             npy = tmp / "npy_files"
             npy.mkdir()
             for name, arr in (("best_sigma_entropy", self.best_sigma), ("entropy", self.entropy),
                               ("feature_loss", self.feature_loss), ("penalty_loss", self.penalty_loss),
                               ("sigma_f_matrix", self.sigma_f)):
-                save_npy(npy / f"{name}.npy", arr)
-            write_json(tmp / FIT_JSON, {"name": self.name, "dataset_index": self.index, "effective": self.effective,
-                                        "reason": self.reason, "checkpoints": epochs,
-                                        "fits": {str(e): v for e, v in sorted(self.fits.items())}})
+                with open(npy / f"{name}.npy", "wb") as fh:  # the folder's rename is the atomic step
+                    np.save(fh, arr, allow_pickle=False)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            info = {"name": self.name, "dataset_index": self.index, "effective": self.effective,
+                    "reason": self.reason, "checkpoints": epochs,
+                    "fits": {str(e): v for e, v in sorted(self.fits.items())}}
+            (tmp / FIT_JSON).write_text(json.dumps(info, indent=2) + "\n")
             if final.exists():
                 shutil.rmtree(final)
             os.rename(tmp, final)
