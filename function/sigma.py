@@ -253,7 +253,7 @@ class SigmaFitter:
         hist = torch.full((3, T, B), float("nan"), device=dev)  # entropy, feature loss, penalty loss
         steps_run = [0] * B
         ok = torch.isfinite(sigma_f2) & (sigma_f2 > 0)
-        active = [i for i in range(B) if bool(ok[i])]  # one sync per fit
+        active = [i for i, good in enumerate(ok.tolist()) if good]  # one sync per fit
 
         t = 0
         while active and t < T:
