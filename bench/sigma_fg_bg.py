@@ -32,6 +32,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, default=None, help="S (default: from the run's run.json)")
     p.add_argument("--foreground", choices=("masks", "central"), default="masks")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    p.add_argument("--shuffle-masks", action="store_true",
+                   help="control: pair each map with another image's mask (expect AUC ≈ 0.5 at every epoch)")
     return p
 
 
@@ -52,7 +54,8 @@ def auc(pos: np.ndarray, neg: np.ndarray) -> float:
     return float((r_pos - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
-def analyse(run_dir: Path, data: Path, split: str, size: int | None, foreground: str) -> dict:
+def analyse(run_dir: Path, data: Path, split: str, size: int | None, foreground: str,
+            shuffle: bool = False) -> dict:
     existing_dir("--sigma", run_dir)
     record = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
     size = size or record.get("input_size")
@@ -63,6 +66,7 @@ def analyse(run_dir: Path, data: Path, split: str, size: int | None, foreground:
     names = read_names(run_dir / EFFECT_LIST) + read_names(run_dir / NON_EFFECT_LIST)
     ds = MaskedImageFolder(data, split)
     per_ckpt: dict[int, dict[str, list]] = {}
+    mask_of = dict(zip(names, names[1:] + names[:1])) if shuffle else {n: n for n in names}
     for name in names:
         i = full.index(name)
         folder = image_folder(run_dir, i, True)
@@ -71,7 +75,7 @@ def analyse(run_dir: Path, data: Path, split: str, size: int | None, foreground:
         best = np.load(folder / "npy_files" / "best_sigma_entropy.npy", allow_pickle=False)[:, 0]
         g = best.shape[-1]
         fg = (central_square(g) if foreground == "central"
-              else mask_to_grid(ds.mask(ds.index_of(name)), size, g))
+              else mask_to_grid(ds.mask(ds.index_of(mask_of[name])), size, g))
         for k, sigma in enumerate(best):
             if not (sigma > 0).all() or fg.all() or not fg.any():
                 continue
@@ -95,9 +99,9 @@ def analyse(run_dir: Path, data: Path, split: str, size: int | None, foreground:
 def main(args: argparse.Namespace) -> None:
     results = []
     for run_dir in args.sigma:
-        res = analyse(run_dir, args.data, args.split, args.input_size, args.foreground)
+        res = analyse(run_dir, args.data, args.split, args.input_size, args.foreground, args.shuffle_masks)
         results.append(res)
-        print(f"{res['run']} (layer {res['layer']}):")
+        print(f"{res['run']} (layer {res['layer']}){' with shuffled masks (control)' if args.shuffle_masks else ''}:")
         print("  epoch  images  frac(bg H > fg H)  AUC pooled  AUC mean/image  mean gap")
         for epoch, r in res["checkpoints"].items():
             print(f"  {epoch:>5}  {r['images']:>6}  {r['frac_bg_above_fg']:>17.3f}  {r['auc_pooled']:>10.3f}  "
