@@ -2,7 +2,7 @@
 
     python bench/sigma_fg_bg.py --sigma runs/sigma/teacher_conv --data data/embedded --split train
 
-For every image of the run (effective and non-effective: run the stage with ``--no-effective-rule`` to
+For every image of the run (effective and non-effective: run the stage with ``--effective-rule off`` to
 see all drawn images before the filter) and every checkpoint, from the entropy map
 ``H_i = log σ*_i + ½ log 2πe``: the fraction of images whose mean background entropy exceeds their mean
 foreground entropy, and the fg/bg AUC over cells (the probability that a background cell has a higher

@@ -75,8 +75,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "data has no masks (SPEC §2, ILSVRC without boxes)")
     d.add_argument("--pic-num", type=positive_int, default=500, help="images drawn (seeded) from the split")
     d.add_argument("--effect-num", type=positive_int, default=50, help="stop once this many effective images exist")
-    d.add_argument("--no-effective-rule", dest="effective_rule", action="store_false",
-                   help="keep every image with σ_f² > 0 (skip the fg/bg entropy rule; for analysis, not SPEC)")
+    d.add_argument("--effective-rule", choices=("on", "off"), default="on",
+                   help="off: keep every image with σ_f² > 0, skipping the fg/bg entropy rule (to look at all "
+                        "drawn images; not SPEC)")
     d.add_argument("--effective-start", type=int, default=None, metavar="E",
                    help="first epoch at which the fg/bg rule applies (default: epoch 40 of 150 scaled to the "
                         "run's length)")
@@ -103,6 +104,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     r.add_argument("--amp", nargs="?", const="bf16", choices=("bf16", "fp16"), default=None,
                    help="autocast the net's forward (bf16 unless fp16 is named); changes the maps slightly")
     r.add_argument("--channels-last", action="store_true", help="channels-last memory format for conv nets")
+    r.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN pick the fastest conv algorithms")
     o = p.add_argument_group("run")
     o.add_argument("--out", type=Path, required=True, help="sigma run folder to write")
     o.add_argument("--seed", type=int, default=0, help="seed of the draw and of every image's noise")
@@ -295,7 +297,7 @@ def fit_batch(args, plan: Plan, fitter: SigmaFitter, model: torch.nn.Module, pos
             rec.store(k, epoch, fit, gap)
             if not (math.isfinite(fit.sigma_f2) and fit.sigma_f2 > 0):
                 rec.drop(f"sigma_f2 = {fit.sigma_f2} at epoch {epoch}")
-            elif args.effective_rule and epoch >= plan.rule_start and not (gap >= 0):
+            elif args.effective_rule == "on" and epoch >= plan.rule_start and not (gap >= 0):
                 rec.drop(f"background entropy below foreground at epoch {epoch} (gap {gap:.4g})")
             else:
                 still.append(j)
@@ -342,7 +344,7 @@ def main(args: argparse.Namespace) -> None:
     out = args.out
     record = RunRecord(out, "train_sigma", args, {"world_size": ctx.world_size})
     record.update(checkpoints=plan.epochs, total_epochs=plan.total_epochs,
-                  effective_rule_start=plan.rule_start if args.effective_rule else None,
+                  effective_rule_start=plan.rule_start if args.effective_rule == "on" else None,
                   num_classes=plan.num_classes, input_size=plan.info.input_size, candidates=len(plan.names))
     record.data["lambda"] = plan.lam
     if ctx.is_main:
@@ -352,6 +354,8 @@ def main(args: argparse.Namespace) -> None:
         record.save("running")
     _sync_ok(True, device)  # barrier: the folder is ready
 
+    if args.cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True
     if args.amp and device.type != "cuda":
         log.warning("--amp on %s uses its autocast (%s); it is meant for CUDA", device.type, args.amp)
     model = plan.model.to(device).eval().requires_grad_(False)

@@ -89,7 +89,7 @@ def test_layout_names_and_shapes(ckpt_run, tiny_data, tmp_path):
 
 def test_effective_rule_flags(ckpt_run, tiny_data, tmp_path):
     out = tmp_path / "all"
-    assert sigma(ckpt_run, tiny_data, out, "--pic-num", "4", "--no-effective-rule") == 0
+    assert sigma(ckpt_run, tiny_data, out, "--pic-num", "4", "--effective-rule", "off") == 0
     assert len(read_names(out / EFFECT_LIST)) == 4 and read_names(out / NON_EFFECT_LIST) == []
     # the rule only from epoch 5 on: no checkpoint qualifies, so every image stays effective
     late = tmp_path / "late"
