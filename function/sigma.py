@@ -23,8 +23,11 @@ Batching: the B images of one call are fitted together (one forward over ``A·n`
 still running) with independent σ, noise, λ and stopping; an image that has stopped is dropped from
 the batch.  Each image's noise comes from its own ``torch.Generator`` (seeded by the caller, on the
 compute device), drawn as one ``(n, 3, S, S)`` block per step, so the noise an image sees does not
-depend on batching, ordering or ``sample_chunk``: those change only floating-point summation order.
-The gradient of the summed loss with respect to one image's σ is exactly that image's own gradient.
+depend on batching, ordering or ``sample_chunk``.  The gradient of the summed loss with respect to one
+image's σ is exactly that image's own gradient, and all per-image arithmetic runs on tensors whose
+shapes do not depend on the batch: on the CPU an image's results are bit-identical whatever batch it
+is fitted in (tested); ``sample_chunk`` changes the summation order only (float rounding).  On CUDA,
+cuDNN may pick other algorithms for other batch sizes, so batches agree to float rounding.
 
 Records per image (arrays of length T): ``entropy`` = H̄ of the σ used at each step,
 ``feature_loss`` = MSE/σ_f², ``penalty_loss`` = −λ·H̄ (λ of that step); steps that were not run are
@@ -304,7 +307,8 @@ class SigmaFitter:
         return out.float().reshape(inputs.shape[0], -1)
 
     def _h(self, x: torch.Tensor) -> torch.Tensor:
-        return self._forward(x)
+        """Clean features, one image per pass (a batch of one is what any batching reduces to)."""
+        return torch.cat([self._forward(x[j:j + 1]) for j in range(x.shape[0])])
 
     def _chunks(self, n: int):
         c = n if self.chunk is None else min(self.chunk, n)
@@ -324,6 +328,11 @@ class SigmaFitter:
                 self.chunk = max(1, current // 2)
                 torch.cuda.empty_cache()
 
+    # Per-image arithmetic (noisy inputs, squared errors, their gradients) is done image by image, on
+    # tensors whose shapes do not depend on how many images share the batch; only the net's forward
+    # and backward see the whole batch.  On the CPU this makes an image's numbers bit-identical
+    # whatever the batch (for passes of ≥ 2 inputs), so resumed or differently sharded runs write the
+    # same bytes.  The extra cost is a handful of small ops per image and pass.
     def _sigma_f2(self, x: torch.Tensor, clean: torch.Tensor, gens) -> torch.Tensor:
         """σ_f² per image: MSE(h(x + σ₀ε), h(x)) over n samples and the feature elements."""
         cfg, B = self.cfg, x.shape[0]
@@ -332,12 +341,14 @@ class SigmaFitter:
             eps[j].normal_(generator=gen)
 
         def run():
-            sse = torch.zeros(B, device=x.device)
+            sse = [torch.zeros((), device=x.device) for _ in range(B)]
             for a, b in self._chunks(cfg.samples):
-                noisy = (x[:, None] + cfg.sigma0 * eps[:, a:b]).reshape(-1, *x.shape[1:])
-                h = self._forward(noisy).reshape(B, b - a, -1)
-                sse += (h - clean[:, None]).square().sum(dim=(1, 2))
-            return sse
+                noisy = torch.cat([x[j] + cfg.sigma0 * eps[j, a:b] for j in range(B)])
+                h = self._forward(noisy)
+                c = b - a
+                for j in range(B):
+                    sse[j] = sse[j] + (h[j * c:(j + 1) * c] - clean[j]).square().sum()
+            return torch.stack(sse)
 
         sse = self._with_oom_retry(run)
         return sse / (cfg.samples * clean.shape[1])
@@ -349,19 +360,21 @@ class SigmaFitter:
         denom = n * clean.shape[1] * sigma_f2  # (A,)
 
         def run():
-            leaf = s.detach().requires_grad_(True)
-            h_bar = mean_entropy(leaf)
+            leaves = [s[j].detach().requires_grad_(True) for j in range(A)]
+            h_bar = torch.stack([mean_entropy(leaf) for leaf in leaves])
             pen = -lam * h_bar
             pen.sum().backward()
-            fl = torch.zeros(A, device=x.device)
+            fl = [torch.zeros((), device=x.device) for _ in range(A)]
             for a, b in self._chunks(n):
-                up = upsample(leaf, S)[:, None, None]  # (A, 1, 1, S, S): the 3 channels share σ
-                noisy = (x[:, None] + up * eps[:, a:b]).reshape(-1, *x.shape[1:])
-                h = self._forward(noisy).reshape(A, b - a, -1)
-                part = (h - clean[:, None]).square().sum(dim=(1, 2)) / denom
-                part.sum().backward()
-                fl += part.detach()
-            return fl, pen.detach(), h_bar.detach(), leaf.grad
+                # the 3 channels share a cell's σ; each image's noisy block is built on its own
+                noisy = torch.cat([x[j] + upsample(leaves[j], S) * eps[j, a:b] for j in range(A)])
+                h = self._forward(noisy)
+                c = b - a
+                parts = [(h[j * c:(j + 1) * c] - clean[j]).square().sum() / denom[j] for j in range(A)]
+                torch.stack(parts).sum().backward()
+                fl = [f + p.detach() for f, p in zip(fl, parts)]
+            grad = torch.stack([leaf.grad for leaf in leaves])
+            return torch.stack(fl), pen.detach(), h_bar.detach(), grad
 
         return self._with_oom_retry(run)
 
