@@ -13,6 +13,7 @@ of the K entries).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -48,3 +49,44 @@ def write_names(path: Path, names: list[str]) -> None:
 def load_array(run: Path, index: int, name: str) -> np.ndarray:
     """One of an image's arrays, loaded without pickle."""
     return np.load(array_path(run, index, name), allow_pickle=False)
+
+
+# ---- kdq additions (sigma stage writer; readers may use them too) -------------------------------
+EFFECT_SUFFIX = "_effect"
+NON_EFFECT_SUFFIX = "_non_effect"  # the original code's name for an image found non-effective
+FIT_JSON = "fit.json"  # kdq: per-image details beside npy_files/ (best step, λ, reason, ...)
+
+
+def image_folder(run: Path, index: int, effective: bool = True) -> Path:
+    """``<run>/img_<index>_effect`` or, for a non-effective image, ``<run>/img_<index>_non_effect``."""
+    return Path(run) / f"img_{index}{EFFECT_SUFFIX if effective else NON_EFFECT_SUFFIX}"
+
+
+def finished_images(run: Path) -> dict[int, bool]:
+    """``{index: effective}`` of the image folders present in ``run`` (complete by construction:
+    kdq writes a folder under a temporary name and renames it)."""
+    found: dict[int, bool] = {}
+    for p in Path(run).glob("img_*"):
+        name = p.name
+        if not p.is_dir() or not name.startswith("img_"):
+            continue
+        if name.endswith(NON_EFFECT_SUFFIX):
+            idx, eff = name[4:-len(NON_EFFECT_SUFFIX)], False
+        elif name.endswith(EFFECT_SUFFIX):
+            idx, eff = name[4:-len(EFFECT_SUFFIX)], True
+        else:
+            continue
+        if idx.isdigit():
+            found[int(idx)] = found.get(int(idx), False) or eff
+    return found
+
+
+def run_epochs(run: Path) -> list[int] | None:
+    """The checkpoint epochs of the K entries, as recorded by kdq in ``<run>/run.json``
+    (None for runs of the original code, which do not record them)."""
+    try:
+        data = json.loads((Path(run) / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+    epochs = data.get("checkpoints")
+    return [int(e) for e in epochs] if isinstance(epochs, list) else None

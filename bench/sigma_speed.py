@@ -1,0 +1,232 @@
+"""Speed of the σ fit (prints figures, asserts nothing about time).
+
+    python bench/sigma_speed.py --checkpoint runs/teacher/15.pth.tar --arch vgg_tiny --layer conv
+
+(a) a straightforward fit — one image at a time, the *whole* network run with a hook at the layer, its
+    parameters requiring gradients, σ an ``nn.Parameter`` under ``torch.optim.SGD``, noise from the global
+    RNG, a ``.item()`` per step for the log (how the original code works) — versus ``SigmaFitter``;
+(b) ``SigmaFitter`` versus the floor: ``T·n`` forward+backward passes of the truncated net, with nothing
+    else (``feature(x).sum().backward()`` on an input that requires grad);
+(c) on CUDA: images per second at B = 1, 8, 32, with and without ``--amp`` (bf16);
+(d) with ``--map-effect N``: how much ``--amp`` and ``--channels-last`` change the maps of N images.
+
+Times are per SGD step (a fit may stop after step T−T_break−1), the minimum over ``--repeats``
+interleaved runs, on one checkpoint and device.  Without ``--checkpoint`` a freshly initialised net is used.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from function.checkpoint import load_checkpoint, num_classes_of, state_dict_of
+from function.cli import Parser, positive_int, run
+from function.datasets import MaskedImageFolder
+from function.transforms import eval_transform
+from function.sigma import SigmaConfig, SigmaFitter, mean_entropy, select_step
+from models import arch_info, build_model, feature_fn
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = Parser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", type=Path, default=None, help="a <e>.pth.tar of --arch (default: fresh weights)")
+    p.add_argument("--arch", default="vgg_tiny")
+    p.add_argument("--layer", nargs="+", default=["conv"], help="layers to time")
+    p.add_argument("--num-classes", type=positive_int, default=8, help="classes of a fresh net")
+    p.add_argument("--samples", type=positive_int, default=96)
+    p.add_argument("--steps", type=positive_int, default=80)
+    p.add_argument("--break-steps", type=int, default=20)
+    p.add_argument("--grid", type=positive_int, default=16)
+    p.add_argument("--repeats", type=positive_int, default=2, help="interleaved repeats; the minimum is shown")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--skip-naive", action="store_true", help="skip (a)")
+    p.add_argument("--cuda-batches", type=int, nargs="+", default=[1, 8, 32], help="B for (c)")
+    p.add_argument("--data", type=Path, default=None, help="dataset root: time and compare on its train images")
+    p.add_argument("--map-effect", type=int, default=0, metavar="N",
+                   help="(d) fit N random images with and without --amp / --channels-last and compare the maps")
+    return p
+
+
+class NaiveFit:
+    """The straightforward implementation: whole net, hook, parameters with gradients, one image."""
+
+    def __init__(self, model: nn.Module, layer_module: nn.Module, cfg: SigmaConfig, size: int, device):
+        self.model, self.cfg, self.size, self.device = model, cfg, size, device
+        self.captured = None
+        layer_module.register_forward_hook(lambda m, i, o: setattr(self, "captured", o))
+
+    def h(self, x):
+        self.model(x)  # the whole network; the hook keeps the layer's output
+        return F.relu(self.captured)
+
+    def fit(self, image: torch.Tensor) -> int:
+        cfg, n = self.cfg, self.cfg.samples
+        x = image[None].to(self.device)
+        with torch.no_grad():
+            clean = self.h(x)
+            sigma_f = F.mse_loss(self.h(x + cfg.sigma0 * torch.randn(n, *x.shape[1:], device=self.device)),
+                                 clean.expand(n, *clean.shape[1:]))
+        sigma = nn.Parameter(torch.full((1, 1, cfg.grid, cfg.grid), cfg.sigma0, device=self.device))
+        opt = torch.optim.SGD([sigma], lr=cfg.lr)
+        lam, entropies, kept = cfg.lam, [], []
+        for t in range(cfg.steps):
+            with torch.no_grad():
+                sigma.clamp_(cfg.sigma_min, cfg.sigma_max)
+            kept.append(sigma.detach().cpu().clone())
+            up = F.interpolate(sigma, size=self.size, mode="nearest")
+            noisy = x + up * torch.randn(n, *x.shape[1:], device=self.device)
+            h_bar = mean_entropy(sigma[0, 0])
+            loss = F.mse_loss(self.h(noisy), clean.expand(n, *clean.shape[1:])) / sigma_f - lam * h_bar
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            entropies.append(h_bar.item())
+            if t == cfg.decision:
+                if max(entropies) > cfg.target_entropy:
+                    break
+                lam *= cfg.lambda_factor
+        select_step(entropies, cfg.target_entropy)
+        return len(entropies)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def floor_time(feature, x, steps: int, samples: int, device, chunk: int | None = None) -> float:
+    """``steps`` forward+backward passes of the truncated net over ``samples`` inputs (in passes of
+    ``chunk``), nothing else."""
+    chunk = min(chunk or samples, samples)
+    sizes = [min(chunk, samples - a) for a in range(0, samples, chunk)]
+    inputs = [x.expand(c, *x.shape[1:]).clone().requires_grad_(True) for c in sizes]
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        for inp in inputs:
+            feature(inp).sum().backward()
+            inp.grad = None
+    sync(device)
+    return time.perf_counter() - start
+
+
+def timed(fn, device):
+    sync(device)
+    start = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - start, out
+
+
+def main(args: argparse.Namespace) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    info = arch_info(args.arch)
+    size = info.input_size
+    num_classes = args.num_classes
+    sd = None
+    if args.checkpoint is not None:
+        sd = state_dict_of(load_checkpoint(args.checkpoint))
+        num_classes = num_classes_of(sd, info.taps["fc3"].weight)
+    torch.manual_seed(0)
+    model = build_model(args.arch, num_classes)
+    if sd is not None:
+        model.load_state_dict(sd)
+    model.to(device).eval()
+    x = images(1, size, device, args.data)
+    print(f"device {device} ({torch.get_num_threads()} CPU threads), torch {torch.__version__}, {args.arch} at "
+          f"{size} px, n={args.samples}, T={args.steps}, grid {args.grid}, "
+          f"weights: {args.checkpoint or 'fresh'}; times: min of {args.repeats} per SGD step")
+    for layer in args.layer:
+        cfg = SigmaConfig(grid=args.grid, samples=args.samples, steps=args.steps, break_steps=args.break_steps,
+                          lam=7.0 if info.family != "resnet" else 6.0)
+        model.requires_grad_(False)
+        feature = feature_fn(model, args.arch, layer).eval()
+        fitter = SigmaFitter(feature, cfg, device)
+        naive_model = build_model(args.arch, num_classes).to(device).eval()
+        naive_model.load_state_dict(model.state_dict())  # parameters keep requires_grad=True
+        naive = NaiveFit(naive_model, naive_model.get_submodule(info.taps[layer].node), cfg, size, device)
+        best = {"naive": math.inf, "ours": math.inf, "floor": math.inf, "floor_chunked": math.inf}
+        steps = {}
+        for _ in range(args.repeats):
+            if not args.skip_naive:
+                t, n_steps = timed(lambda: naive.fit(x[0]), device)
+                best["naive"] = min(best["naive"], t / n_steps)
+                steps["naive"] = n_steps
+            t, fits = timed(lambda: fitter.fit(x, seeds=[0]), device)
+            best["ours"] = min(best["ours"], t / fits[0].steps_run)
+            steps["ours"] = fits[0].steps_run
+            best["floor"] = min(best["floor"], floor_time(feature, x, args.steps, args.samples, device) / args.steps)
+            if fitter.chunk and fitter.chunk < args.samples:
+                best["floor_chunked"] = min(best["floor_chunked"], floor_time(
+                    feature, x, args.steps, args.samples, device, fitter.chunk) / args.steps)
+        fit_s = best["ours"] * args.steps
+        floor = min(best["floor"], best["floor_chunked"])
+        chunked = (f", in passes of {fitter.chunk} {best['floor_chunked'] * 1e3:.1f} ms"
+                   if math.isfinite(best["floor_chunked"]) else "")
+        print(f"[{layer}] per step: ours {best['ours'] * 1e3:.1f} ms (sample chunk {fitter.chunk or args.samples}), "
+              f"floor {best['floor'] * 1e3:.1f} ms{chunked}"
+              + ("" if args.skip_naive else f", straightforward {best['naive'] * 1e3:.1f} ms")
+              + f"  (steps run: {steps})")
+        if not args.skip_naive:
+            print(f"[{layer}] (a) straightforward / ours = {best['naive'] / best['ours']:.2f}x")
+        print(f"[{layer}] (b) ours / floor = {best['ours'] / floor:.3f} (vs the faster floor; vs one pass of n: "
+              f"{best['ours'] / best['floor']:.3f})  (goal ≤ 1.15 on CPU)")
+        print(f"[{layer}] one fit of {args.steps} steps ≈ {fit_s:.2f} s (+ the σ_f² pass); "
+              f"a sigma run costs images × checkpoints × that")
+        if device.type == "cuda":
+            cuda_throughput(feature, cfg, size, device, args.cuda_batches, layer)
+        if args.map_effect:
+            map_effect(feature, cfg, size, device, args.map_effect, layer, args.data)
+
+
+def images(n: int, size: int, device, data: Path | None) -> torch.Tensor:
+    """``n`` images of ``data`` (its train split), or random normalised-scale inputs without it."""
+    if data is None:
+        return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(1)).to(device)
+    ds = MaskedImageFolder(data, "train", transform=eval_transform(size))
+    return torch.stack([ds[i * len(ds) // n][0] for i in range(n)]).to(device)
+
+
+def map_effect(feature, cfg: SigmaConfig, size: int, device, n_images: int, layer: str, data) -> None:
+    """(d) how much --amp (bf16) and --channels-last change the maps: same images, seeds and settings."""
+    x = images(n_images, size, device, data)
+    seeds = list(range(n_images))
+    base = SigmaFitter(feature, cfg, device).fit(x, seeds)
+    for label, changed in (("amp bf16", cfg.with_(amp="bf16")), ("channels-last", cfg.with_(channels_last=True))):
+        fits = SigmaFitter(feature, changed, device).fit(x, seeds)
+        d_h, corr, same_step = [], [], 0
+        for a, b in zip(base, fits):
+            ha, hb = torch.from_numpy(a.sigma).log(), torch.from_numpy(b.sigma).log()
+            d_h.append((ha - hb).abs().mean().item())
+            corr.append(torch.corrcoef(torch.stack([ha.flatten(), hb.flatten()]))[0, 1].item())
+            same_step += a.best_step == b.best_step
+        print(f"[{layer}] (d) {label}: mean |ΔH| per cell {sum(d_h) / len(d_h):.4f} nats, corr(log σ*) "
+              f"{sum(corr) / len(corr):.4f}, same σ* step {same_step}/{len(base)} ({device.type})")
+
+
+def cuda_throughput(feature, cfg: SigmaConfig, size: int, device, batches: list[int], layer: str) -> None:
+    """(c) images (fits) per second at several B, with and without bf16 autocast."""
+    for amp in (None, "bf16"):
+        for B in batches:
+            fitter = SigmaFitter(feature, cfg.with_(amp=amp, break_steps=0), device)
+            x = torch.randn(B, 3, size, size, device=device)
+            try:
+                fitter.fit(x[:1], seeds=[0])  # warm-up (cuDNN, allocator)
+                t, _ = timed(lambda: fitter.fit(x, seeds=list(range(B))), device)
+            except torch.cuda.OutOfMemoryError:
+                print(f"[{layer}] (c) B={B} amp={amp or 'off'}: out of memory")
+                continue
+            print(f"[{layer}] (c) B={B:3d} amp={amp or 'off':4s}: {B / t:.3f} fits/s ({t / B:.2f} s per fit of "
+                  f"{cfg.steps} steps; chunk {fitter.chunk or cfg.samples})")
+
+
+if __name__ == "__main__":
+    raise SystemExit(run(get_args_parser, main))

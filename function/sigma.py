@@ -1,0 +1,448 @@
+"""The information-discarding fit of SPEC §2: one noise map σ (g×g) per image and checkpoint.
+
+The fit knows nothing about checkpoints, files or arguments: it takes a *feature function*
+``feature(x) -> pre-activation`` (the truncated forward of a net, or any callable in tests) and a
+batch of images, and returns one :class:`SigmaFit` per image::
+
+    fitter = SigmaFitter(feature, SigmaConfig(grid=16, samples=96), device)
+    fits = fitter.fit(images, seeds=[derive_seed(seed, index, epoch) for index in indices])
+    fits[0].sigma            # σ* (g, g): the σ of the step whose mean entropy is nearest the target
+
+What one fit does (SPEC §2, the original ``train_sigma.py``):
+
+1. ``h(x) = act(feature(x))`` (``act`` = ReLU) once, without gradient;
+   ``σ_f² = MSE(h(x + σ₀ε), h(x))`` over ``n`` samples and all feature elements.
+2. For ``t = 0 .. T-1``: σ is clamped to ``[σ_min, σ_max]``; that σ and its mean entropy
+   ``H̄ = mean_cells(log σ + ½ log 2πe)`` are recorded; a fresh batch of ``n`` noise samples gives
+   ``L = MSE(h(x + up(σ)⊙ε), h(x)) / σ_f² − λ·H̄`` and plain SGD updates σ (``σ -= lr·∂L/∂σ``).
+3. At step ``d = T − T_break − 1``: if ``max(H̄[0..d]) > H*`` the fit stops (steps ``d+1..T-1`` are
+   not run), else ``λ ← 1.5·λ`` for the remaining steps.
+4. σ* is the recorded σ whose ``H̄`` is nearest ``H*`` (first one on ties).
+
+Batching: the B images of one call are fitted together (one forward over ``A·n`` inputs, A = images
+still running) with independent σ, noise, λ and stopping; an image that has stopped is dropped from
+the batch.  Each image's noise comes from its own ``torch.Generator`` (seeded by the caller, on the
+compute device), drawn as one ``(n, 3, S, S)`` block per step, so the noise an image sees does not
+depend on batching, ordering or ``sample_chunk``.  The gradient of the summed loss with respect to one
+image's σ is exactly that image's own gradient, and all per-image arithmetic runs on tensors whose
+shapes do not depend on the batch: on the CPU an image's results are bit-identical whatever batch it
+is fitted in (tested); ``sample_chunk`` changes the summation order only (float rounding).  On CUDA,
+cuDNN may pick other algorithms for other batch sizes, so batches agree to float rounding.
+
+Records per image (arrays of length T): ``entropy`` = H̄ of the σ used at each step,
+``feature_loss`` = MSE/σ_f², ``penalty_loss`` = −λ·H̄ (λ of that step); steps that were not run are
+**NaN** (the original code left zeros there).  A fit is *failed* when σ_f² is 0 or not finite, or
+when no step has a finite entropy; its σ* is all zeros (SPEC §4: a value ≤ 0 marks a failed fit).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field, replace
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .runtime import derive_seed
+
+HALF_LOG_2PIE = 0.5 * math.log(2 * math.pi * math.e)
+
+FeatureFn = Callable[[torch.Tensor], torch.Tensor]
+CPU_CHUNK = 32  # default noise samples per forward pass on the CPU
+
+
+# ---------------------------------------------------------------------------------------------
+# pure helpers (tensors or arrays in, tensors or arrays out)
+# ---------------------------------------------------------------------------------------------
+def entropy_map(sigma):
+    """Per-cell entropy ``log σ + ½ log(2πe)`` of a Gaussian with std σ (tensor or array)."""
+    if isinstance(sigma, torch.Tensor):
+        return torch.log(sigma) + HALF_LOG_2PIE
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log(np.asarray(sigma, dtype=np.float64)) + HALF_LOG_2PIE
+
+
+def mean_entropy(sigma: torch.Tensor) -> torch.Tensor:
+    """H̄ of each map: mean of :func:`entropy_map` over the last two (cell) dimensions."""
+    return entropy_map(sigma).mean(dim=(-2, -1))
+
+
+def upsample(sigma: torch.Tensor, size: int) -> torch.Tensor:
+    """Nearest upsampling of ``(..., g, g)`` maps to ``(..., size, size)`` (a cell covers size/g pixels).
+
+    When ``g`` does not divide ``size`` the cells are uneven (``F.interpolate`` nearest: pixel ``p``
+    belongs to cell ``floor(p·g/size)``).
+    """
+    g = sigma.shape[-1]
+    lead = sigma.shape[:-2]
+    if size % g == 0:
+        k = size // g
+        s = sigma.reshape(*lead, g, 1, g, 1).expand(*lead, g, k, g, k)
+        return s.reshape(*lead, size, size)
+    flat = sigma.reshape(-1, 1, g, g)
+    return F.interpolate(flat, size=(size, size), mode="nearest").reshape(*lead, size, size)
+
+
+def decision_step(steps: int, break_steps: int) -> int:
+    """The step after which the fit stops or escalates λ: ``T − T_break − 1``."""
+    return steps - break_steps - 1
+
+
+def should_stop(entropy_so_far: Sequence[float] | np.ndarray, target: float) -> bool:
+    """The step-(T−T_break−1) rule: stop when the largest H̄ seen so far exceeds the target.
+
+    NaN entries are ignored (a fit whose entropies are all NaN does not stop: it escalates λ).
+    """
+    h = np.asarray(entropy_so_far, dtype=np.float64)
+    h = h[np.isfinite(h)]
+    return bool(h.size and h.max() > target)
+
+
+def select_step(entropy: Sequence[float] | np.ndarray, target: float) -> int:
+    """Index of the step whose H̄ is nearest ``target`` (the first on ties); -1 when none is finite.
+
+    Steps that were not run (NaN) are never selected.
+    """
+    h = np.asarray(entropy, dtype=np.float64)
+    dist = np.abs(h - target)
+    dist[~np.isfinite(dist)] = np.inf
+    if not np.isfinite(dist).any():
+        return -1
+    return int(np.argmin(dist))
+
+
+def entropy_gap(sigma: np.ndarray, foreground: np.ndarray) -> float:
+    """``mean_bg(H) − mean_fg(H)`` of one σ map (NaN when either region is empty or σ ≤ 0)."""
+    h = entropy_map(sigma)
+    fg = np.asarray(foreground, dtype=bool)
+    if fg.all() or not fg.any():
+        return float("nan")
+    with np.errstate(invalid="ignore"):
+        return float(h[~fg].mean() - h[fg].mean())
+
+
+def passes_effective_rule(sigma: np.ndarray, foreground: np.ndarray) -> bool:
+    """SPEC §2.5: an image stays effective unless ``mean_bg(H) − mean_fg(H) < 0`` or NaN."""
+    gap = entropy_gap(sigma, foreground)
+    return not (math.isnan(gap) or gap < 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# configuration and results
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SigmaConfig:
+    """The settings of one fit; defaults are SPEC §2's (λ for VGG/AlexNet)."""
+
+    grid: int = 16  # g: σ is g×g
+    samples: int = 96  # n: noise samples per step (and for σ_f²)
+    steps: int = 80  # T
+    break_steps: int = 20  # T_break: the decision comes after step T − T_break − 1
+    lr: float = 1e-4  # plain SGD on σ
+    sigma0: float = 0.01  # σ₀: the initial σ and the noise scale of σ_f²
+    target_entropy: float = -2.8  # H*
+    lam: float = 7.0  # λ (6 for ResNets)
+    lambda_factor: float = 1.5  # λ ← factor·λ when the target was not reached by the decision step
+    sigma_min: float = 1e-3
+    sigma_max: float = 1.0
+    sample_chunk: int | None = None  # samples per forward pass (None: 32 on CPU, else all n, halved on OOM)
+    amp: str | None = None  # None, "bf16" or "fp16": autocast of the feature forward
+    channels_last: bool = False  # feed the net channels-last inputs
+
+    def __post_init__(self):
+        problems = []
+        if self.grid < 1:
+            problems.append(f"grid must be ≥ 1, got {self.grid}")
+        if self.samples < 1:
+            problems.append(f"samples must be ≥ 1, got {self.samples}")
+        if self.steps < 1:
+            problems.append(f"steps must be ≥ 1, got {self.steps}")
+        if not 0 <= self.break_steps < self.steps:
+            problems.append(f"break_steps must be in 0..steps-1 = 0..{self.steps - 1}, got {self.break_steps}")
+        if not self.lr > 0:
+            problems.append(f"lr must be positive, got {self.lr}")
+        if not 0 < self.sigma_min <= self.sigma_max:
+            problems.append(f"need 0 < sigma_min ≤ sigma_max, got {self.sigma_min}, {self.sigma_max}")
+        if not self.sigma0 > 0:
+            problems.append(f"sigma0 must be positive, got {self.sigma0}")
+        if self.sample_chunk is not None and self.sample_chunk < 1:
+            problems.append(f"sample_chunk must be ≥ 1, got {self.sample_chunk}")
+        if self.amp not in (None, "bf16", "fp16"):
+            problems.append(f"amp must be None, 'bf16' or 'fp16', got {self.amp!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @property
+    def decision(self) -> int:
+        return decision_step(self.steps, self.break_steps)
+
+    def with_(self, **changes) -> "SigmaConfig":
+        return replace(self, **changes)
+
+
+@dataclass
+class SigmaFit:
+    """The result of one (image, checkpoint) fit.  Arrays of length T hold NaN for steps not run."""
+
+    sigma: np.ndarray  # (g, g) float32: σ*; all zeros for a failed fit
+    entropy: np.ndarray  # (T,) float64: H̄ of the σ used at each step
+    feature_loss: np.ndarray  # (T,) float64: MSE / σ_f²
+    penalty_loss: np.ndarray  # (T,) float64: −λ·H̄
+    sigma_f2: float  # σ_f² (the original code's "sigma_f")
+    best_step: int  # index of σ* (-1 for a failed fit)
+    steps_run: int
+    final_lambda: float
+    history: np.ndarray = field(repr=False)  # (steps_run, g, g) float32: the σ used at each step
+
+    @property
+    def failed(self) -> bool:
+        return self.best_step < 0
+
+
+# ---------------------------------------------------------------------------------------------
+# the fitter
+# ---------------------------------------------------------------------------------------------
+class SigmaFitter:
+    """Fits σ for batches of images through one feature function (one net at one checkpoint).
+
+    ``feature(x)`` maps ``(N, 3, S, S)`` inputs to an ``(N, ...)`` pre-activation; ``activation``
+    (ReLU by default, identity for closed-form tests) gives ``h``.  The caller puts the net in eval
+    mode and turns off its parameters' gradients; only σ is optimised.
+    """
+
+    def __init__(self, feature: FeatureFn, config: SigmaConfig, device: torch.device | str = "cpu",
+                 activation: Callable[[torch.Tensor], torch.Tensor] = F.relu):
+        self.feature = feature
+        self.cfg = config
+        self.device = torch.device(device)
+        self.activation = activation
+        # samples per forward pass (per image).  Auto (sample_chunk=None): on the CPU small passes keep
+        # the activations in cache (measured ~15% faster for vgg_tiny than one pass of 96); elsewhere
+        # all n at once, halved on CUDA out-of-memory.  Chunking changes only summation order.
+        if config.sample_chunk is not None:
+            self.chunk = config.sample_chunk
+        else:
+            self.chunk = min(CPU_CHUNK, config.samples) if self.device.type == "cpu" else None
+
+    # -- public -------------------------------------------------------------------------------
+    def fit(self, images: torch.Tensor, seeds: Sequence[int],
+            lam: float | Sequence[float] | None = None) -> list[SigmaFit]:
+        """Fit σ for each image of ``images`` (B, 3, S, S); ``seeds[i]`` seeds image i's noise."""
+        cfg = self.cfg
+        if images.dim() != 4:
+            raise ValueError(f"images must be (B, C, S, S), got {tuple(images.shape)}")
+        B, _, S, S2 = images.shape
+        if S != S2:
+            raise ValueError(f"images must be square, got {S}×{S2}")
+        if len(seeds) != B:
+            raise ValueError(f"{B} images but {len(seeds)} seeds")
+        if B == 0:
+            return []
+        lams = [cfg.lam] * B if lam is None else ([float(lam)] * B if np.isscalar(lam) else list(lam))
+        dev = self.device
+        x = images.to(dev, torch.float32)
+        gens = [torch.Generator(device=dev).manual_seed(int(s)) for s in seeds]
+        T, g = cfg.steps, cfg.grid
+
+        with torch.no_grad():
+            clean = self._h(x)  # (B, F) float32
+            sigma_f2 = self._sigma_f2(x, clean, gens)  # (B,) float32
+
+        sigma = torch.full((B, g, g), cfg.sigma0, device=dev)
+        lam_t = torch.tensor(lams, dtype=torch.float32, device=dev)
+        hist_sigma = torch.zeros((T, B, g, g), device=dev)
+        hist = torch.full((3, T, B), float("nan"), device=dev)  # entropy, feature loss, penalty loss
+        steps_run = [0] * B
+        ok = torch.isfinite(sigma_f2) & (sigma_f2 > 0)
+        active = [i for i, good in enumerate(ok.tolist()) if good]  # one sync per fit
+
+        t = 0
+        while active and t < T:
+            # the active set changes only at the decision step, so the loop runs in at most 2 phases
+            last = cfg.decision if t <= cfg.decision else T - 1
+            idx = torch.tensor(active, device=dev)
+            xa, ca, fa, la = x[idx], clean[idx], sigma_f2[idx], lam_t[idx]
+            ga = [gens[i] for i in active]
+            eps = torch.empty((len(active), cfg.samples, *x.shape[1:]), device=dev)
+            for t in range(t, last + 1):
+                s = sigma[idx].clamp_(cfg.sigma_min, cfg.sigma_max)
+                hist_sigma[t, idx] = s
+                for j, gen in enumerate(ga):
+                    eps[j].normal_(generator=gen)
+                fl, pen, h_bar, grad = self._step(xa, ca, fa, la, s, eps)
+                hist[0, t, idx], hist[1, t, idx], hist[2, t, idx] = h_bar, fl, pen
+                if t == cfg.decision:
+                    stop = hist[0, : t + 1, idx].nan_to_num(nan=-math.inf).amax(0) > cfg.target_entropy
+                    stop = stop.tolist()  # one sync per fit
+                    for i, st in zip(active, stop):
+                        if st:
+                            steps_run[i] = t + 1
+                    keep = [j for j, st in enumerate(stop) if not st]
+                    la = la * cfg.lambda_factor
+                    lam_t[idx] = torch.where(torch.tensor(stop, device=dev), lam_t[idx], la)
+                    sigma[idx[keep]] = s[keep] - cfg.lr * grad[keep]
+                    active = [active[j] for j in keep]
+                else:
+                    sigma[idx] = s - cfg.lr * grad
+            t = last + 1
+        for i in active:
+            steps_run[i] = T
+        return self._results(hist_sigma, hist, sigma_f2, lam_t, steps_run)
+
+    # -- internals ----------------------------------------------------------------------------
+    def _autocast(self):
+        if self.cfg.amp is None:
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.cfg.amp == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """``h`` of a flat batch of inputs, as float32 ``(N, F)``."""
+        if self.cfg.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            out = self.activation(self.feature(inputs))
+        return out.float().reshape(inputs.shape[0], -1)
+
+    def _h(self, x: torch.Tensor) -> torch.Tensor:
+        """Clean features, one image per pass (a batch of one is what any batching reduces to)."""
+        return torch.cat([self._forward(x[j:j + 1]) for j in range(x.shape[0])])
+
+    def _chunks(self, n: int):
+        c = n if self.chunk is None else min(self.chunk, n)
+        return [(a, min(a + c, n)) for a in range(0, n, c)]
+
+    def _with_oom_retry(self, fn):
+        """Run ``fn`` (one step's chunk loop); in auto mode halve the chunk on CUDA OOM and retry."""
+        while True:
+            try:
+                return fn()
+            except torch.cuda.OutOfMemoryError:
+                if self.cfg.sample_chunk is not None:
+                    raise
+                current = self.cfg.samples if self.chunk is None else self.chunk
+                if current <= 1:
+                    raise
+                self.chunk = max(1, current // 2)
+                torch.cuda.empty_cache()
+
+    # Per-image arithmetic (noisy inputs, squared errors, their gradients) is done image by image, on
+    # tensors whose shapes do not depend on how many images share the batch; only the net's forward
+    # and backward see the whole batch.  On the CPU this makes an image's numbers bit-identical
+    # whatever the batch (for passes of ≥ 2 inputs), so resumed or differently sharded runs write the
+    # same bytes.  The extra cost is a handful of small ops per image and pass.
+    def _sigma_f2(self, x: torch.Tensor, clean: torch.Tensor, gens) -> torch.Tensor:
+        """σ_f² per image: MSE(h(x + σ₀ε), h(x)) over n samples and the feature elements."""
+        cfg, B = self.cfg, x.shape[0]
+        eps = torch.empty((B, cfg.samples, *x.shape[1:]), device=x.device)
+        for j, gen in enumerate(gens):
+            eps[j].normal_(generator=gen)
+
+        def run():
+            sse = [torch.zeros((), device=x.device) for _ in range(B)]
+            for a, b in self._chunks(cfg.samples):
+                noisy = torch.cat([x[j] + cfg.sigma0 * eps[j, a:b] for j in range(B)])
+                h = self._forward(noisy)
+                c = b - a
+                for j in range(B):
+                    sse[j] = sse[j] + (h[j * c:(j + 1) * c] - clean[j]).square().sum()
+            return torch.stack(sse)
+
+        sse = self._with_oom_retry(run)
+        return sse / (cfg.samples * clean.shape[1])
+
+    def _step(self, x, clean, sigma_f2, lam, s, eps):
+        """One SGD step's loss terms and gradient for the active images (σ ``s`` already clamped)."""
+        cfg = self.cfg
+        A, n, S = x.shape[0], cfg.samples, x.shape[-1]
+        denom = n * clean.shape[1] * sigma_f2  # (A,)
+
+        def run():
+            leaves = [s[j].detach().requires_grad_(True) for j in range(A)]
+            h_bar = torch.stack([mean_entropy(leaf) for leaf in leaves])
+            pen = -lam * h_bar
+            pen.sum().backward()
+            fl = [torch.zeros((), device=x.device) for _ in range(A)]
+            for a, b in self._chunks(n):
+                # the 3 channels share a cell's σ; each image's noisy block is built on its own
+                noisy = torch.cat([x[j] + upsample(leaves[j], S) * eps[j, a:b] for j in range(A)])
+                h = self._forward(noisy)
+                c = b - a
+                parts = [(h[j * c:(j + 1) * c] - clean[j]).square().sum() / denom[j] for j in range(A)]
+                torch.stack(parts).sum().backward()
+                fl = [f + p.detach() for f, p in zip(fl, parts)]
+            grad = torch.stack([leaf.grad for leaf in leaves])
+            return torch.stack(fl), pen.detach(), h_bar.detach(), grad
+
+        return self._with_oom_retry(run)
+
+    def _results(self, hist_sigma, hist, sigma_f2, lam_t, steps_run) -> list[SigmaFit]:
+        cfg = self.cfg
+        hs = hist_sigma.cpu().numpy()
+        hh = hist.cpu().numpy().astype(np.float64)
+        f2 = sigma_f2.cpu().numpy().astype(np.float64)
+        lams = lam_t.cpu().numpy().astype(np.float64)
+        out = []
+        for i in range(hs.shape[1]):
+            entropy = hh[0, :, i].copy()
+            best = select_step(entropy, cfg.target_entropy)
+            sig = hs[best, i].copy() if best >= 0 else np.zeros((cfg.grid, cfg.grid), np.float32)
+            if best >= 0 and not np.isfinite(sig).all():
+                best, sig = -1, np.zeros_like(sig)
+            out.append(SigmaFit(sigma=sig, entropy=entropy, feature_loss=hh[1, :, i].copy(),
+                                penalty_loss=hh[2, :, i].copy(), sigma_f2=float(f2[i]), best_step=best,
+                                steps_run=steps_run[i], final_lambda=float(lams[i]),
+                                history=hs[: steps_run[i], i].copy()))
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# which images: the seeded draw, rounds of batches over ranks, the name lists
+# ---------------------------------------------------------------------------------------------
+PENDING, EFFECTIVE, NON_EFFECTIVE = 0, 1, 2
+_DRAW_STREAM = 0x5167  # separates the draw's random stream from the per-image noise streams
+
+
+def draw_order(num_images: int, pic_num: int, seed: int) -> list[int]:
+    """The candidate images (dataset indices) in draw order: a seeded permutation, first ``pic_num``.
+
+    It depends only on (seed, number of images), so the draw is the same for any world size or batch
+    size, and a larger ``pic_num`` extends the same list.
+    """
+    rng = np.random.default_rng(derive_seed(seed, _DRAW_STREAM))
+    return [int(i) for i in rng.permutation(num_images)[:pic_num]]
+
+
+def name_lists(status: Sequence[int], effect_num: int) -> tuple[list[int], list[int], bool]:
+    """Positions (in draw order) of the effective and non-effective images, and whether the run is done.
+
+    Walks the draw in order and stops at the first image not yet processed, or once ``effect_num``
+    effective images are listed: the lists are a prefix of the draw, the same whatever the batch
+    size, world size or interruptions.  Images processed beyond that point (at most one batch per
+    rank) keep their folders but are not listed.  Done = ``effect_num`` reached or draw used up.
+    """
+    effect, non_effect = [], []
+    for pos, st in enumerate(status):
+        if len(effect) >= effect_num:
+            return effect, non_effect, True
+        if st == PENDING:
+            return effect, non_effect, False
+        (effect if st == EFFECTIVE else non_effect).append(pos)
+    return effect, non_effect, True
+
+
+def next_round(status: Sequence[int], batch_images: int, world_size: int) -> list[list[int]]:
+    """The pending positions each rank fits next: batches are fixed chunks of the draw order
+    (``[j·B, (j+1)·B)``), and a round hands the first ``world_size`` batches that still hold a pending
+    image to ranks 0, 1, ...  With fixed chunks a batch holds the same images whatever the world size.
+    """
+    rounds: list[list[int]] = []
+    for start in range(0, len(status), batch_images):
+        todo = [p for p in range(start, min(start + batch_images, len(status))) if status[p] == PENDING]
+        if todo:
+            rounds.append(todo)
+            if len(rounds) == world_size:
+                break
+    return rounds + [[] for _ in range(world_size - len(rounds))]

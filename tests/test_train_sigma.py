@@ -1,0 +1,242 @@
+"""sigma/train_sigma.py: SPEC §4 layout, the effective rule, exact resume, one-line errors."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from function.atomic import write_json
+from function.checkpoint import save_checkpoint
+from function.sigma_layout import (ARRAYS, EFFECT_LIST, FULL_LIST, NON_EFFECT_LIST, array_path, image_folder,
+                                   read_names, run_epochs)
+from models import build_model
+from tests.conftest import load_script, run_script
+
+SCRIPT = "sigma/train_sigma.py"
+EPOCHS = (0, 2, 4)
+FAST = ("--samples", "4", "--steps", "4", "--break-steps", "1", "--grid", "4", "--no-progress", "--device", "cpu")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def ckpt_run(tmp_path_factory) -> Path:
+    """A training run of vgg_tiny (4 classes) with checkpoints 0, 2, 4: drifting random weights."""
+    run = tmp_path_factory.mktemp("ckpts") / "run"
+    torch.manual_seed(0)
+    model = build_model("vgg_tiny", 4)
+    for e in EPOCHS:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn_like(p) * (p.std() if p.numel() > 1 else 1))
+        save_checkpoint(run / f"{e}.pth.tar", {"epoch": e, "state_dict": model.state_dict(), "best_acc1": 0.0,
+                                               "optimizer": {}})
+    write_json(run / "run.json", {"stage": "train_net", "settings": {"epochs": 6}})  # rule from epoch 2
+    return run
+
+
+def sigma(ckpt_run, data, out, *extra):
+    return run_script(SCRIPT, "--checkpoint_root", ckpt_run, "--arch", "vgg_tiny", "--layer", "conv",
+                      "--data", data, "--split", "train", "--out", out, *FAST, *extra)
+
+
+def files_of(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*"))
+            if p.is_file() and p.name != "run.json"}
+
+
+def test_layout_names_and_shapes(ckpt_run, tiny_data, tmp_path):
+    out = tmp_path / "s"
+    assert sigma(ckpt_run, tiny_data, out, "--pic-num", "6", "--effect-num", "2") == 0
+    full, eff, non = (read_names(out / n) for n in (FULL_LIST, EFFECT_LIST, NON_EFFECT_LIST))
+    assert len(full) == 6 and len(eff) == 2 and set(eff) | set(non) <= set(full)
+    assert all("/" in n and (tiny_data / "train" / n).is_file() for n in full)
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "complete" and record["checkpoints"] == list(EPOCHS)
+    assert record["settings"]["samples"] == 4 and record["lambda"] == 7.0 and "torch" in record["versions"]
+    assert record["effective_rule_start"] == 2 and run_epochs(out) == list(EPOCHS)
+    K, T, g = len(EPOCHS), 4, 4
+    shapes = {"best_sigma_entropy": (K, 1, g, g), "entropy": (K, 1, T), "feature_loss": (K, 1, T),
+              "penalty_loss": (K, 1, T), "sigma_f_matrix": (K, 1)}
+    for name in eff:
+        i = full.index(name)
+        for arr in ARRAYS:
+            a = np.load(array_path(out, i, arr), allow_pickle=False)
+            assert a.shape == shapes[arr], arr
+        best = np.load(array_path(out, i, "best_sigma_entropy"))
+        assert (best >= 1e-3).all() and (best <= 1).all()
+        assert (np.load(array_path(out, i, "sigma_f_matrix")) > 0).all()
+        assert json.loads((image_folder(out, i) / "fit.json").read_text())["effective"]
+    for name in non:
+        i = full.index(name)
+        assert not image_folder(out, i).exists() and image_folder(out, i, effective=False).is_dir()
+        info = json.loads((image_folder(out, i, effective=False) / "fit.json").read_text())
+        assert not info["effective"] and "epoch" in info["reason"]
+        # fitted from the last checkpoint down to where it was dropped; earlier ones were never fitted
+        best = np.load(image_folder(out, i, False) / "npy_files" / "best_sigma_entropy.npy")
+        assert (best[-1] > 0).all() and (best[0] == 0).all()
+
+
+def test_effective_rule_flags(ckpt_run, tiny_data, tmp_path):
+    out = tmp_path / "all"
+    assert sigma(ckpt_run, tiny_data, out, "--pic-num", "4", "--effective-rule", "off") == 0
+    assert len(read_names(out / EFFECT_LIST)) == 4 and read_names(out / NON_EFFECT_LIST) == []
+    # the rule only from epoch 5 on: no checkpoint qualifies, so every image stays effective
+    late = tmp_path / "late"
+    assert sigma(ckpt_run, tiny_data, late, "--pic-num", "4", "--effective-start", "5") == 0
+    assert len(read_names(late / EFFECT_LIST)) == 4
+    # a rule that applies to the last checkpoint: an image is kept iff its bg - fg entropy gap is ≥ 0 there
+    ruled = tmp_path / "ruled"
+    assert sigma(ckpt_run, tiny_data, ruled, "--pic-num", "4", "--effective-start", "4") == 0
+    full = read_names(ruled / FULL_LIST)
+    for i, name in enumerate(full):
+        effective = name in read_names(ruled / EFFECT_LIST)
+        gap = json.loads((image_folder(ruled, i, effective) / "fit.json").read_text())["fits"]["4"][
+            "bg_minus_fg_entropy"]
+        assert effective == (gap is not None and gap >= 0)
+        # without the rule, the same image has the same files at epoch 4 (noise depends on seed, image, epoch)
+        a = np.load(image_folder(ruled, i, effective) / "npy_files" / "best_sigma_entropy.npy")[-1]
+        b = np.load(array_path(out, i, "best_sigma_entropy"))[-1]
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("batch", ["1", "3"])
+def test_resume_after_interruption_gives_identical_files(ckpt_run, tiny_data, tmp_path, monkeypatch, batch):
+    args = ("--pic-num", "5", "--effect-num", "3", "--batch-images", batch)
+    full = tmp_path / "full"
+    assert sigma(ckpt_run, tiny_data, full, *args) == 0
+    module = load_script(SCRIPT)
+    original = module.ImageRecord.write
+    calls = []
+
+    def killed(self, out, epochs):
+        calls.append(self.pos)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the run dies while writing its second image
+        return original(self, out, epochs)
+
+    part = tmp_path / "part"
+    monkeypatch.setattr(module.ImageRecord, "write", killed)
+    assert sigma(ckpt_run, tiny_data, part, *args) == 130
+    monkeypatch.setattr(module.ImageRecord, "write", original)
+    assert len(list(part.glob("img_*"))) == 1
+    (part / ".img_9.half.tmp").mkdir()  # a half-written folder left by the kill is cleaned up
+    assert sigma(ckpt_run, tiny_data, part, *args) == 2  # refused without --resume
+    assert sigma(ckpt_run, tiny_data, part, *args, "--resume") == 0
+    assert files_of(part) == files_of(full)
+    record = json.loads((part / "run.json").read_text())
+    assert record["status"] == "complete" and record["fits_this_session"] < json.loads(
+        (full / "run.json").read_text())["fits_this_session"]  # finished images were not recomputed
+    # resuming a complete run, even with another batch size, recomputes nothing
+    assert sigma(ckpt_run, tiny_data, part, "--pic-num", "5", "--effect-num", "3", "--resume") == 0
+    assert json.loads((part / "run.json").read_text())["fits_this_session"] == 0
+
+
+def test_batching_gives_the_same_lists_and_close_maps(ckpt_run, tiny_data, tmp_path):
+    one, three = tmp_path / "b1", tmp_path / "b3"
+    assert sigma(ckpt_run, tiny_data, one, "--pic-num", "5", "--effect-num", "3") == 0
+    assert sigma(ckpt_run, tiny_data, three, "--pic-num", "5", "--effect-num", "3", "--batch-images", "3") == 0
+    for name in (FULL_LIST, EFFECT_LIST, NON_EFFECT_LIST):
+        assert read_names(one / name) == read_names(three / name)
+    full = read_names(one / FULL_LIST)
+    for name in read_names(one / EFFECT_LIST):
+        i = full.index(name)
+        np.testing.assert_allclose(np.load(array_path(one, i, "best_sigma_entropy")),
+                                   np.load(array_path(three, i, "best_sigma_entropy")), rtol=1e-4)
+
+
+def _no_masks(tiny_data, tmp_path):
+    root = tmp_path / "nomask"
+    shutil.copytree(tiny_data / "train", root / "train")
+    return root
+
+
+@pytest.mark.parametrize("case", ["empty_root", "arch", "epoch", "grid", "masks", "samples", "steps", "break",
+                                  "occupied", "layer"])
+def test_bad_input_is_one_line_exit_2(case, ckpt_run, tiny_data, tmp_path, capsys):
+    out = tmp_path / "out"
+    root, data, extra = ckpt_run, tiny_data, []
+    if case == "empty_root":
+        root = tmp_path / "empty"
+        root.mkdir()
+    elif case == "arch":
+        extra = ["--arch", "resnet_tiny"]
+    elif case == "epoch":
+        extra = ["--checkpoints", "0", "3"]
+    elif case == "grid":
+        extra = ["--grid", "7"]
+    elif case == "masks":
+        data = _no_masks(tiny_data, tmp_path)
+    elif case == "samples":
+        extra = ["--samples", "0"]
+    elif case == "steps":
+        extra = ["--steps", "-1"]
+    elif case == "break":
+        extra = ["--break-steps", "4"]
+    elif case == "layer":
+        extra = ["--layer", "fc9"]
+    elif case == "occupied":
+        assert sigma(root, data, out, "--pic-num", "1") == 0
+        capsys.readouterr()
+    before = sorted(out.rglob("*")) if out.exists() else None
+    try:
+        code = sigma(root, data, out, *extra)
+    except SystemExit as exc:  # argparse errors
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "error" in err[0], err
+    expected = {"empty_root": "no <epoch>.pth.tar", "arch": "does not fit --arch resnet_tiny",
+                "epoch": "it has 0, 2, 4", "grid": "does not divide", "masks": "no mask",
+                "samples": "positive", "steps": "positive", "break": "--break-steps", "occupied": "--resume",
+                "layer": "fc9"}[case]
+    assert expected in err[0]
+    if before is None:
+        assert not out.exists()  # nothing half-written
+    else:
+        assert sorted(out.rglob("*")) == before
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_write_the_same_files_and_resume_with_one(ckpt_run, tiny_data, tmp_path):
+    """Issue 8 §2: 2 ranks (gloo) write byte-identical files to 1 rank; a cut-short 2-rank run resumes with 1."""
+    import os
+    import subprocess
+    import sys
+
+    args = ("--pic-num", "6", "--effect-num", "3", "--batch-images", "2")
+    one = tmp_path / "one"
+    assert sigma(ckpt_run, tiny_data, one, *args) == 0  # one thread, as torchrun gives each rank
+    two = tmp_path / "two"
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(root / SCRIPT), "--checkpoint_root", str(ckpt_run), "--arch", "vgg_tiny", "--layer", "conv",
+           "--data", str(tiny_data), "--split", "train", "--out", str(two), *FAST, *args]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    def listed(run: Path) -> dict[str, bytes]:
+        full = read_names(run / FULL_LIST)
+        keep = {FULL_LIST, EFFECT_LIST, NON_EFFECT_LIST}
+        for name in read_names(run / EFFECT_LIST) + read_names(run / NON_EFFECT_LIST):
+            i = full.index(name)
+            keep |= {f"img_{i}_effect", f"img_{i}_non_effect"}
+        return {k: v for k, v in files_of(run).items() if k.split("/")[0] in keep}
+
+    assert listed(two) == listed(one) and len(read_names(two / EFFECT_LIST)) == 3
+    # cut the 2-rank run short (as if killed before its last images were written) and resume with 1 rank
+    for folder in sorted(two.glob("img_*"))[-3:]:
+        shutil.rmtree(folder)
+    assert sigma(ckpt_run, tiny_data, two, *args, "--resume") == 0
+    assert listed(two) == listed(one)
