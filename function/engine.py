@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from tqdm import tqdm
 
 from .atomic import save_npy, write_json, write_text
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from .cli import UserError
 from .runtime import Dist, derive_seed
 from .weight_distance import WeightDistance
 
@@ -192,6 +194,9 @@ class EpochLoop:
         row.update(train_one_epoch(self.step_fn, self.loader, self.optimizer, self.device, self.tracker,
                                    desc=f"{self.name} {epoch}", show=self.ctx.is_main))
         row["train_time_s"] = time.time() - tic
+        if not math.isfinite(row["loss"]):
+            raise UserError(f"{self.name}: training diverged in epoch {epoch} (loss {row['loss']}); nothing of "
+                            f"this epoch was saved — lower --lr and rerun with --resume")
         if self.validate is not None:
             row.update(self.validate())
         if "val_acc1" in row:

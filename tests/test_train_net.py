@@ -113,3 +113,11 @@ def test_paper_schedule_scales():
     assert resolve_checkpoints(["3", "1"], 5) == [1, 3]
     with pytest.raises(ValueError):
         resolve_checkpoints(["9"], 5)
+
+
+def test_divergence_stops_with_one_line_and_keeps_the_last_good_epoch(tiny_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train(tiny_data, out, "--lr", "1e30", "--checkpoints", "0", "1", epochs=2) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bars
+    assert "error" in last and "diverged" in last
+    assert not (out / "1.pth.tar").exists() and (out / "0.pth.tar").exists()
