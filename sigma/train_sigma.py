@@ -164,6 +164,7 @@ class Plan:
         self.rule_start = (args.effective_start if args.effective_start is not None
                            else effective_rule_start(self.total_epochs))
         fc3 = self.info.taps["fc3"].weight
+        self.model, self.needed = None, None
         states, cached = {}, 0
         for e, path in zip(epochs, self.paths):
             try:
@@ -172,20 +173,27 @@ class Plan:
                 raise UserError(f"--checkpoint_root: {path} is not a model checkpoint (no state_dict)") from None
             if fc3 not in sd:
                 raise UserError(f"--checkpoint_root: {path} does not fit --arch {args.arch} (no {fc3})")
-            if e == epochs[0]:
+            if self.model is None:
                 self.num_classes = num_classes_of(sd, fc3)
-                self._model_keys = build_model(args.arch, self.num_classes)
-            check_fits(self._model_keys, sd, args.arch, f"--checkpoint_root: {path}")
-            cached += sum(t.numel() * t.element_size() for t in sd.values())
-            states[e] = sd
+                self.model = build_model(args.arch, self.num_classes)
+                self.needed = truncated_keys(self.model, args.arch, args.layer)
+            check_fits(self.model, sd, args.arch, f"--checkpoint_root: {path}")
+            states[e] = {k: sd[k] for k in self.needed}  # the layers above --layer are never run
+            cached += sum(t.numel() * t.element_size() for t in states[e].values())
         self.states = states if cached <= STATE_CACHE_BYTES else None
-        self.model = self._model_keys
-        del self._model_keys
 
     def state(self, epoch: int) -> dict[str, torch.Tensor]:
+        """The weights (up to --layer) of checkpoint ``epoch``, for ``load_state_dict(strict=False)``."""
         if self.states is not None:
             return self.states[epoch]
-        return state_dict_of(load_checkpoint(self.paths[self.epochs.index(epoch)], "--checkpoint_root"))
+        sd = state_dict_of(load_checkpoint(self.paths[self.epochs.index(epoch)], "--checkpoint_root"))
+        return {k: sd[k] for k in self.needed}
+
+
+def truncated_keys(model: torch.nn.Module, arch: str, layer: str) -> list[str]:
+    """state_dict keys of ``model`` that the truncated forward at ``layer`` uses (shared tensors)."""
+    used = {id(t) for t in feature_fn(model, arch, layer).state_dict(keep_vars=True).values()}
+    return [k for k, t in model.state_dict(keep_vars=True).items() if id(t) in used]
 
 
 def check_resumable(args, plan: Plan) -> None:
@@ -284,7 +292,7 @@ def fit_batch(args, plan: Plan, fitter: SigmaFitter, model: torch.nn.Module, pos
             break
         epoch = plan.epochs[k]
         bar.set_postfix_str(f"epoch {epoch}, {len(alive)} image(s)")
-        model.load_state_dict(plan.state(epoch))
+        model.load_state_dict(plan.state(epoch), strict=False)  # only the weights up to --layer
         seeds = [derive_seed(args.seed, records[j].index, epoch) for j in alive]
         start = time.perf_counter()
         fits = fitter.fit(images[alive], seeds)
