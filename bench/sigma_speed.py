@@ -42,7 +42,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=positive_int, default=80)
     p.add_argument("--break-steps", type=int, default=20)
     p.add_argument("--grid", type=positive_int, default=16)
-    p.add_argument("--repeats", type=positive_int, default=3, help="alternated trials; the minimum is shown")
+    p.add_argument("--repeats", type=positive_int, default=4, help="alternated trials; the minimum is shown")
     p.add_argument("--trial-steps", type=positive_int, default=20, help="SGD steps per timing trial")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default="cpu")
@@ -161,16 +161,26 @@ def main(args: argparse.Namespace) -> None:
         naive = NaiveFit(naive_model, naive_model.get_submodule(info.taps[layer].node), trial, size, device)
         chunk = fitter.chunk if fitter.chunk and fitter.chunk < args.samples else None
         best = {"naive": math.inf, "ours": math.inf, "floor": math.inf, "floor_chunked": math.inf}
-        for _ in range(args.repeats):  # short trials, alternated: robust to a shared machine's load
-            if not args.skip_naive:
-                t, n_steps = timed(lambda: naive.fit(x[0]), device)
-                best["naive"] = min(best["naive"], t / n_steps)
+        def run_naive():
+            t, n_steps = timed(lambda: naive.fit(x[0]), device)
+            best["naive"] = min(best["naive"], t / n_steps)
+
+        def run_ours():
             t, fits = timed(lambda: fitter.fit(x, seeds=[0]), device)
             best["ours"] = min(best["ours"], t / fits[0].steps_run)
+
+        def run_floor():
             best["floor"] = min(best["floor"], floor_time(feature, x, trial.steps, args.samples, device) / trial.steps)
-            if chunk:
-                best["floor_chunked"] = min(best["floor_chunked"], floor_time(
-                    feature, x, trial.steps, args.samples, device, chunk) / trial.steps)
+
+        def run_floor_chunked():
+            best["floor_chunked"] = min(best["floor_chunked"], floor_time(
+                feature, x, trial.steps, args.samples, device, chunk) / trial.steps)
+
+        order = ([] if args.skip_naive else [run_naive]) + [run_ours, run_floor] + (
+            [run_floor_chunked] if chunk else [])
+        for r in range(args.repeats):  # short trials, alternated, order rotated: robust to load and allocator state
+            for fn in order[r % len(order):] + order[:r % len(order)]:
+                fn()
         floor = min(best["floor"], best["floor_chunked"])
         chunked = f", in passes of {chunk} {best['floor_chunked'] * 1e3:.1f} ms" if chunk else ""
         print(f"[{layer}] per step: ours {best['ours'] * 1e3:.1f} ms (sample chunk {fitter.chunk or args.samples}), "

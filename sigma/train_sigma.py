@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from torchvision import transforms as T
 from tqdm import tqdm
 
 from function.checkpoint import check_fits, list_checkpoints, load_checkpoint, num_classes_of, state_dict_of
@@ -44,9 +45,9 @@ from function.sigma import (EFFECTIVE, NON_EFFECTIVE, PENDING, SigmaConfig, Sigm
                             entropy_gap, name_lists, next_round)
 from function.sigma_layout import (EFFECT_LIST, FIT_JSON, FULL_LIST, NON_EFFECT_LIST, finished_images,
                                    image_folder, read_names, write_names)
+from function.stage import arch_or_error
 from function.transforms import eval_transform
 from models import LAYERS, MODELS, build_model, feature_fn
-from function.stage import arch_or_error
 
 log = logging.getLogger("kdq")
 
@@ -54,7 +55,7 @@ FAMILY_LAMBDA = {"vgg": 7.0, "alexnet": 7.0, "resnet": 6.0}
 # settings that change the numbers in the files: a resumed run must keep them
 RESULT_SETTINGS = ("arch", "layer", "split", "grid", "samples", "steps", "break_steps", "lr", "sigma0",
                    "target_entropy", "lam", "seed", "foreground", "amp", "effective_rule", "effective_start",
-                   "uneven_grid")
+                   "uneven_grid", "pixel_input")
 STATE_CACHE_BYTES = 1 << 30  # keep every checkpoint's weights in memory when they total less
 
 
@@ -73,6 +74,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     d.add_argument("--foreground", choices=("masks", "central"), default="masks",
                    help="foreground cells: the dataset's masks, or the central square [g/6, 5g/6) when the "
                         "data has no masks (SPEC §2, ILSVRC without boxes)")
+    d.add_argument("--pixel-input", action="store_true",
+                   help="feed [0, 1] pixels without the ImageNet normalisation, as the original train_sigma.py "
+                        "did (SPEC §2 and the training stages use normalised inputs)")
     d.add_argument("--pic-num", type=positive_int, default=500, help="images drawn (seeded) from the split")
     d.add_argument("--effect-num", type=positive_int, default=50, help="stop once this many effective images exist")
     d.add_argument("--effective-rule", choices=("on", "off"), default="on",
@@ -138,7 +142,9 @@ class Plan:
                                   target_entropy=args.target_entropy, lam=self.lam,
                                   sample_chunk=args.sample_chunk, amp=args.amp, channels_last=args.channels_last)
         self._checkpoints(args)
-        self.dataset = MaskedImageFolder(args.data, args.split, transform=eval_transform(size),
+        transform = (T.Compose([T.Resize((size, size)), T.ToTensor()]) if args.pixel_input
+                     else eval_transform(size))
+        self.dataset = MaskedImageFolder(args.data, args.split, transform=transform,
                                          require_masks=args.foreground == "masks")
         self.draw = draw_order(len(self.dataset), args.pic_num, args.seed)
         self.names = [self.dataset.names[i] for i in self.draw]
