@@ -343,7 +343,8 @@ class SigmaFitter:
         def run():
             sse = [torch.zeros((), device=x.device) for _ in range(B)]
             for a, b in self._chunks(cfg.samples):
-                noisy = torch.cat([x[j] + cfg.sigma0 * eps[j, a:b] for j in range(B)])
+                blocks = [torch.add(x[j], eps[j, a:b], alpha=cfg.sigma0) for j in range(B)]
+                noisy = blocks[0] if B == 1 else torch.cat(blocks)
                 h = self._forward(noisy)
                 c = b - a
                 for j in range(B):
@@ -367,7 +368,8 @@ class SigmaFitter:
             fl = [torch.zeros((), device=x.device) for _ in range(A)]
             for a, b in self._chunks(n):
                 # the 3 channels share a cell's σ; each image's noisy block is built on its own
-                noisy = torch.cat([x[j] + upsample(leaves[j], S) * eps[j, a:b] for j in range(A)])
+                blocks = [torch.addcmul(x[j], upsample(leaves[j], S), eps[j, a:b]) for j in range(A)]
+                noisy = blocks[0] if A == 1 else torch.cat(blocks)
                 h = self._forward(noisy)
                 c = b - a
                 parts = [(h[j * c:(j + 1) * c] - clean[j]).square().sum() / denom[j] for j in range(A)]

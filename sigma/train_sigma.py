@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from torchvision import transforms as T
 from tqdm import tqdm
 
 from function.checkpoint import check_fits, list_checkpoints, load_checkpoint, num_classes_of, state_dict_of
@@ -44,9 +45,9 @@ from function.sigma import (EFFECTIVE, NON_EFFECTIVE, PENDING, SigmaConfig, Sigm
                             entropy_gap, name_lists, next_round)
 from function.sigma_layout import (EFFECT_LIST, FIT_JSON, FULL_LIST, NON_EFFECT_LIST, finished_images,
                                    image_folder, read_names, write_names)
+from function.stage import arch_or_error
 from function.transforms import eval_transform
 from models import LAYERS, MODELS, build_model, feature_fn
-from function.stage import arch_or_error
 
 log = logging.getLogger("kdq")
 
@@ -54,7 +55,7 @@ FAMILY_LAMBDA = {"vgg": 7.0, "alexnet": 7.0, "resnet": 6.0}
 # settings that change the numbers in the files: a resumed run must keep them
 RESULT_SETTINGS = ("arch", "layer", "split", "grid", "samples", "steps", "break_steps", "lr", "sigma0",
                    "target_entropy", "lam", "seed", "foreground", "amp", "effective_rule", "effective_start",
-                   "uneven_grid")
+                   "uneven_grid", "pixel_input")
 STATE_CACHE_BYTES = 1 << 30  # keep every checkpoint's weights in memory when they total less
 
 
@@ -73,6 +74,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     d.add_argument("--foreground", choices=("masks", "central"), default="masks",
                    help="foreground cells: the dataset's masks, or the central square [g/6, 5g/6) when the "
                         "data has no masks (SPEC §2, ILSVRC without boxes)")
+    d.add_argument("--pixel-input", action="store_true",
+                   help="feed [0, 1] pixels without the ImageNet normalisation, as the original train_sigma.py "
+                        "did (SPEC §2 and the training stages use normalised inputs)")
     d.add_argument("--pic-num", type=positive_int, default=500, help="images drawn (seeded) from the split")
     d.add_argument("--effect-num", type=positive_int, default=50, help="stop once this many effective images exist")
     d.add_argument("--effective-rule", choices=("on", "off"), default="on",
@@ -138,7 +142,9 @@ class Plan:
                                   target_entropy=args.target_entropy, lam=self.lam,
                                   sample_chunk=args.sample_chunk, amp=args.amp, channels_last=args.channels_last)
         self._checkpoints(args)
-        self.dataset = MaskedImageFolder(args.data, args.split, transform=eval_transform(size),
+        transform = (T.Compose([T.Resize((size, size)), T.ToTensor()]) if args.pixel_input
+                     else eval_transform(size))
+        self.dataset = MaskedImageFolder(args.data, args.split, transform=transform,
                                          require_masks=args.foreground == "masks")
         self.draw = draw_order(len(self.dataset), args.pic_num, args.seed)
         self.names = [self.dataset.names[i] for i in self.draw]
@@ -164,6 +170,7 @@ class Plan:
         self.rule_start = (args.effective_start if args.effective_start is not None
                            else effective_rule_start(self.total_epochs))
         fc3 = self.info.taps["fc3"].weight
+        self.model, self.needed = None, None
         states, cached = {}, 0
         for e, path in zip(epochs, self.paths):
             try:
@@ -172,20 +179,27 @@ class Plan:
                 raise UserError(f"--checkpoint_root: {path} is not a model checkpoint (no state_dict)") from None
             if fc3 not in sd:
                 raise UserError(f"--checkpoint_root: {path} does not fit --arch {args.arch} (no {fc3})")
-            if e == epochs[0]:
+            if self.model is None:
                 self.num_classes = num_classes_of(sd, fc3)
-                self._model_keys = build_model(args.arch, self.num_classes)
-            check_fits(self._model_keys, sd, args.arch, f"--checkpoint_root: {path}")
-            cached += sum(t.numel() * t.element_size() for t in sd.values())
-            states[e] = sd
+                self.model = build_model(args.arch, self.num_classes)
+                self.needed = truncated_keys(self.model, args.arch, args.layer)
+            check_fits(self.model, sd, args.arch, f"--checkpoint_root: {path}")
+            states[e] = {k: sd[k] for k in self.needed}  # the layers above --layer are never run
+            cached += sum(t.numel() * t.element_size() for t in states[e].values())
         self.states = states if cached <= STATE_CACHE_BYTES else None
-        self.model = self._model_keys
-        del self._model_keys
 
     def state(self, epoch: int) -> dict[str, torch.Tensor]:
+        """The weights (up to --layer) of checkpoint ``epoch``, for ``load_state_dict(strict=False)``."""
         if self.states is not None:
             return self.states[epoch]
-        return state_dict_of(load_checkpoint(self.paths[self.epochs.index(epoch)], "--checkpoint_root"))
+        sd = state_dict_of(load_checkpoint(self.paths[self.epochs.index(epoch)], "--checkpoint_root"))
+        return {k: sd[k] for k in self.needed}
+
+
+def truncated_keys(model: torch.nn.Module, arch: str, layer: str) -> list[str]:
+    """state_dict keys of ``model`` that the truncated forward at ``layer`` uses (shared tensors)."""
+    used = {id(t) for t in feature_fn(model, arch, layer).state_dict(keep_vars=True).values()}
+    return [k for k, t in model.state_dict(keep_vars=True).items() if id(t) in used]
 
 
 def check_resumable(args, plan: Plan) -> None:
@@ -284,7 +298,7 @@ def fit_batch(args, plan: Plan, fitter: SigmaFitter, model: torch.nn.Module, pos
             break
         epoch = plan.epochs[k]
         bar.set_postfix_str(f"epoch {epoch}, {len(alive)} image(s)")
-        model.load_state_dict(plan.state(epoch))
+        model.load_state_dict(plan.state(epoch), strict=False)  # only the weights up to --layer
         seeds = [derive_seed(args.seed, records[j].index, epoch) for j in alive]
         start = time.perf_counter()
         fits = fitter.fit(images[alive], seeds)

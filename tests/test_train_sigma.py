@@ -162,7 +162,7 @@ def _no_masks(tiny_data, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["empty_root", "arch", "epoch", "grid", "masks", "samples", "steps", "break",
-                                  "occupied", "layer"])
+                                  "occupied", "layer", "resume_other_stage", "resume_other_settings"])
 def test_bad_input_is_one_line_exit_2(case, ckpt_run, tiny_data, tmp_path, capsys):
     out = tmp_path / "out"
     root, data, extra = ckpt_run, tiny_data, []
@@ -185,9 +185,13 @@ def test_bad_input_is_one_line_exit_2(case, ckpt_run, tiny_data, tmp_path, capsy
         extra = ["--break-steps", "4"]
     elif case == "layer":
         extra = ["--layer", "fc9"]
-    elif case == "occupied":
+    elif case in ("occupied", "resume_other_settings"):
         assert sigma(root, data, out, "--pic-num", "1") == 0
         capsys.readouterr()
+        extra = ["--resume", "--steps", "5"] if case == "resume_other_settings" else []
+    elif case == "resume_other_stage":
+        write_json(out / "run.json", {"stage": "train_net", "settings": {}})
+        extra = ["--resume"]
     before = sorted(out.rglob("*")) if out.exists() else None
     try:
         code = sigma(root, data, out, *extra)
@@ -199,7 +203,8 @@ def test_bad_input_is_one_line_exit_2(case, ckpt_run, tiny_data, tmp_path, capsy
     expected = {"empty_root": "no <epoch>.pth.tar", "arch": "does not fit --arch resnet_tiny",
                 "epoch": "it has 0, 2, 4", "grid": "does not divide", "masks": "no mask",
                 "samples": "positive", "steps": "positive", "break": "--break-steps", "occupied": "--resume",
-                "layer": "fc9"}[case]
+                "layer": "fc9", "resume_other_stage": "not a sigma run",
+                "resume_other_settings": "steps: 4 → 5"}[case]
     assert expected in err[0]
     if before is None:
         assert not out.exists()  # nothing half-written
