@@ -219,7 +219,7 @@ def test_torchrun_two_ranks_write_the_same_files_and_resume_with_one(ckpt_run, t
     import subprocess
     import sys
 
-    args = ("--pic-num", "6", "--effect-num", "3", "--batch-images", "2")
+    args = ("--pic-num", "12", "--effect-num", "3", "--batch-images", "2")
     one = tmp_path / "one"
     assert sigma(ckpt_run, tiny_data, one, *args) == 0  # one thread, as torchrun gives each rank
     two = tmp_path / "two"
