@@ -42,6 +42,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=positive_int, default=80)
     p.add_argument("--break-steps", type=int, default=20)
     p.add_argument("--grid", type=positive_int, default=16)
+    p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--repeats", type=positive_int, default=4, help="alternated trials; the minimum is shown")
     p.add_argument("--trial-steps", type=positive_int, default=20, help="SGD steps per timing trial")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -149,7 +150,7 @@ def main(args: argparse.Namespace) -> None:
     for layer in args.layer:
         try:
             cfg = SigmaConfig(grid=args.grid, samples=args.samples, steps=args.steps, break_steps=args.break_steps,
-                              lam=7.0 if info.family != "resnet" else 6.0)
+                              lr=args.lr, lam=7.0 if info.family != "resnet" else 6.0)
         except ValueError as exc:
             raise UserError(str(exc)) from None
         trial = cfg.with_(steps=min(args.trial_steps, args.steps), break_steps=0)

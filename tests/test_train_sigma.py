@@ -245,3 +245,13 @@ def test_torchrun_two_ranks_write_the_same_files_and_resume_with_one(ckpt_run, t
         shutil.rmtree(folder)
     assert sigma(ckpt_run, tiny_data, two, *args, "--resume") == 0
     assert listed(two) == listed(one)
+
+
+def test_pixel_input_feeds_unnormalised_images(ckpt_run, tiny_data, tmp_path):
+    """--pixel-input reproduces the original train_sigma.py's input (ToTensor only): other maps."""
+    norm, pix = tmp_path / "norm", tmp_path / "pix"
+    assert sigma(ckpt_run, tiny_data, norm, "--pic-num", "1", "--effective-rule", "off") == 0
+    assert sigma(ckpt_run, tiny_data, pix, "--pic-num", "1", "--effective-rule", "off", "--pixel-input") == 0
+    assert json.loads((pix / "run.json").read_text())["settings"]["pixel_input"] is True
+    a, b = (np.load(array_path(r, 0, "sigma_f_matrix")) for r in (norm, pix))
+    assert np.isfinite(a).all() and np.isfinite(b).all() and not np.allclose(a, b)
