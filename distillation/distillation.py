@@ -30,7 +30,7 @@ from function.distill import (TEACHER_FORMATS, HintonLoss, evaluate_feature_mse,
 from function.engine import EpochLoop, eval_loader, evaluate, log_spaced_lr, train_loader
 from function.runtime import cleanup_distributed
 from function.schedule import resolve_checkpoints
-from function.stage import add_common_training_args, arch_or_error, load_splits, setup
+from function.stage import add_common_training_args, add_sgd_args, arch_or_error, load_splits, setup
 from function.transforms import TRAIN_TRANSFORMS
 from function.weight_distance import WeightDistance
 from models import LAYERS, MODELS, build_model, feature_fn
@@ -70,10 +70,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="hinton: weight of the soft term: α·T²·KL(teacher‖student) + (1−α)·CE")
     o = p.add_argument_group("phase 1: distillation")
     o.add_argument("--epochs", type=positive_int, default=150, help="distillation epochs")
-    o.add_argument("--lr", type=positive_float, default=0.01, help="first-epoch learning rate (log-spaced to lr/10)")
-    o.add_argument("--batch-size", type=positive_int, default=64, help="global batch size of both phases")
-    o.add_argument("--momentum", type=float, default=0.9, help="SGD momentum of both phases")
-    o.add_argument("--weight-decay", type=float, default=1e-4, help="SGD weight decay of both phases")
+    add_sgd_args(o, batch_help="global batch size of both phases", scope=" of both phases")
     f = p.add_argument_group("phase 2: fine-tuning the layers above --layer on labels")
     f.add_argument("--finetune-epochs", type=int, default=100, help="fine-tuning epochs (0: none)")
     f.add_argument("--finetune-lr", type=positive_float, default=None,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .datasets import MaskedImageFolder
 from .rundir import RunRecord, prepare_out, read_run_json
-from .cli import UserError
+from .cli import UserError, positive_float, positive_int
 from .runtime import barrier, init_distributed, seed_everything, set_deterministic
 from .transforms import TRAIN_TRANSFORMS, eval_transform
 from models import ArchInfo, arch_info
@@ -36,6 +36,16 @@ def add_common_training_args(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--deterministic", action="store_true", help="use deterministic algorithms (slower on CUDA)")
     r.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
     r.add_argument("--overwrite", action="store_true", help="delete the run in --out and start again")
+
+
+def add_sgd_args(group: argparse._ArgumentGroup, batch_help: str = "global batch size (over all ranks)",
+                 scope: str = "") -> None:
+    """--lr (log-spaced to lr/10), --batch-size, --momentum, --weight-decay with SPEC §1 defaults."""
+    group.add_argument("--lr", type=positive_float, default=0.01,
+                       help="first-epoch learning rate (log-spaced to lr/10)")
+    group.add_argument("--batch-size", type=positive_int, default=64, help=batch_help)
+    group.add_argument("--momentum", type=float, default=0.9, help=f"SGD momentum{scope}")
+    group.add_argument("--weight-decay", type=float, default=1e-4, help=f"SGD weight decay{scope}")
 
 
 def load_splits(args, size: int) -> tuple[MaskedImageFolder, MaskedImageFolder | None]:
@@ -83,3 +93,17 @@ def import_stage(path: str | Path):
             del sys.modules[name]
             raise
     return sys.modules[name]
+
+
+def with_defaults(script: str, description: str, **defaults):
+    """``(get_args_parser, main)`` of the stage ``script`` with some defaults changed: a thin entry point
+    (``supplement/``) whose every flag is the stage's own and may still be overridden."""
+    stage = import_stage(script)
+
+    def get_args_parser() -> argparse.ArgumentParser:
+        parser = stage.get_args_parser()
+        parser.description = description
+        parser.set_defaults(**defaults)
+        return parser
+
+    return get_args_parser, stage.main

@@ -16,6 +16,7 @@ import logging
 import platform
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -358,6 +359,7 @@ def _layer_dirs(args) -> list[tuple[str, Path, Path]]:
 
 
 def main(args: argparse.Namespace) -> list[LayerResult]:
+    started = time.time()
     if not 0 < args.level < 1:
         raise UserError(f"--level must be in (0, 1), got {args.level}")
     check_out(args.out, args.overwrite)
@@ -393,7 +395,8 @@ def main(args: argparse.Namespace) -> list[LayerResult]:
                                "torch": torch.__version__, "matplotlib": matplotlib.__version__},
                   "git_commit": git_commit()}
     write_outputs(args.out, results, settings, provenance, args.level)
-    write_json(args.out / "run.json", {**provenance, "status": "complete", "settings": settings})
+    write_json(args.out / "run.json", {**provenance, "status": "complete", "settings": settings,
+                                       "wall_time_s": round(time.time() - started, 3)})
     print(terminal_table(results, args.level))
     print(f"\nwrote {args.out / 'report.md'}, metrics.json, metrics.csv and {len(figures)} figures")
     return results

@@ -10,25 +10,12 @@ Every distillation flag works and may override it (a label net for the compariso
 """
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 from function.cli import run
-from function.stage import import_stage
+from function.stage import with_defaults
 
 LONG_DEFAULTS = {"epochs": 400}
 
-_distillation = import_stage(Path(__file__).resolve().parents[1] / "distillation/distillation.py")
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = _distillation.get_args_parser()
-    parser.description = __doc__.split("\n\n")[0]
-    parser.set_defaults(**LONG_DEFAULTS)
-    return parser
-
-
-main = _distillation.main
+get_args_parser, main = with_defaults("distillation/distillation.py", __doc__.split("\n\n")[0], **LONG_DEFAULTS)
 
 if __name__ == "__main__":
     raise SystemExit(run(get_args_parser, main))

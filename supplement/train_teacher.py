@@ -9,25 +9,12 @@ override them.  The result is an ordinary train_net run, to pass to ``--teacher_
 """
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 from function.cli import run
-from function.stage import import_stage
+from function.stage import with_defaults
 
 HEAVY_TEACHER_DEFAULTS = {"augment": "heavy", "weight_decay": 5e-4}
 
-_train_net = import_stage(Path(__file__).resolve().parents[1] / "train_net/train_net.py")
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = _train_net.get_args_parser()
-    parser.description = __doc__.split("\n\n")[0]
-    parser.set_defaults(**HEAVY_TEACHER_DEFAULTS)
-    return parser
-
-
-main = _train_net.main
+get_args_parser, main = with_defaults("train_net/train_net.py", __doc__.split("\n\n")[0], **HEAVY_TEACHER_DEFAULTS)
 
 if __name__ == "__main__":
     raise SystemExit(run(get_args_parser, main))

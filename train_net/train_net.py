@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from function.cli import Parser, UserError, positive_float, positive_int, run
+from function.cli import Parser, UserError, positive_int, run
 from function.datasets import SeededTransform
 from function.engine import EpochLoop, eval_loader, evaluate, log_spaced_lr, train_loader
 from function.runtime import cleanup_distributed
 from function.schedule import resolve_checkpoints
-from function.stage import add_common_training_args, arch_or_error, load_splits, setup
+from function.stage import add_common_training_args, add_sgd_args, arch_or_error, load_splits, setup
 from function.transforms import TRAIN_TRANSFORMS
 from function.weight_distance import WeightDistance
 from models import MODELS, build_model
@@ -37,10 +37,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     m.add_argument("--dropout", type=float, default=None, help="dropout of the fc head (default: the arch's 0.5)")
     o = p.add_argument_group("optimisation (SPEC §1 defaults)")
     o.add_argument("--epochs", type=positive_int, default=150, help="training epochs")
-    o.add_argument("--lr", type=positive_float, default=0.01, help="first-epoch learning rate (log-spaced to lr/10)")
-    o.add_argument("--batch-size", type=positive_int, default=64, help="global batch size (over all ranks)")
-    o.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    o.add_argument("--weight-decay", type=float, default=1e-4, help="SGD weight decay")
+    add_sgd_args(o)
     add_common_training_args(p)
     return p
 
