@@ -23,6 +23,15 @@ def tiny_data(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny fits run faster on one thread than two on a shared machine (and match torchrun's ranks)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def load_script(relpath: str):
     """Import a stage script (e.g. 'train_net/train_net.py') as a module, without running it."""
     path = ROOT / relpath

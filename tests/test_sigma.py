@@ -13,13 +13,7 @@ from function.sigma import (EFFECTIVE, HALF_LOG_2PIE, NON_EFFECTIVE, PENDING, Si
                             passes_effective_rule, select_step, should_stop, upsample)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The fits here are tiny: one thread is faster than two on a shared machine, and deterministic."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def linear_map(S: int, F: int, seed: int = 0, region_scale=None) -> tuple[torch.Tensor, callable]:

@@ -21,12 +21,7 @@ EPOCHS = (0, 2, 4)
 FAST = ("--samples", "4", "--steps", "4", "--break-steps", "1", "--grid", "4", "--no-progress", "--device", "cpu")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
