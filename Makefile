@@ -62,7 +62,7 @@ $(RUNS)/label/.done: $(DATA)/dataset.json | venv
 		--epochs $(EPOCHS) --checkpoints $(CHECKPOINTS) $(TRAIN_FLAGS) --out $(@D) --resume
 	touch $@
 
-$(RUNS)/distil_%/.done: $(RUNS)/teacher/.done | venv
+$(RUNS)/distil/%/.done: $(RUNS)/teacher/.done | venv
 	$(PY) distillation/distillation.py --teacher_checkpoint $(RUNS)/teacher/$(TEACHER_EPOCHS).pth.tar \
 		--teacher-arch $(ARCH) --arch $(ARCH) --layer $* --data $(DATA) --split train --val-split val \
 		--epochs $(EPOCHS) --finetune-epochs $(FINETUNE_EPOCHS) --checkpoints $(CHECKPOINTS) $(TRAIN_FLAGS) \
@@ -74,32 +74,39 @@ $(RUNS)/sigma_label/%/.done: $(RUNS)/label/.done | venv
 		--split train $(SIGMA_FLAGS) --out $(@D) --resume
 	touch $@
 
-$(RUNS)/sigma_distil/%/.done: $(RUNS)/distil_%/.done | venv
-	$(PY) sigma/train_sigma.py --checkpoint_root $(RUNS)/distil_$* --arch $(ARCH) --layer $* --data $(DATA) \
+$(RUNS)/sigma_distil/%/.done: $(RUNS)/distil/%/.done | venv
+	$(PY) sigma/train_sigma.py --checkpoint_root $(RUNS)/distil/$* --arch $(ARCH) --layer $* --data $(DATA) \
 		--split train $(SIGMA_FLAGS) --out $(@D) --resume
 	touch $@
 
 $(RUNS)/metrics_%/report.md: $(RUNS)/sigma_label/%/.done $(RUNS)/sigma_distil/%/.done | venv
 	$(PY) sigma/find_knowledge_new.py --label-sigma $(RUNS)/sigma_label/$* --distil-sigma $(RUNS)/sigma_distil/$* \
-		--label-run $(RUNS)/label --distil-run $(RUNS)/distil_$* --data $(DATA) --split train --layer $* \
+		--label-run $(RUNS)/label --distil-run $(RUNS)/distil/$* --data $(DATA) --split train --layer $* \
 		$(METRIC_FLAGS) --out $(@D) --overwrite
 
 demo: $(RUNS)/metrics_$(LAYER)/report.md
 	@$(PY) function/summarize_runs.py $(RUNS)
 
-# The fuller study: both tiny archs, all four layers (tens of minutes on 2 CPU cores).
+# One table over every layer whose two sigma runs exist (sigma_label/<layer>, sigma_distil/<layer>, distil/<layer>).
+$(RUNS)/metrics_all/report.md: $(foreach l,$(STUDY_LAYERS),$(RUNS)/sigma_label/$(l)/.done $(RUNS)/sigma_distil/$(l)/.done) | venv
+	$(PY) sigma/find_knowledge_new.py --label-sigma $(RUNS)/sigma_label --distil-sigma $(RUNS)/sigma_distil \
+		--label-run $(RUNS)/label --distil-run $(RUNS)/distil --data $(DATA) --split train --layer all \
+		$(METRIC_FLAGS) --out $(@D) --overwrite
+
+# The fuller study: both tiny archs, all four layers, more images (tens of minutes on 2 CPU cores; not yet
+# timed end to end).  One report per arch covering the four layers.
 STUDY_RUNS ?= runs/study
 STUDY_LAYERS ?= conv fc1 fc2 fc3
+STUDY_SIGMA_FLAGS ?= --pic-num 80 --effect-num 32 --samples 24 --steps 40 --break-steps 10 --lr 2e-4 \
+	--batch-images 8 --device $(DEVICE) --seed $(SEED)
 study: | venv
-	for arch in vgg_tiny resnet_tiny; do for layer in $(STUDY_LAYERS); do \
-		$(MAKE) --no-print-directory $(STUDY_RUNS)/$$arch/metrics_$$layer/report.md RUNS=$(STUDY_RUNS)/$$arch \
-			ARCH=$$arch VENV=$(VENV) DATA=$(DATA) \
-			SIGMA_FLAGS="--pic-num 80 --effect-num 32 --samples 24 --steps 40 --break-steps 10 --lr 2e-4 --batch-images 8 --device $(DEVICE) --seed $(SEED)" \
-			|| exit 1; done; done
+	for arch in vgg_tiny resnet_tiny; do \
+		$(MAKE) --no-print-directory $(STUDY_RUNS)/$$arch/metrics_all/report.md RUNS=$(STUDY_RUNS)/$$arch \
+			ARCH=$$arch VENV=$(VENV) DATA=$(DATA) SIGMA_FLAGS="$(STUDY_SIGMA_FLAGS)" || exit 1; done
 	$(PY) function/summarize_runs.py $(STUDY_RUNS)
 
 clean-demo:
 	rm -rf $(RUNS) $(DATA)
 
-.PRECIOUS: $(RUNS)/%/.done $(RUNS)/sigma_label/%/.done $(RUNS)/sigma_distil/%/.done
+.PRECIOUS: $(RUNS)/%/.done $(RUNS)/distil/%/.done $(RUNS)/sigma_label/%/.done $(RUNS)/sigma_distil/%/.done
 .SECONDARY:
