@@ -24,14 +24,12 @@ from torch import nn
 
 from function.checkpoint import save_checkpoint
 from function.cli import Parser, UserError, positive_float, positive_int, run
-from function.datasets import SeededTransform
 from function.distill import (TEACHER_FORMATS, HintonLoss, evaluate_feature_mse, feature_mse, feature_shape,
                               freeze_teacher, load_teacher, make_adapter)
-from function.engine import EpochLoop, eval_loader, evaluate, log_spaced_lr, train_loader
+from function.engine import EpochLoop, evaluate, log_spaced_lr
 from function.runtime import cleanup_distributed
 from function.schedule import resolve_checkpoints
-from function.stage import add_common_training_args, add_sgd_args, arch_or_error, load_splits, setup
-from function.transforms import TRAIN_TRANSFORMS
+from function.stage import add_common_training_args, add_sgd_args, arch_or_error, load_splits, make_loaders, setup
 from function.weight_distance import WeightDistance
 from models import LAYERS, MODELS, build_model, feature_fn
 
@@ -155,12 +153,7 @@ def main(args: argparse.Namespace) -> None:
     adapter = make_adapter(student_shape, teacher_shape).to(device) if args.adapter else None
     teacher.to(device)
 
-    data = SeededTransform(train_set, TRAIN_TRANSFORMS[args.augment](info.input_size), args.seed)
-    try:
-        loader = train_loader(data, args.batch_size, ctx, args.seed, args.workers, device)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    val_loader = eval_loader(val_set, args.batch_size, ctx, args.workers, device) if val_set else None
+    loader, val_loader = make_loaders(args, train_set, val_set, info.input_size, ctx, device)
     meta = {"classes": train_set.classes, "num_classes": num_classes, "method": args.method,
             "layer": args.layer, "teacher_arch": args.teacher_arch}
 

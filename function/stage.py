@@ -8,7 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
-from .datasets import MaskedImageFolder
+from .datasets import MaskedImageFolder, SeededTransform
+from .engine import eval_loader, train_loader
 from .rundir import RunRecord, prepare_out, read_run_json
 from .cli import UserError, positive_float, positive_int
 from .runtime import barrier, init_distributed, seed_everything, set_deterministic
@@ -54,6 +55,18 @@ def load_splits(args, size: int) -> tuple[MaskedImageFolder, MaskedImageFolder |
     if args.val_split != "none":
         val = MaskedImageFolder(args.data, args.val_split, transform=eval_transform(size), classes=train.classes)
     return train, val
+
+
+def make_loaders(args, train_set: MaskedImageFolder, val_set: MaskedImageFolder | None, size: int, ctx, device):
+    """The training loader (augmentation per ``--augment``, seeded per sample; global batch ``--batch-size``)
+    and the validation loader (None without a val split)."""
+    data = SeededTransform(train_set, TRAIN_TRANSFORMS[args.augment](size), args.seed)
+    try:
+        loader = train_loader(data, args.batch_size, ctx, args.seed, args.workers, device)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    val_loader = eval_loader(val_set, args.batch_size, ctx, args.workers, device) if val_set else None
+    return loader, val_loader
 
 
 def arch_or_error(name: str, flag: str = "--arch") -> ArchInfo:

@@ -16,12 +16,10 @@ import torch
 from torch import nn
 
 from function.cli import Parser, UserError, positive_int, run
-from function.datasets import SeededTransform
-from function.engine import EpochLoop, eval_loader, evaluate, log_spaced_lr, train_loader
+from function.engine import EpochLoop, evaluate, log_spaced_lr
 from function.runtime import cleanup_distributed
 from function.schedule import resolve_checkpoints
-from function.stage import add_common_training_args, add_sgd_args, arch_or_error, load_splits, setup
-from function.transforms import TRAIN_TRANSFORMS
+from function.stage import add_common_training_args, add_sgd_args, arch_or_error, load_splits, make_loaders, setup
 from function.weight_distance import WeightDistance
 from models import MODELS, build_model
 
@@ -60,12 +58,7 @@ def main(args: argparse.Namespace) -> None:
     net = nn.parallel.DistributedDataParallel(model) if ctx.enabled else model
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
-    data = SeededTransform(train_set, TRAIN_TRANSFORMS[args.augment](info.input_size), args.seed)
-    try:
-        loader = train_loader(data, args.batch_size, ctx, args.seed, args.workers, device)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    val_loader = eval_loader(val_set, args.batch_size, ctx, args.workers, device) if val_set else None
+    loader, val_loader = make_loaders(args, train_set, val_set, info.input_size, ctx, device)
 
     def step(images, labels):
         logits = net(images)
