@@ -8,14 +8,12 @@ student) and ``val``; masks under ``seg/<split>/<class>/<stem>.png``.  Same seed
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
 from pathlib import Path
 
 from PIL import Image
 from tqdm import tqdm
 
-from function.atomic import write_json
+from function.atomic import atomic_dir, write_json
 from function.cli import Parser, UserError, positive_int, run
 from function.synthetic import SPLIT_IDS, Style, class_names, image_rng, max_classes, render
 
@@ -36,9 +34,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def write_dataset(out: Path, seed: int, size: int, num_classes: int, per_class: dict[str, int]) -> None:
     """Generate into a temporary sibling folder, then move it into place (never half-written)."""
     names = class_names(num_classes)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         total = sum(per_class.values()) * num_classes
         with tqdm(total=total, desc="images", dynamic_ncols=True) as bar:
             for split, n in per_class.items():
@@ -54,13 +50,6 @@ def write_dataset(out: Path, seed: int, size: int, num_classes: int, per_class: 
                         bar.update()
         write_json(tmp / "dataset.json", {"generator": "kdq.synthetic", "seed": seed, "image_size": size,
                                           "classes": names, "per_class": per_class, "style": Style().__dict__})
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-
 
 def main(args: argparse.Namespace) -> None:
     if not 2 <= args.num_classes <= max_classes():

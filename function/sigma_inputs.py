@@ -92,12 +92,7 @@ class SigmaRun:
             self._index = {n: i for i, n in reversed(list(enumerate(self.full)))}  # first occurrence wins
         index = self._index[name]
         path = layout.array_path(self.path, index, "best_sigma_entropy")
-        if not path.is_file():
-            raise UserError(f"{self.flag}: {path} is missing (image {name})")
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise UserError(f"{self.flag}: cannot read {path} ({exc})") from None
+        arr = load_npy(path, self.flag, f" (image {name})")
         if arr.ndim == 4 and arr.shape[1] == 1:
             arr = arr[:, 0]
         if arr.ndim != 3 or arr.shape[1] != arr.shape[2] or not np.issubdtype(arr.dtype, np.number):
@@ -188,17 +183,22 @@ def _check_shapes(label: SigmaRun, distil: SigmaRun, shapes: dict, epochs: list[
         raise UserError(f"the sigma files hold {ka} checkpoints but the epochs given are {len(epochs)}: {epochs}")
 
 
+def load_npy(path: Path, flag: str, context: str = "") -> np.ndarray:
+    """``np.load`` without pickle; a missing or unreadable file is a UserError naming ``flag``."""
+    if not path.is_file():
+        raise UserError(f"{flag}: {path} is missing{context}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise UserError(f"{flag}: cannot read {path} ({exc})") from None
+
+
 def load_weight_diff(run: Path, flag: str, epochs: list[int], row: int) -> np.ndarray:
     """Row ``row`` of ``<run>/weight_diff.npy`` (4, E+1), checked to cover the sigma checkpoints."""
     path = Path(run) / "weight_diff.npy"
     if not Path(run).is_dir():
         raise UserError(f"{flag}: {run} does not exist or is not a directory")
-    if not path.is_file():
-        raise UserError(f"{flag}: {path} is missing")
-    try:
-        wd = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise UserError(f"{flag}: cannot read {path} ({exc})") from None
+    wd = load_npy(path, flag)
     if wd.ndim != 2 or wd.shape[0] != 4 or not np.issubdtype(wd.dtype, np.number):
         raise UserError(f"{flag}: {path} has shape {wd.shape}; expected (4, epochs+1), rows conv fc1 fc2 fc3")
     if max(epochs) > wd.shape[1] - 1:

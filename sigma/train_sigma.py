@@ -24,7 +24,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import torch.distributed as dist
 from torchvision import transforms as T
 from tqdm import tqdm
 
+from function.atomic import atomic_dir
 from function.checkpoint import check_fits, list_checkpoints, load_checkpoint, num_classes_of, state_dict_of
 from function.cli import Parser, UserError, existing_dir, positive_float, positive_int, run
 from function.datasets import MaskedImageFolder
@@ -250,12 +250,7 @@ class ImageRecord:
 
     def write(self, out: Path, epochs: list[int]) -> None:
         """Write ``img_<pos>_{effect,non_effect}/`` atomically (temporary folder, then rename)."""
-        final = image_folder(out, self.pos, self.effective)
-        tmp = Path(tempfile.mkdtemp(prefix=f".img_{self.pos}.", suffix=".tmp", dir=out))
-        try:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result is not
+        with atomic_dir(image_folder(out, self.pos, self.effective)) as tmp:
             npy = tmp / "npy_files"
             npy.mkdir()
             for name, arr in (("best_sigma_entropy", self.best_sigma), ("entropy", self.entropy),
@@ -269,12 +264,6 @@ class ImageRecord:
                     "reason": self.reason, "checkpoints": epochs,
                     "fits": {str(e): v for e, v in sorted(self.fits.items())}}
             (tmp / FIT_JSON).write_text(json.dumps(info, indent=2) + "\n")
-            if final.exists():
-                shutil.rmtree(final)
-            os.rename(tmp, final)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
 
 
 def foreground_grid(plan: Plan, index: int, grid: int, foreground: str) -> np.ndarray:
