@@ -87,17 +87,17 @@ $(RUNS)/metrics_%/report.md: $(RUNS)/sigma_label/%/.done $(RUNS)/sigma_distil/%/
 demo: $(RUNS)/metrics_$(LAYER)/report.md
 	@$(PY) function/summarize_runs.py $(RUNS)
 
+STUDY_LAYERS ?= conv fc1 fc2 fc3
 # One table over every layer whose two sigma runs exist (sigma_label/<layer>, sigma_distil/<layer>, distil/<layer>).
 $(RUNS)/metrics_all/report.md: $(foreach l,$(STUDY_LAYERS),$(RUNS)/sigma_label/$(l)/.done $(RUNS)/sigma_distil/$(l)/.done) | venv
 	$(PY) sigma/find_knowledge_new.py --label-sigma $(RUNS)/sigma_label --distil-sigma $(RUNS)/sigma_distil \
 		--label-run $(RUNS)/label --distil-run $(RUNS)/distil --data $(DATA) --split train --layer all \
 		$(METRIC_FLAGS) --out $(@D) --overwrite
 
-# The fuller study: both tiny archs, all four layers, more images (tens of minutes on 2 CPU cores; not yet
-# timed end to end).  One report per arch covering the four layers.
+# The fuller study: both tiny archs, all four layers, more images than the demo (same per-fit settings).
+# One report per arch covering the four layers; see README for the measured time.
 STUDY_RUNS ?= runs/study
-STUDY_LAYERS ?= conv fc1 fc2 fc3
-STUDY_SIGMA_FLAGS ?= --pic-num 80 --effect-num 32 --samples 24 --steps 40 --break-steps 10 --lr 2e-4 \
+STUDY_SIGMA_FLAGS ?= --pic-num 64 --effect-num 32 --samples 16 --steps 20 --break-steps 5 --lr 4e-4 \
 	--batch-images 8 --device $(DEVICE) --seed $(SEED)
 study: | venv
 	for arch in vgg_tiny resnet_tiny; do \
