@@ -38,6 +38,8 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     success it replaces ``path`` (an existing folder there is removed first), on failure it is deleted."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed writer of the same folder
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the result is not
     try:
@@ -48,6 +50,15 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def remove_stale_temps(folder: Path) -> int:
+    """Delete the temporary files and folders (``.*.tmp``) that a killed writer left under ``folder``;
+    call it only when no other process writes there.  Returns how many were removed."""
+    stale = [p for p in Path(folder).rglob(".*.tmp") if p.exists()]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    return len(stale)
 
 
 def _umask() -> int:

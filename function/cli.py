@@ -48,13 +48,14 @@ class Parser(argparse.ArgumentParser):
 
 def run(get_parser: Callable[[], argparse.ArgumentParser], main: Callable[[argparse.Namespace], object],
         argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv``, run ``main`` and map :class:`UserError` (and a few obvious I/O errors) to exit 2."""
+    """Parse ``argv``, run ``main`` and map :class:`UserError` and I/O errors (``OSError``: a missing or
+    unreadable path, a read-only or full disk) to one line on stderr and exit 2."""
     parser = get_parser()
     args = parser.parse_args(argv)
     setup_logging()
     try:
         main(args)
-    except (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
+    except (UserError, OSError) as exc:  # OSError: missing/unreadable paths, read-only or full disk
         if getattr(args, "debug", False):
             raise
         msg = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"

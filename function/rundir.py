@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import write_json
+from .atomic import remove_stale_temps, write_json
 from .cli import UserError
 
 RUN_JSON = "run.json"
@@ -34,6 +34,7 @@ def prepare_out(out: Path, resume: bool, overwrite: bool, flag: str = "--out") -
         out.mkdir(parents=True, exist_ok=True)
         return False
     if resume:
+        remove_stale_temps(out)  # half-written files of a killed run never had their final name
         return True
     if overwrite:
         if not (out / RUN_JSON).is_file():
@@ -45,6 +46,42 @@ def prepare_out(out: Path, resume: bool, overwrite: bool, flag: str = "--out") -
     state = read_run_json(out).get("status", "unknown")
     raise UserError(f"{flag}: {out} already holds results (status: {state}); "
                     "pass --resume to continue it or --overwrite to replace it")
+
+
+# Flags that change how a run executes but not what it computes: they may differ on --resume.
+RUNTIME_SETTINGS = frozenset({"out", "resume", "overwrite", "debug", "device", "workers", "progress",
+                              "no_progress", "log_interval", "batch_images", "sample_chunk", "compile",
+                              "cudnn_benchmark", "channels_last", "deterministic"})
+
+
+def check_resume_settings(out: Path, stage: str, args: argparse.Namespace,
+                          runtime: frozenset[str] = RUNTIME_SETTINGS) -> None:
+    """Refuse to ``--resume`` a run made by another stage or with other result-defining settings.
+
+    Every recorded setting except the ``runtime`` ones must equal this invocation's; the error lists each
+    difference as ``flag: old → new``.  A folder without a ``run.json`` (killed before it was written)
+    carries no settings to compare and is accepted.
+    """
+    previous = read_run_json(out)
+    if not previous:
+        return
+    if previous.get("stage") != stage:
+        raise UserError(f"--resume: {out} holds a {previous.get('stage', 'unknown')} run, not {stage}; "
+                        "use another --out or --overwrite")
+    old = previous.get("settings", {})
+    new = json.loads(json.dumps(describe(args), default=str))  # as it would be recorded (tuples → lists)
+    paths = {k for k, v in vars(args).items() if isinstance(v, Path)}
+    diffs = [f"--{k.replace('_', '-')}: {old[k]!r} → {new.get(k)!r}" for k in sorted(old)
+             if k not in runtime and not _same(old[k], new.get(k), k in paths)]
+    if diffs:
+        raise UserError(f"--resume: {out} was made with other settings ({'; '.join(diffs)}); "
+                        "rerun with those or use another --out")
+
+
+def _same(old: Any, new: Any, is_path: bool) -> bool:
+    if is_path and isinstance(old, str) and isinstance(new, str):
+        return Path(old).resolve() == Path(new).resolve()  # the same folder named from another cwd
+    return old == new
 
 
 def read_run_json(folder: Path) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .datasets import MaskedImageFolder, SeededTransform
 from .engine import eval_loader, train_loader
-from .rundir import RunRecord, prepare_out, read_run_json
+from .rundir import RunRecord, check_resume_settings, prepare_out, read_run_json
 from .cli import UserError, positive_float, positive_int
 from .runtime import barrier, init_distributed, seed_everything, set_deterministic
 from .transforms import TRAIN_TRANSFORMS, eval_transform
@@ -82,6 +82,8 @@ def setup(args, stage: str):
     ctx, device = init_distributed(args.device)
     set_deterministic(args.deterministic)
     resume = prepare_out(args.out, args.resume, args.overwrite) if ctx.is_main else args.resume
+    if resume and ctx.is_main:
+        check_resume_settings(args.out, stage, args)
     barrier()
     if resume and read_run_json(args.out).get("status") == "complete":
         log.info("%s already holds a complete run; nothing to do", args.out)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import logging
 import platform
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import torch
 from PIL import Image
 
 from function import plots
-from function.atomic import write_bytes, write_json
+from function.atomic import atomic_dir, write_bytes, write_json
 from function.cli import Parser, UserError, positive_int, run
 from function.datasets import MaskedImageFolder
 from function.masks import central_square
@@ -208,10 +207,10 @@ def load_layer(args, layer: str, data: MaskedImageFolder, label_sigma: Path, dis
     """Read and check one layer's inputs; every problem is a UserError, nothing is logged here."""
     lab = SigmaRun.open(label_sigma, "--label-sigma")
     dis = SigmaRun.open(distil_sigma, "--distil-sigma")
-    for run in (lab, dis):
-        recorded = run.recorded("layer")
+    for sr in (lab, dis):
+        recorded = sr.recorded("layer")
         if recorded is not None and recorded != layer:
-            raise UserError(f"{run.flag}: {run.path} was fitted at layer {recorded}, not {layer}")
+            raise UserError(f"{sr.flag}: {sr.path} was fitted at layer {recorded}, not {layer}")
     check_recorded_grid(lab, dis)
     label_run = _training_run("--label-run", args.label_run, lab, layer)
     distil_run = _training_run("--distil-run", args.distil_run, dis, layer)
@@ -384,19 +383,19 @@ def main(args: argparse.Namespace) -> list[LayerResult]:
             res.figures[key] = rel
             figures[rel] = png
 
-    if args.out.exists() and args.overwrite and any(args.out.iterdir()):
-        shutil.rmtree(args.out)  # check_out made sure it is a report of this stage
-    args.out.mkdir(parents=True, exist_ok=True)
-    for rel, png in figures.items():
-        write_bytes(args.out / rel, png)
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    provenance = {"stage": STAGE, "command": [Path(sys.argv[0]).name] + sys.argv[1:],
-                  "versions": {"python": platform.python_version(), "numpy": np.__version__,
-                               "torch": torch.__version__, "matplotlib": matplotlib.__version__},
-                  "git_commit": git_commit()}
-    write_outputs(args.out, results, settings, provenance, args.level)
-    write_json(args.out / "run.json", {**provenance, "status": "complete", "settings": settings,
-                                       "wall_time_s": round(time.time() - started, 3)})
+    # the report folder appears whole or not at all: written in a temporary sibling, then swapped in
+    # (check_out made sure that a folder already there is a report of this stage and --overwrite was given)
+    with atomic_dir(args.out) as tmp:
+        for rel, png in figures.items():
+            write_bytes(tmp / rel, png)
+        settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+        provenance = {"stage": STAGE, "command": [Path(sys.argv[0]).name] + sys.argv[1:],
+                      "versions": {"python": platform.python_version(), "numpy": np.__version__,
+                                   "torch": torch.__version__, "matplotlib": matplotlib.__version__},
+                      "git_commit": git_commit()}
+        write_outputs(tmp, results, settings, provenance, args.level)
+        write_json(tmp / "run.json", {**provenance, "status": "complete", "settings": settings,
+                                      "wall_time_s": round(time.time() - started, 3)})
     print(terminal_table(results, args.level))
     print(f"\nwrote {args.out / 'report.md'}, metrics.json, metrics.csv and {len(figures)} figures")
     return results

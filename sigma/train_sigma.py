@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ from function.cli import Parser, UserError, existing_dir, positive_float, positi
 from function.datasets import MaskedImageFolder
 from function.masks import central_square, mask_to_grid
 from function.rundir import RunRecord, prepare_out, read_run_json
-from function.runtime import cleanup_distributed, derive_seed, init_distributed
+from function.runtime import cleanup_distributed, derive_seed, init_distributed, set_deterministic
 from function.schedule import effective_rule_start
 from function.sigma import (EFFECTIVE, NON_EFFECTIVE, PENDING, SigmaConfig, SigmaFitter, draw_order,
                             entropy_gap, name_lists, next_round)
@@ -113,6 +112,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     o.add_argument("--out", type=Path, required=True, help="sigma run folder to write")
     o.add_argument("--seed", type=int, default=0, help="seed of the draw and of every image's noise")
     o.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (torchrun sets the local GPU)")
+    o.add_argument("--deterministic", action="store_true",
+                   help="deterministic algorithms (slower on CUDA): two runs write byte-identical files")
     o.add_argument("--resume", action="store_true", help="continue the run in --out (finished images are kept)")
     o.add_argument("--overwrite", action="store_true", help="delete the run in --out and start again")
     o.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
@@ -134,6 +135,9 @@ class Plan:
             divisors = [g for g in range(2, 33) if size % g == 0]
             raise UserError(f"--grid {args.grid} does not divide the input size {size} of {args.arch} "
                             f"(divisors: {', '.join(map(str, divisors)) or 'none ≤ 32'}; --uneven-grid allows it)")
+        if args.deterministic and args.cudnn_benchmark:
+            raise UserError("--deterministic and --cudnn-benchmark exclude each other (autotuning picks "
+                            "algorithms by timing)")
         if not 0 <= args.break_steps < args.steps:
             raise UserError(f"--break-steps must be in 0..{args.steps - 1} (below --steps), got {args.break_steps}")
         self.lam = args.lam if args.lam is not None else FAMILY_LAMBDA[self.info.family]
@@ -351,12 +355,11 @@ def main(args: argparse.Namespace) -> None:
                   num_classes=plan.num_classes, input_size=plan.info.input_size, candidates=len(plan.names))
     record.data["lambda"] = plan.lam
     if ctx.is_main:
-        for stale in out.glob(".img_*.tmp"):  # half-written image folders of an interrupted run
-            shutil.rmtree(stale, ignore_errors=True)
         write_names(out / FULL_LIST, plan.names)
         record.save("running")
     _sync_ok(True, device)  # barrier: the folder is ready
 
+    set_deterministic(args.deterministic)
     if args.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
     if args.amp and device.type != "cuda":

@@ -77,9 +77,38 @@ def test_finished_run_is_not_overwritten(tiny_data, tmp_path, capsys):
     assert train(tiny_data, out, epochs=1) == 2
     assert "--resume" in one_error_line(capsys)
     assert (out / "1.pth.tar").read_bytes() == before
-    assert train(tiny_data, out, "--resume", epochs=1) == 0  # complete: nothing to do
+    assert train(tiny_data, out, "--checkpoints", "1", "--resume", epochs=1) == 0  # complete: nothing to do
+    capsys.readouterr()
+    assert train(tiny_data, out, "--resume", epochs=1) == 2  # other --checkpoints: refused, not "nothing to do"
+    assert "--checkpoints" in one_error_line(capsys)
     assert train(tiny_data, out, "--overwrite", "--checkpoints", "0", epochs=1) == 0
     assert list(list_checkpoints(out)) == [0]
+
+
+def test_resume_refuses_other_settings(tiny_data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    original = EpochLoop._one_epoch
+
+    def interrupted(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(EpochLoop, "_one_epoch", interrupted)
+    assert train(tiny_data, out, "--checkpoints", "0", "2", epochs=2) == 130
+    monkeypatch.setattr(EpochLoop, "_one_epoch", original)
+    state = (out / "train_state.pth.tar").read_bytes()
+    for flag, value in (("--lr", "0.05"), ("--seed", "1"), ("--augment", "none"), ("--epochs", "3")):
+        capsys.readouterr()
+        extra = (flag, value) if flag != "--epochs" else ()
+        assert train(tiny_data, out, "--checkpoints", "0", "2", *extra, "--resume",
+                     epochs=3 if flag == "--epochs" else 2) == 2, flag
+        line = one_error_line(capsys)
+        assert flag in line and "other settings" in line, line
+    assert (out / "train_state.pth.tar").read_bytes() == state
+    # runtime flags may change: another --workers (or --device) continues the run
+    assert train(tiny_data, out, "--checkpoints", "0", "2", "--workers", "1", "--resume", epochs=2) == 0
+    assert list(list_checkpoints(out)) == [0, 2]
 
 
 @pytest.mark.parametrize("case", ["arch", "root", "split", "device", "checkpoints", "pretrained", "batch"])
