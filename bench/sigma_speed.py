@@ -7,11 +7,13 @@
     RNG, a ``.item()`` per step for the log (how the original code works) — versus ``SigmaFitter``;
 (b) ``SigmaFitter`` versus the floor: ``T·n`` forward+backward passes of the truncated net, with nothing
     else (``feature(x).sum().backward()`` on an input that requires grad);
-(c) on CUDA: images per second at B = 1, 8, 32, with and without ``--amp`` (bf16);
+(c) on CUDA (or with ``--sweep``): fits per second at B = 1, 8, 32 images fitted at once, with and without
+    ``--amp`` (bf16), and B = 1 against the best B of each;
 (d) with ``--map-effect N``: how much ``--amp`` and ``--channels-last`` change the maps of N images.
 
 Per-step times are the minimum over ``--repeats`` alternated short trials (``--trial-steps``), on one
 checkpoint and device; then one full-length fit is timed.  Without ``--checkpoint`` a freshly initialised net is used.
+With ``--compile`` the fits of (b), (c) and the full fit run ``torch.compile``'d (a warm-up fit compiles first).
 """
 from __future__ import annotations
 
@@ -35,20 +37,23 @@ from models import arch_info, build_model, feature_fn
 def get_args_parser() -> argparse.ArgumentParser:
     p = Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", type=Path, default=None, help="a <e>.pth.tar of --arch (default: fresh weights)")
-    p.add_argument("--arch", default="vgg_tiny")
+    p.add_argument("--arch", default="vgg_tiny", help="architecture of --checkpoint or the fresh net")
     p.add_argument("--layer", nargs="+", default=["conv"], help="layers to time")
     p.add_argument("--num-classes", type=positive_int, default=8, help="classes of a fresh net")
-    p.add_argument("--samples", type=positive_int, default=96)
-    p.add_argument("--steps", type=positive_int, default=80)
-    p.add_argument("--break-steps", type=int, default=20)
-    p.add_argument("--grid", type=positive_int, default=16)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--samples", type=positive_int, default=96, help="noise samples n per step")
+    p.add_argument("--steps", type=positive_int, default=80, help="SGD steps T of a full fit")
+    p.add_argument("--break-steps", type=int, default=20, help="T_break of a full fit")
+    p.add_argument("--grid", type=positive_int, default=16, help="σ grid g (g×g cells)")
+    p.add_argument("--lr", type=float, default=1e-4, help="SGD learning rate on σ")
     p.add_argument("--repeats", type=positive_int, default=4, help="alternated trials; the minimum is shown")
     p.add_argument("--trial-steps", type=positive_int, default=20, help="SGD steps per timing trial")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--skip-naive", action="store_true", help="skip (a)")
-    p.add_argument("--cuda-batches", type=int, nargs="+", default=[1, 8, 32], help="B for (c)")
+    p.add_argument("--cuda-batches", type=positive_int, nargs="+", default=[1, 8, 32],
+                   help="B for (c) (B = 1 is always run: the others are compared with it)")
+    p.add_argument("--sweep", action="store_true", help="run (c) on a device other than CUDA too (slow on a CPU)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the fits of (b), (c) and the full fit")
     p.add_argument("--data", type=Path, default=None, help="dataset root: time and compare on its train images")
     p.add_argument("--map-effect", type=int, default=0, metavar="N",
                    help="(d) fit N random images with and without --amp / --channels-last and compare the maps")
@@ -150,7 +155,7 @@ def main(args: argparse.Namespace) -> None:
     for layer in args.layer:
         try:
             cfg = SigmaConfig(grid=args.grid, samples=args.samples, steps=args.steps, break_steps=args.break_steps,
-                              lr=args.lr, lam=7.0 if info.family != "resnet" else 6.0)
+                              lr=args.lr, lam=7.0 if info.family != "resnet" else 6.0, compile=args.compile)
         except ValueError as exc:
             raise UserError(str(exc)) from None
         trial = cfg.with_(steps=min(args.trial_steps, args.steps), break_steps=0)
@@ -192,13 +197,16 @@ def main(args: argparse.Namespace) -> None:
         print(f"[{layer}] (b) ours / floor = {best['ours'] / floor:.3f} (the faster floor; vs one pass of n: "
               f"{best['ours'] / best['floor']:.3f}); ours includes its σ_f² pass, 1/{trial.steps} of the trial "
               f"(goal ≤ 1.15 on CPU)")
-        t, fits = timed(lambda: SigmaFitter(feature, cfg, device).fit(x, seeds=[0]), device)
+        full = SigmaFitter(feature, cfg, device)
+        if cfg.compile:
+            full.fit(x, seeds=[0])  # compiles the full fit's graphs
+        t, fits = timed(lambda: full.fit(x, seeds=[0]), device)
         print(f"[{layer}] one full fit (T={cfg.steps}, T_break={cfg.break_steps}): {t:.2f} s, "
               f"{fits[0].steps_run} steps run; a sigma run costs images × checkpoints × that")
-        if device.type == "cuda":
-            cuda_throughput(feature, cfg, size, device, args.cuda_batches, layer)
+        if device.type == "cuda" or args.sweep:
+            batch_throughput(feature, cfg, size, device, args.cuda_batches, layer)
         if args.map_effect:
-            map_effect(feature, cfg, size, device, args.map_effect, layer, args.data)
+            map_effect(feature, cfg.with_(compile=False), size, device, args.map_effect, layer, args.data)
 
 
 def images(n: int, size: int, device, data: Path | None) -> torch.Tensor:
@@ -226,21 +234,32 @@ def map_effect(feature, cfg: SigmaConfig, size: int, device, n_images: int, laye
               f"{sum(corr) / len(corr):.4f}, same σ* step {same_step}/{len(base)} ({device.type})")
 
 
-def cuda_throughput(feature, cfg: SigmaConfig, size: int, device, batches: list[int], layer: str) -> None:
-    """(c) images (fits) per second at several B, with and without bf16 autocast."""
+def batch_throughput(feature, cfg: SigmaConfig, size: int, device, batches: list[int], layer: str) -> None:
+    """(c) fits per second at several B, with and without bf16 autocast; B = 1 against the best B."""
+    batches = sorted(set(batches) | {1})
+    best = {}
     for amp in (None, "bf16"):
+        rates = {}
         for B in batches:
             fitter = SigmaFitter(feature, cfg.with_(amp=amp, break_steps=0), device)
             x = torch.randn(B, 3, size, size, device=device)
             try:
-                fitter.fit(x[:1], seeds=[0])  # warm-up (cuDNN, allocator)
+                fitter.fit(x, seeds=list(range(B)))  # warm-up (cuDNN, allocator, torch.compile)
                 t, _ = timed(lambda: fitter.fit(x, seeds=list(range(B))), device)
             except torch.cuda.OutOfMemoryError:
                 print(f"[{layer}] (c) B={B} amp={amp or 'off'}: out of memory")
-                continue
-            print(f"[{layer}] (c) B={B:3d} amp={amp or 'off':4s}: {B / t:.3f} fits/s ({t / B:.2f} s per fit of "
+                break  # a larger B will not fit either
+            rates[B] = B / t
+            print(f"[{layer}] (c) B={B:3d} amp={amp or 'off':4s}: {rates[B]:.3f} fits/s ({t / B:.2f} s per fit of "
                   f"{cfg.steps} steps; chunk {fitter.chunk or cfg.samples})")
-
+        if rates:
+            top = max(rates, key=rates.get)
+            best[amp] = rates[top]
+            print(f"[{layer}] (c) amp={amp or 'off'}: B=1 {rates.get(1, math.nan):.3f} fits/s, best B={top} "
+                  f"{rates[top]:.3f} fits/s = {rates[top] / rates.get(1, math.nan):.2f}x B=1")
+    if len(best) == 2:
+        print(f"[{layer}] (c) best with --amp bf16 / best without: {best['bf16'] / best[None]:.2f}x "
+              f"({device.type}; --amp changes the maps slightly, see (d))")
 
 if __name__ == "__main__":
     raise SystemExit(run(get_args_parser, main))

@@ -108,6 +108,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="autocast the net's forward (bf16 unless fp16 is named); changes the maps slightly")
     r.add_argument("--channels-last", action="store_true", help="channels-last memory format for conv nets")
     r.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN pick the fastest conv algorithms")
+    r.add_argument("--compile", action="store_true",
+                   help="torch.compile (inductor) the truncated forward h = ReLU(layer(x)); the first fits pay the "
+                        "compile time (tens of seconds on a CPU); same maps up to float rounding, so --resume "
+                        "accepts a run made with or without it")
     o = p.add_argument_group("run")
     o.add_argument("--out", type=Path, required=True, help="sigma run folder to write")
     o.add_argument("--seed", type=int, default=0, help="seed of the draw and of every image's noise")
@@ -144,7 +148,8 @@ class Plan:
         self.config = SigmaConfig(grid=args.grid, samples=args.samples, steps=args.steps,
                                   break_steps=args.break_steps, lr=args.lr, sigma0=args.sigma0,
                                   target_entropy=args.target_entropy, lam=self.lam,
-                                  sample_chunk=args.sample_chunk, amp=args.amp, channels_last=args.channels_last)
+                                  sample_chunk=args.sample_chunk, amp=args.amp, channels_last=args.channels_last,
+                                  compile=args.compile)
         self._checkpoints(args)
         transform = (T.Compose([T.Resize((size, size)), T.ToTensor()]) if args.pixel_input
                      else eval_transform(size))
@@ -294,7 +299,7 @@ def fit_batch(args, plan: Plan, fitter: SigmaFitter, model: torch.nn.Module, pos
         model.load_state_dict(plan.state(epoch), strict=False)  # only the weights up to --layer
         seeds = [derive_seed(args.seed, records[j].index, epoch) for j in alive]
         start = time.perf_counter()
-        fits = fitter.fit(images[alive], seeds)
+        fits = fit_or_error(fitter, images[alive], seeds)
         stats["fit_seconds"] += time.perf_counter() - start
         stats["fits"] += len(alive)
         still = []
@@ -312,6 +317,15 @@ def fit_batch(args, plan: Plan, fitter: SigmaFitter, model: torch.nn.Module, pos
         bar.update()
     bar.close()
     return records
+
+
+def fit_or_error(fitter: SigmaFitter, images: torch.Tensor, seeds: list[int]):
+    """``fitter.fit``, with a torch.compile failure (no C++ compiler, an unsupported op) as one line."""
+    try:
+        return fitter.fit(images, seeds)
+    except torch._dynamo.exc.TorchDynamoException as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"--compile: torch.compile failed ({reason}); run without --compile") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,7 +381,10 @@ def main(args: argparse.Namespace) -> None:
     model = plan.model.to(device).eval().requires_grad_(False)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    fitter = SigmaFitter(feature_fn(model, args.arch, args.layer).eval(), plan.config, device)
+    try:
+        fitter = SigmaFitter(feature_fn(model, args.arch, args.layer).eval(), plan.config, device)
+    except RuntimeError as exc:  # only torch.compile raises here: it refuses some Python builds
+        raise UserError(f"--compile: {exc}; run without --compile") from None
 
     done_before = finished_images(out)
     status = [PENDING] * len(plan.names)
@@ -407,15 +424,16 @@ def main(args: argparse.Namespace) -> None:
     if dist.is_initialized():
         dist.all_reduce(fit_totals)
     fits, fit_seconds = int(fit_totals[0].item()), float(fit_totals[1].item())
+    wall = time.time() - started  # the fitting loop, all ranks done (bench/sigma_scaling.py reads it)
     if ctx.is_main:
         n_eff, n_non, _ = write_lists(out, plan.names, status, args.effect_num)
         processed = sum(s != PENDING for s in status)
         record.update(effective=n_eff, non_effective=n_non, processed=processed,
                       fits_this_session=fits,
                       seconds_per_fit=round(fit_seconds / fits, 4) if fits else None,
+                      loop_wall_s=round(wall, 3),
                       sample_chunk_used=fitter.chunk, resumed=resume)
         record.save("complete")
-        wall = time.time() - started
         per_fit = f", {fit_seconds / fits:.2f} s/fit" if fits else ""
         print(f"sigma: {n_eff} effective, {n_non} non-effective of {processed} processed images "
               f"({len(plan.names)} drawn; {len(plan.epochs)} checkpoints, {fits} fits in {wall:.0f} s{per_fit}) "

@@ -250,3 +250,49 @@ def test_pixel_input_feeds_unnormalised_images(ckpt_run, tiny_data, tmp_path):
     assert json.loads((pix / "run.json").read_text())["settings"]["pixel_input"] is True
     a, b = (np.load(array_path(r, 0, "sigma_f_matrix")) for r in (norm, pix))
     assert np.isfinite(a).all() and np.isfinite(b).all() and not np.allclose(a, b)
+
+
+# demo-like fit settings (Makefile SIGMA_FLAGS): with only 4 noise samples a ReLU kink crossed by a float-rounding
+# difference moved one map's log σ* by 3e-4; at these settings the largest difference measured was 7.5e-6
+COMPILE_FIT = ("--pic-num", "4", "--effective-rule", "off", "--samples", "16", "--steps", "20", "--break-steps", "5",
+               "--lr", "4e-4", "--grid", "8")
+
+
+@pytest.mark.slow
+def test_compile_gives_the_same_maps_and_resumes_without_it(ckpt_run, tiny_data, tmp_path):
+    """--compile (torch.compile, inductor) changes the kernels only: the same σ* steps, log σ* within 1e-4."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    eager, compiled = tmp_path / "eager", tmp_path / "compiled"
+    assert sigma(ckpt_run, tiny_data, eager, *COMPILE_FIT) == 0
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert sigma(ckpt_run, tiny_data, compiled, *COMPILE_FIT, "--compile") == 0
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs  # it really was compiled
+    assert json.loads((compiled / "run.json").read_text())["settings"]["compile"] is True
+    full = read_names(eager / FULL_LIST)
+    assert read_names(compiled / EFFECT_LIST) == read_names(eager / EFFECT_LIST) == full
+    for i in range(len(full)):
+        a, b = (np.load(array_path(r, i, "best_sigma_entropy")) for r in (eager, compiled))
+        np.testing.assert_allclose(np.log(b), np.log(a), rtol=0, atol=1e-4)
+        steps = [{e: f["best_step"] for e, f in json.loads((image_folder(r, i) / "fit.json").read_text())[
+            "fits"].items()} for r in (eager, compiled)]
+        assert steps[0] == steps[1]
+    # a runtime option, not a result-defining one: the compiled run resumes without it (nothing left to do)
+    assert sigma(ckpt_run, tiny_data, compiled, *COMPILE_FIT, "--resume") == 0
+    assert json.loads((compiled / "run.json").read_text())["fits_this_session"] == 0
+    torch._dynamo.reset()
+
+
+def test_compile_failure_is_one_line_exit_2(ckpt_run, tiny_data, tmp_path, monkeypatch, capsys):
+    """Without a working C++ compiler, --compile stops with one line naming the flag."""
+    import torch._dynamo
+    import torch._inductor.config as inductor_config
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, str(tmp_path / "no-such-g++")))
+    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)  # a cached graph would need no compiler
+    assert sigma(ckpt_run, tiny_data, tmp_path / "out", "--pic-num", "1", "--compile") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--compile: torch.compile failed" in err[0] and "run without --compile" in err[0], err
+    torch._dynamo.reset()
