@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from function.checkpoint import save_checkpoint
-from function.cli import Parser, UserError, positive_float, positive_int, run
+from function.cli import Parser, UserError, finite_float, positive_float, positive_int, run
 from function.distill import (TEACHER_FORMATS, HintonLoss, evaluate_feature_mse, feature_mse, feature_shape,
                               freeze_teacher, load_teacher, make_adapter)
 from function.engine import EpochLoop, evaluate, log_spaced_lr
@@ -56,7 +56,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     s.add_argument("--layer", choices=LAYERS, default=None,
                    help="layer whose pre-activation output is distilled (required for --method feature; "
                         "hinton distils the logits, fc3)")
-    s.add_argument("--dropout", type=float, default=None,
+    s.add_argument("--dropout", type=finite_float, default=None,
                    help="dropout of the student's fc head (None: the arch's 0.5)")
     s.add_argument("--method", choices=("feature", "hinton"), default="feature",
                    help="feature: MSE on the layer's feature (the paper); hinton: logit KD (Hinton et al. 2015)")
@@ -64,7 +64,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="learn a 1x1 conv (conv features) or linear map (fc features) on the student side, so "
                         "a student whose layer has another width can regress the teacher's")
     s.add_argument("--temperature", type=positive_float, default=4.0, help="hinton: softmax temperature T")
-    s.add_argument("--alpha", type=float, default=0.9,
+    s.add_argument("--alpha", type=finite_float, default=0.9,
                    help="hinton: weight of the soft term: α·T²·KL(teacher‖student) + (1−α)·CE")
     o = p.add_argument_group("phase 1: distillation")
     o.add_argument("--epochs", type=positive_int, default=150, help="distillation epochs")

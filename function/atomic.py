@@ -35,21 +35,29 @@ def atomic_path(path: Path) -> Iterator[Path]:
 @contextlib.contextmanager
 def atomic_dir(path: Path) -> Iterator[Path]:
     """Yield a temporary folder next to ``path`` (``.<name>.*.tmp``, with the umask's permissions); on
-    success it replaces ``path`` (an existing folder there is removed first), on failure it is deleted."""
+    success it replaces ``path`` (an existing folder there is moved aside, then deleted once the new one is
+    in place; if that fails it is put back), on failure it is deleted."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed writer of the same folder
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the result is not
+    old = tmp.with_name(tmp.name.removesuffix(".tmp") + ".old.tmp")
     try:
         yield tmp
         if path.exists():
-            shutil.rmtree(path)
-        os.rename(tmp, path)
+            os.rename(path, old)  # kept until the new folder is in place
+        try:
+            os.rename(tmp, path)
+        except BaseException:
+            if old.exists():
+                os.rename(old, path)  # the earlier result stays
+            raise
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        for leftover in (tmp, old):
+            if leftover.exists():
+                shutil.rmtree(leftover)
 
 
 def remove_stale_temps(folder: Path) -> int:

@@ -5,9 +5,7 @@ Loading always uses ``torch.load(..., weights_only=True)``: a file that would ne
 """
 from __future__ import annotations
 
-import pickle
 import re
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ from torch import nn
 
 from .atomic import save_torch
 from .cli import UserError
+from models import load_safely
 
 EPOCH_FILE = re.compile(r"^(\d+)\.pth\.tar$")
 
@@ -35,13 +34,9 @@ def load_checkpoint(path: Path, flag: str = "checkpoint") -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{flag}: {path} does not exist or is not a file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
-        raise UserError(f"{flag}: {path} was refused by the safe loader (weights_only=True): {first}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise UserError(f"{flag}: {path} is not a readable torch checkpoint "
-                        f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        obj = load_safely(path)
+    except ValueError as exc:
+        raise UserError(f"{flag}: {exc}") from None
     if not isinstance(obj, dict):
         raise UserError(f"{flag}: {path} holds a {type(obj).__name__}, not a checkpoint dict")
     return obj

@@ -84,6 +84,27 @@ def _same(old: Any, new: Any, is_path: bool) -> bool:
     return old == new
 
 
+SPEC_SPELLING = {"teacher_checkpoint": "--teacher_checkpoint", "checkpoint_root": "--checkpoint_root"}
+
+
+def check_out_apart(out: Path, args: argparse.Namespace, flag: str = "--out") -> None:
+    """Refuse an output folder that is an input, holds an input, or lies inside an input folder: a later
+    ``--overwrite`` there would delete inputs, and a run's files would mix with what it reads.  The inputs
+    are every ``Path``-valued setting of ``args`` other than ``flag``'s."""
+    target = Path(out).resolve()
+    for key, value in vars(args).items():
+        if not isinstance(value, Path) or f"--{key.replace('_', '-')}" == flag:
+            continue
+        source = value.resolve()
+        name = SPEC_SPELLING.get(key, f"--{key.replace('_', '-')}")
+        if source == target:
+            raise UserError(f"{flag}: {out} is also {name}; write results to another folder")
+        if source.is_relative_to(target):
+            raise UserError(f"{flag}: {out} holds {name} {value}; write results to another folder")
+        if target.is_relative_to(source) and source.is_dir():
+            raise UserError(f"{flag}: {out} lies inside {name} {value}; write results to another folder")
+
+
 def read_run_json(folder: Path) -> dict[str, Any]:
     try:
         return json.loads((Path(folder) / RUN_JSON).read_text())

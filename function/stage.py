@@ -10,8 +10,8 @@ from pathlib import Path
 
 from .datasets import MaskedImageFolder, SeededTransform
 from .engine import eval_loader, train_loader
-from .rundir import RunRecord, check_resume_settings, prepare_out, read_run_json
-from .cli import UserError, positive_float, positive_int
+from .rundir import RunRecord, check_out_apart, check_resume_settings, prepare_out, read_run_json
+from .cli import UserError, finite_float, positive_float, positive_int
 from .runtime import barrier, init_distributed, seed_everything, set_deterministic
 from .transforms import TRAIN_TRANSFORMS, eval_transform
 from models import ArchInfo, arch_info
@@ -45,8 +45,8 @@ def add_sgd_args(group: argparse._ArgumentGroup, batch_help: str = "global batch
     group.add_argument("--lr", type=positive_float, default=0.01,
                        help="first-epoch learning rate (log-spaced to lr/10)")
     group.add_argument("--batch-size", type=positive_int, default=64, help=batch_help)
-    group.add_argument("--momentum", type=float, default=0.9, help=f"SGD momentum{scope}")
-    group.add_argument("--weight-decay", type=float, default=1e-4, help=f"SGD weight decay{scope}")
+    group.add_argument("--momentum", type=finite_float, default=0.9, help=f"SGD momentum{scope}")
+    group.add_argument("--weight-decay", type=finite_float, default=1e-4, help=f"SGD weight decay{scope}")
 
 
 def load_splits(args, size: int) -> tuple[MaskedImageFolder, MaskedImageFolder | None]:
@@ -79,6 +79,7 @@ def arch_or_error(name: str, flag: str = "--arch") -> ArchInfo:
 
 def setup(args, stage: str):
     """Shared start of a training stage: distributed init, seeding, output folder, run record."""
+    check_out_apart(args.out, args)
     ctx, device = init_distributed(args.device)
     set_deterministic(args.deterministic)
     resume = prepare_out(args.out, args.resume, args.overwrite) if ctx.is_main else args.resume

@@ -9,6 +9,9 @@ about it (family, input size, layer taps), and :func:`build_model` is the one wa
 """
 from __future__ import annotations
 
+import pickle
+import zipfile
+
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -102,14 +105,31 @@ def build_model(name: str, num_classes: int, pretrained: str | Path | None = Non
     return model
 
 
+def load_safely(path: Path):
+    """``torch.load(path, weights_only=True)`` on the CPU: a file that would run code when unpickled is
+    refused.  Any failure is a ValueError saying whether the file was unsafe or unreadable."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only load failed" in str(exc).lower():
+            raise ValueError(f"{path} was refused by the safe loader (weights_only=True): it holds objects "
+                             "other than tensors and plain containers, which could run code") from None
+        raise ValueError(f"{path} is not a torch file ({_first_line(exc)})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+        raise ValueError(f"{path} is not a readable torch file, truncated or damaged "
+                         f"({type(exc).__name__}: {_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:120] if text else type(exc).__name__
+
+
 def load_pretrained(model: nn.Module, name: str, path: Path) -> None:
     """Load a torchvision-format state dict into ``model.net``; raise ValueError naming bad keys."""
     if not path.is_file():
         raise FileNotFoundError(f"pretrained weights not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable or unsafe file is reported the same way
-        raise ValueError(f"{path} is not a readable torch state dict ({type(exc).__name__})") from None
+    state = load_safely(path)
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
     if isinstance(state, dict) and "state_dict" in state:

@@ -26,12 +26,12 @@ from PIL import Image
 
 from function import plots
 from function.atomic import atomic_dir, write_bytes, write_json
-from function.cli import Parser, UserError, positive_int, run
+from function.cli import Parser, UserError, finite_float, positive_int, run
 from function.datasets import MaskedImageFolder
 from function.masks import central_square
 from function.metrics import METRICS, NetInput, compare, entropy_map
 from function.report import LABELS, LayerResult, terminal_table, write_outputs
-from function.rundir import git_commit, read_run_json
+from function.rundir import check_out_apart, git_commit, read_run_json
 from function.schedule import paper_schedule
 from function.sigma_inputs import (LAYERS, PairedSigma, SigmaRun, check_recorded_grid, foreground_cells, load_pair,
                                    load_weight_diff, resolve_epochs)
@@ -93,11 +93,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     i.add_argument("--missing-mask", choices=["error", "central"], default="error",
                    help="an image without a mask: refuse (error) or use the central square [g/6, 5g/6] (ILSVRC)")
     m = p.add_argument_group("metrics (SPEC §3)")
-    m.add_argument("--b", type=float, default=0.2, help="concept threshold: H̄_bg(k) − H_i(k) > b")
+    m.add_argument("--b", type=finite_float, default=0.2, help="concept threshold: H̄_bg(k) − H_i(k) > b")
     m.add_argument("--mhat-skip-epoch0", choices=["auto", "yes", "no"], default="auto",
                    help="leave epoch 0 out of m̂ = argmax_k N_fg; auto = yes for ResNets (original code)")
     m.add_argument("--bootstrap", metavar="N", type=positive_int, default=1000, help="bootstrap resamples over images")
-    m.add_argument("--level", metavar="P", type=float, default=0.95, help="interval level")
+    m.add_argument("--level", metavar="P", type=finite_float, default=0.95, help="interval level")
     m.add_argument("--seed", metavar="SEED", type=int, default=0, help="bootstrap seed")
     f = p.add_argument_group("output")
     f.add_argument("--out", metavar="DIR", type=Path, required=True, help="folder for metrics.json, metrics.csv, report.md, figures/")
@@ -361,6 +361,7 @@ def main(args: argparse.Namespace) -> list[LayerResult]:
     started = time.time()
     if not 0 < args.level < 1:
         raise UserError(f"--level must be in (0, 1), got {args.level}")
+    check_out_apart(args.out, args)
     check_out(args.out, args.overwrite)
     if args.layer is None:
         args.layer = SigmaRun.open(args.label_sigma, "--label-sigma").recorded("layer")

@@ -34,10 +34,10 @@ from tqdm import tqdm
 
 from function.atomic import atomic_dir
 from function.checkpoint import check_fits, list_checkpoints, load_checkpoint, num_classes_of, state_dict_of
-from function.cli import Parser, UserError, existing_dir, positive_float, positive_int, run
+from function.cli import Parser, UserError, existing_dir, finite_float, positive_float, positive_int, run
 from function.datasets import MaskedImageFolder
 from function.masks import central_square, mask_to_grid
-from function.rundir import RunRecord, prepare_out, read_run_json
+from function.rundir import RunRecord, check_out_apart, prepare_out, read_run_json
 from function.runtime import cleanup_distributed, derive_seed, init_distributed, set_deterministic
 from function.schedule import effective_rule_start
 from function.sigma import (EFFECTIVE, NON_EFFECTIVE, PENDING, SigmaConfig, SigmaFitter, draw_order,
@@ -94,7 +94,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="T_break: after step T-T_break-1 stop if the target entropy was exceeded, else λ×1.5")
     f.add_argument("--lr", type=positive_float, default=1e-4, help="SGD learning rate on σ")
     f.add_argument("--sigma0", type=positive_float, default=0.01, help="initial σ and noise scale of σ_f²")
-    f.add_argument("--target-entropy", type=float, default=-2.8, help="H*: σ* is the step whose H̄ is nearest")
+    f.add_argument("--target-entropy", type=finite_float, default=-2.8, help="H*: σ* is the step whose H̄ is nearest")
     f.add_argument("--lambda", dest="lam", type=positive_float, default=None,
                    help="entropy weight λ (default: 7 for VGG/AlexNet, 6 for ResNet)")
     r = p.add_argument_group("speed")
@@ -348,6 +348,7 @@ def write_lists(out: Path, names: list[str], status: list[int], effect_num: int)
 
 
 def main(args: argparse.Namespace) -> None:
+    check_out_apart(args.out, args)
     plan = Plan(args)  # every check that needs no writing
     args.lam = plan.lam  # recorded and compared on --resume as the value used, not "default"
     ctx, device = init_distributed(args.device)
@@ -368,9 +369,9 @@ def main(args: argparse.Namespace) -> None:
                   effective_rule_start=plan.rule_start if args.effective_rule == "on" else None,
                   num_classes=plan.num_classes, input_size=plan.info.input_size, candidates=len(plan.names))
     record.data["lambda"] = plan.lam
-    if ctx.is_main:
-        write_names(out / FULL_LIST, plan.names)
+    if ctx.is_main:  # run.json first: a folder holding sigma files always says what made them
         record.save("running")
+        write_names(out / FULL_LIST, plan.names)
     _sync_ok(True, device)  # barrier: the folder is ready
 
     set_deterministic(args.deterministic)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from function.cli import Parser, UserError, positive_int, run
+from function.cli import Parser, UserError, finite_float, positive_int, run
 from function.engine import EpochLoop, evaluate, log_spaced_lr
 from function.runtime import cleanup_distributed
 from function.schedule import resolve_checkpoints
@@ -32,7 +32,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     m.add_argument("--arch", required=True, help=f"architecture: {', '.join(MODELS)}")
     m.add_argument("--pretrained", type=Path, default=None,
                    help="local torchvision-format state dict for the backbone (never downloaded)")
-    m.add_argument("--dropout", type=float, default=None, help="dropout of the fc head (default: the arch's 0.5)")
+    m.add_argument("--dropout", type=finite_float, default=None, help="dropout of the fc head (default: the arch's 0.5)")
     o = p.add_argument_group("optimisation (SPEC §1 defaults)")
     o.add_argument("--epochs", type=positive_int, default=150, help="training epochs")
     add_sgd_args(o)
