@@ -155,6 +155,8 @@ def load_teacher(path: Path, arch: str, fmt: str = "kdq", flag: str = "--teacher
     if fmt not in TEACHER_FORMATS:
         raise UserError(f"--teacher-format: {fmt!r} is not one of {', '.join(TEACHER_FORMATS)}")
     ckpt = load_checkpoint(path, flag)
+    if fmt == "kdq" and isinstance(ckpt.get("arch"), str) and ckpt["arch"] != arch:
+        raise UserError(f"{flag}: {path} was trained as {ckpt['arch']}, not {arch_flag} {arch}")
     try:
         sd = state_dict_of(ckpt)
     except ValueError:

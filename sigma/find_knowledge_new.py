@@ -133,9 +133,13 @@ def _pick(folder: Path, layer: str, marker: str) -> Path:
 
 
 def _training_run(flag: str, given: Path | None, sigma: SigmaRun, layer: str) -> Path:
-    if given is not None:
-        return _pick(given, layer, "weight_diff.npy")
     root = sigma.recorded("checkpoint_root")
+    if given is not None:
+        run = _pick(given, layer, "weight_diff.npy")
+        if root is not None and Path(root).is_dir() and run.is_dir() and not Path(root).samefile(run):
+            raise UserError(f"{flag}: {run} is not the training run that {sigma.flag} {sigma.path} was fitted on "
+                            f"({root}); pass that one (or leave {flag} out to use it)")
+        return run
     if root is None:
         raise UserError(f"{flag} is needed: {sigma.flag} {sigma.path} does not record its training run")
     return Path(root)

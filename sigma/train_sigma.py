@@ -182,8 +182,11 @@ class Plan:
         self.model, self.needed = None, None
         states, cached = {}, 0
         for e, path in zip(epochs, self.paths):
+            ckpt = load_checkpoint(path, "--checkpoint_root")
+            if isinstance(ckpt.get("arch"), str) and ckpt["arch"] != args.arch:
+                raise UserError(f"--checkpoint_root: {path} was trained as {ckpt['arch']}, not --arch {args.arch}")
             try:
-                sd = state_dict_of(load_checkpoint(path, "--checkpoint_root"))
+                sd = state_dict_of(ckpt)
             except ValueError:
                 raise UserError(f"--checkpoint_root: {path} is not a model checkpoint (no state_dict)") from None
             if fc3 not in sd:
