@@ -45,10 +45,8 @@ def test_run_writes_spec_layout(tiny_data, tmp_path):
     assert not torch.equal(w0["net.classifier.0.weight"], ckpt["state_dict"]["net.classifier.0.weight"])
 
 
-def test_resume_after_interruption_is_exact(tiny_data, tmp_path, monkeypatch):
-    full = tmp_path / "full"
-    assert train(tiny_data, full, "--checkpoints", "0", "1", "2", "3", epochs=3) == 0
-    part = tmp_path / "part"
+def interrupted_at_epoch_2(monkeypatch, data, out, *extra, epochs) -> int:
+    """``train`` with a Ctrl-C at the start of epoch 2; returns its exit status."""
     original = EpochLoop._one_epoch
 
     def interrupted(self, epoch):
@@ -56,9 +54,16 @@ def test_resume_after_interruption_is_exact(tiny_data, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return original(self, epoch)
 
-    monkeypatch.setattr(EpochLoop, "_one_epoch", interrupted)
-    assert train(tiny_data, part, "--checkpoints", "0", "1", "2", "3", epochs=3) == 130
-    monkeypatch.setattr(EpochLoop, "_one_epoch", original)
+    with monkeypatch.context() as m:
+        m.setattr(EpochLoop, "_one_epoch", interrupted)
+        return train(data, out, *extra, epochs=epochs)
+
+
+def test_resume_after_interruption_is_exact(tiny_data, tmp_path, monkeypatch):
+    full = tmp_path / "full"
+    assert train(tiny_data, full, "--checkpoints", "0", "1", "2", "3", epochs=3) == 0
+    part = tmp_path / "part"
+    assert interrupted_at_epoch_2(monkeypatch, tiny_data, part, "--checkpoints", "0", "1", "2", "3", epochs=3) == 130
     assert list(list_checkpoints(part)) == [0, 1]
     assert train(tiny_data, part, "--checkpoints", "0", "1", "2", "3", "--resume", epochs=3) == 0
     for e in (0, 1, 2, 3):
@@ -87,16 +92,7 @@ def test_finished_run_is_not_overwritten(tiny_data, tmp_path, capsys):
 
 def test_resume_refuses_other_settings(tiny_data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    original = EpochLoop._one_epoch
-
-    def interrupted(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(EpochLoop, "_one_epoch", interrupted)
-    assert train(tiny_data, out, "--checkpoints", "0", "2", epochs=2) == 130
-    monkeypatch.setattr(EpochLoop, "_one_epoch", original)
+    assert interrupted_at_epoch_2(monkeypatch, tiny_data, out, "--checkpoints", "0", "2", epochs=2) == 130
     state = (out / "train_state.pth.tar").read_bytes()
     for flag, value in (("--lr", "0.05"), ("--seed", "1"), ("--augment", "none"), ("--epochs", "3")):
         capsys.readouterr()
