@@ -103,7 +103,7 @@ study: | venv
 	for arch in vgg_tiny resnet_tiny; do \
 		$(MAKE) --no-print-directory $(STUDY_RUNS)/$$arch/metrics_all/report.md RUNS=$(STUDY_RUNS)/$$arch \
 			ARCH=$$arch VENV=$(VENV) DATA=$(DATA) SIGMA_FLAGS="$(STUDY_SIGMA_FLAGS)" || exit 1; done
-	$(PY) function/summarize_runs.py $(STUDY_RUNS)
+	$(PY) function/summarize_runs.py $(STUDY_RUNS) --report $(STUDY_RUNS)/report.md
 
 clean-demo:
 	rm -rf $(RUNS) $(DATA)

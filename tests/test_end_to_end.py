@@ -47,3 +47,11 @@ def test_every_stage_through_its_cli(tiny_data, tmp_path):
     for metric in METRICS:
         assert f"| fc1 | {metric.label} |" in report, metric.label
     assert len(list((runs / "metrics" / "figures").glob("*.png"))) == 4
+
+    # the study's combined report: every metrics run's table, one row per (run, layer, metric)
+    assert run_script("function/summarize_runs.py", runs, "--report", runs / "report.md") == 0
+    combined = (runs / "report.md").read_text()
+    for metric in METRICS:
+        assert f"| metrics | fc1 | {metric.key} |" in combined, metric.key
+    for stage in ("train_net", "distillation", "train_sigma"):
+        assert f"| {stage} |" in combined, stage
