@@ -20,6 +20,8 @@ TRAIN_FLAGS ?= --batch-size 16 --lr 0.02 --device $(DEVICE) --seed $(SEED)
 # 0.94–0.99 per image with the full n=96, T=80 fit on vgg_tiny): ~0.5–0.9 s per fit on one core
 SIGMA_FLAGS ?= --pic-num 48 --effect-num 24 --samples 16 --steps 20 --break-steps 5 --lr 4e-4 --batch-images 6 \
 	--device $(DEVICE) --seed $(SEED)
+# regressing the logits (fc3) diverges at --lr 0.02: the teacher's logits start ~150 (MSE) away from the student's
+DISTIL_LR_fc3 ?= 3e-4
 METRIC_FLAGS ?= --bootstrap 1000 --seed $(SEED)
 PYTEST_ARGS ?=
 
@@ -66,7 +68,7 @@ $(RUNS)/distil/%/.done: $(RUNS)/teacher/.done | venv
 	$(PY) distillation/distillation.py --teacher_checkpoint $(RUNS)/teacher/$(TEACHER_EPOCHS).pth.tar \
 		--teacher-arch $(ARCH) --arch $(ARCH) --layer $* --data $(DATA) --split train --val-split val \
 		--epochs $(EPOCHS) --finetune-epochs $(FINETUNE_EPOCHS) --checkpoints $(CHECKPOINTS) $(TRAIN_FLAGS) \
-		--out $(@D) --resume
+		$(if $(DISTIL_LR_$*),--lr $(DISTIL_LR_$*)) --out $(@D) --resume
 	touch $@
 
 $(RUNS)/sigma_label/%/.done: $(RUNS)/label/.done | venv
