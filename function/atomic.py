@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -34,36 +35,54 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(path: Path) -> Iterator[Path]:
-    """Yield a temporary folder next to ``path`` (``.<name>.*.tmp``, with the umask's permissions); on
-    success it replaces ``path`` (an existing folder there is moved aside, then deleted once the new one is
-    in place; if that fails it is put back), on failure it is deleted."""
+    """Yield a temporary folder next to ``path`` (``.<name>.XXXXXXXX.tmp``, with the umask's permissions); on
+    success it replaces ``path``, on failure it is deleted.
+
+    An existing folder at ``path`` is moved aside (``.<name>.XXXXXXXX.old.tmp``) and deleted only once the new
+    one is in place; if the swap fails it is put back, and if even that fails (or the writer is killed in
+    between) the next ``atomic_dir`` of the same ``path`` puts it back before it starts.
+    """
     path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()  # write where the link points, keep the link
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed writer of the same folder
-        shutil.rmtree(stale, ignore_errors=True)
+    _recover_siblings(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the result is not
     old = tmp.with_name(tmp.name.removesuffix(".tmp") + ".old.tmp")
     try:
         yield tmp
         if path.exists():
-            os.rename(path, old)  # kept until the new folder is in place
+            os.rename(path, old)
         try:
             os.rename(tmp, path)
         except BaseException:
             if old.exists():
-                os.rename(old, path)  # the earlier result stays
+                os.rename(old, path)
             raise
     finally:
-        for leftover in (tmp, old):
-            if leftover.exists():
-                shutil.rmtree(leftover)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and path.exists():  # never delete the previous result while nothing replaces it
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _recover_siblings(path: Path) -> None:
+    """Put back a previous folder that a killed or failed swap left aside; delete the other temporaries
+    of ``path`` (exactly mkdtemp's names for it, not those of a folder whose name merely starts alike)."""
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.[A-Za-z0-9_]{{8}}(\.old)?\.tmp$")
+    siblings = [p for p in path.parent.iterdir() if pattern.match(p.name)]
+    for p in siblings:
+        if p.name.endswith(".old.tmp") and not path.exists():
+            os.rename(p, path)
+        else:
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def remove_stale_temps(folder: Path) -> int:
-    """Delete the temporary files and folders (``.*.tmp``) that a killed writer left under ``folder``;
-    call it only when no other process writes there.  Returns how many were removed."""
-    stale = [p for p in Path(folder).rglob(".*.tmp") if p.exists()]
+    """Delete the temporary files and folders (``.*.tmp``) that a killed writer left directly in ``folder``
+    (the stages write only there: a sigma image is a whole temporary folder); call it only when no other
+    process writes there.  Returns how many were removed."""
+    stale = [p for p in Path(folder).glob(".*.tmp") if p.exists()]
     for p in stale:
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     return len(stale)

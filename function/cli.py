@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import math
 import sys
@@ -14,6 +15,12 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 log = logging.getLogger("kdq")
+
+
+# I/O errors that the user's environment causes (a missing or unreadable path, a full or read-only disk):
+# one line like bad input; any other OSError is a bug and keeps its traceback
+USER_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.ENOSPC,
+                         errno.EROFS, errno.EDQUOT, errno.EIO, errno.EEXIST, errno.ENOTEMPTY, errno.ENAMETOOLONG})
 
 
 class UserError(Exception):
@@ -56,10 +63,10 @@ def run(get_parser: Callable[[], argparse.ArgumentParser], main: Callable[[argpa
     setup_logging()
     try:
         main(args)
-    except (UserError, OSError) as exc:  # OSError: missing/unreadable paths, read-only or full disk
-        if getattr(args, "debug", False):
+    except (UserError, OSError) as exc:
+        if getattr(args, "debug", False) or (isinstance(exc, OSError) and exc.errno not in USER_ERRNOS):
             raise
-        msg = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+        msg = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc} (--debug shows where)"
         sys.stderr.write(f"{parser.prog}: error: {msg}\n")
         return 2
     except KeyboardInterrupt:

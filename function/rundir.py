@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -20,21 +21,28 @@ from .cli import UserError
 RUN_JSON = "run.json"
 
 
-def prepare_out(out: Path, resume: bool, overwrite: bool, flag: str = "--out") -> bool:
-    """Make ``out`` ready. Returns True when an earlier run there should be resumed.
+def prepare_out(out: Path, resume: bool, overwrite: bool, stage: str, flag: str = "--out") -> bool:
+    """Make ``out`` ready for a run of ``stage``. Returns True when an earlier run there should be resumed.
 
-    A folder holding files is refused unless ``--resume`` (continue it) or ``--overwrite`` (remove a
-    kdq run first; a folder that is not a kdq run is never removed).
+    A folder holding files is refused unless ``--resume`` (continue it: it must hold a run.json of the same
+    stage) or ``--overwrite`` (remove a kdq run first; a folder that is not a kdq run is never removed).
+    Temporary files (``.*.tmp``) that a killed run left at the top level never had their final name: they
+    do not count as files and are removed once the folder is known to be this stage's.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{flag}: {out} exists and is not a directory")
-    has_files = out.is_dir() and any(out.iterdir())
+    has_files = out.is_dir() and any(not _is_temp(p) for p in out.iterdir())
     if not has_files:
         out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(out)
         return False
     if resume:
-        remove_stale_temps(out)  # half-written files of a killed run never had their final name
+        previous = read_run_json(out)
+        if previous.get("stage") != stage:
+            what = f"a {previous['stage']} run" if previous.get("stage") else f"files but no {RUN_JSON}"
+            raise UserError(f"--resume: {out} holds {what}, not a {stage} run; use another {flag} or --overwrite")
+        remove_stale_temps(out)
         return True
     if overwrite:
         if not (out / RUN_JSON).is_file():
@@ -48,6 +56,10 @@ def prepare_out(out: Path, resume: bool, overwrite: bool, flag: str = "--out") -
                     "pass --resume to continue it or --overwrite to replace it")
 
 
+def _is_temp(path: Path) -> bool:
+    return path.name.startswith(".") and path.name.endswith(".tmp")
+
+
 # Flags that change how a run executes but not what it computes: they may differ on --resume.
 RUNTIME_SETTINGS = frozenset({"out", "resume", "overwrite", "debug", "device", "workers", "progress",
                               "no_progress", "log_interval", "batch_images", "sample_chunk", "compile",
@@ -58,29 +70,34 @@ def check_resume_settings(out: Path, stage: str, args: argparse.Namespace,
                           runtime: frozenset[str] = RUNTIME_SETTINGS) -> None:
     """Refuse to ``--resume`` a run made by another stage or with other result-defining settings.
 
-    Every recorded setting except the ``runtime`` ones must equal this invocation's; the error lists each
-    difference as ``flag: old → new``.  A folder without a ``run.json`` (killed before it was written)
-    carries no settings to compare and is accepted.
+    Every recorded setting except the ``runtime`` ones must equal this invocation's (paths compared as the
+    folders they name, each relative to the working directory of its own command); the error lists each
+    difference as ``flag: old → new``.
     """
     previous = read_run_json(out)
-    if not previous:
-        return
     if previous.get("stage") != stage:
         raise UserError(f"--resume: {out} holds a {previous.get('stage', 'unknown')} run, not {stage}; "
                         "use another --out or --overwrite")
     old = previous.get("settings", {})
     new = json.loads(json.dumps(describe(args), default=str))  # as it would be recorded (tuples → lists)
     paths = {k for k, v in vars(args).items() if isinstance(v, Path)}
+    old_cwd = previous.get("cwd")
     diffs = [f"--{k.replace('_', '-')}: {old[k]!r} → {new.get(k)!r}" for k in sorted(old)
-             if k not in runtime and not _same(old[k], new.get(k), k in paths)]
+             if k not in runtime and not _same(old[k], new.get(k), k in paths, old_cwd)]
     if diffs:
         raise UserError(f"--resume: {out} was made with other settings ({'; '.join(diffs)}); "
                         "rerun with those or use another --out")
 
 
-def _same(old: Any, new: Any, is_path: bool) -> bool:
+def recorded_path(value: str, cwd: str | None) -> Path:
+    """A path recorded in a run.json, as the folder it named when it was recorded (from ``cwd``)."""
+    path = Path(value)
+    return (Path(cwd) / path if cwd and not path.is_absolute() else path).resolve()
+
+
+def _same(old: Any, new: Any, is_path: bool, old_cwd: str | None) -> bool:
     if is_path and isinstance(old, str) and isinstance(new, str):
-        return Path(old).resolve() == Path(new).resolve()  # the same folder named from another cwd
+        return recorded_path(old, old_cwd) == Path(new).resolve()  # the same folder, named from another cwd
     return old == new
 
 
@@ -136,6 +153,7 @@ class RunRecord:
             "stage": stage,
             "status": "running",
             "command": [Path(sys.argv[0]).name] + sys.argv[1:],
+            "cwd": os.getcwd(),  # relative paths in the settings are relative to it
             "settings": describe(args),
             "versions": {"python": platform.python_version(), "torch": torch.__version__,
                          "numpy": np.__version__},

@@ -70,6 +70,16 @@ def cleanup_distributed() -> None:
         dist.destroy_process_group()
 
 
+def all_ok(ok: bool, device: torch.device) -> bool:
+    """True on every rank when ``ok`` is true on every rank (a barrier; no-op without torch.distributed):
+    lets every rank stop with rank 0 when rank 0 refuses its input."""
+    if not dist.is_initialized():
+        return ok
+    flag = torch.tensor([1 if ok else 0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
@@ -92,6 +102,8 @@ def set_deterministic(enabled: bool) -> None:
     """Opt-in deterministic algorithms (slower on CUDA); cuDNN autotuning off."""
     if enabled:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
+        # warn_only: an op without a deterministic CUDA kernel (adaptive_avg_pool2d's backward, which the σ
+        # gradient and VGG training pass through) warns instead of stopping the run
+        torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True

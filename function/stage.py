@@ -12,7 +12,7 @@ from .datasets import MaskedImageFolder, SeededTransform
 from .engine import eval_loader, train_loader
 from .rundir import RunRecord, check_out_apart, check_resume_settings, prepare_out, read_run_json
 from .cli import UserError, finite_float, positive_float, positive_int
-from .runtime import barrier, init_distributed, seed_everything, set_deterministic
+from .runtime import all_ok, init_distributed, seed_everything, set_deterministic
 from .transforms import TRAIN_TRANSFORMS, eval_transform
 from models import ArchInfo, arch_info
 
@@ -82,10 +82,16 @@ def setup(args, stage: str):
     check_out_apart(args.out, args)
     ctx, device = init_distributed(args.device)
     set_deterministic(args.deterministic)
-    resume = prepare_out(args.out, args.resume, args.overwrite) if ctx.is_main else args.resume
-    if resume and ctx.is_main:
-        check_resume_settings(args.out, stage, args)
-    barrier()
+    resume, error = args.resume, None
+    if ctx.is_main:
+        try:
+            resume = prepare_out(args.out, args.resume, args.overwrite, stage)
+            if resume:
+                check_resume_settings(args.out, stage, args)
+        except UserError as exc:
+            error = exc
+    if not all_ok(error is None, device):
+        raise error or UserError(f"{stage}: rank 0 refused --out {args.out}")
     if resume and read_run_json(args.out).get("status") == "complete":
         log.info("%s already holds a complete run; nothing to do", args.out)
         return ctx, device, None

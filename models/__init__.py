@@ -10,7 +10,6 @@ about it (family, input size, layer taps), and :func:`build_model` is the one wa
 from __future__ import annotations
 
 import pickle
-import zipfile
 
 from dataclasses import dataclass
 from functools import partial
@@ -105,17 +104,23 @@ def build_model(name: str, num_classes: int, pretrained: str | Path | None = Non
     return model
 
 
+UNSAFE_PICKLE = ("global", "is blocked")  # torch's words for a pickle that names code to run
+
+
 def load_safely(path: Path):
     """``torch.load(path, weights_only=True)`` on the CPU: a file that would run code when unpickled is
     refused.  Any failure is a ValueError saying whether the file was unsafe or unreadable."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights only load failed" in str(exc).lower():
+        # torch (>= 2.6) words every failure of the weights-only unpickler as "Weights only load failed";
+        # only a GLOBAL that is not allowed means the file carries code
+        reason = str(exc).split("Please file an issue", 1)[0].lower()
+        if any(word in reason for word in UNSAFE_PICKLE) and "unsupported operand" not in reason:
             raise ValueError(f"{path} was refused by the safe loader (weights_only=True): it holds objects "
                              "other than tensors and plain containers, which could run code") from None
-        raise ValueError(f"{path} is not a torch file ({_first_line(exc)})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+        raise ValueError(f"{path} is not a torch checkpoint (unreadable by the safe loader)") from None
+    except Exception as exc:  # noqa: BLE001 - zip, EOF, index, struct ...: any other reading failure
         raise ValueError(f"{path} is not a readable torch file, truncated or damaged "
                          f"({type(exc).__name__}: {_first_line(exc)})") from None
 

@@ -31,7 +31,7 @@ from function.datasets import MaskedImageFolder
 from function.masks import central_square
 from function.metrics import METRICS, NetInput, compare, entropy_map
 from function.report import LABELS, LayerResult, terminal_table, write_outputs
-from function.rundir import check_out_apart, git_commit, read_run_json
+from function.rundir import check_out_apart, git_commit, read_run_json, recorded_path
 from function.schedule import paper_schedule
 from function.sigma_inputs import (LAYERS, PairedSigma, SigmaRun, check_recorded_grid, foreground_cells, load_pair,
                                    load_weight_diff, resolve_epochs)
@@ -134,9 +134,11 @@ def _pick(folder: Path, layer: str, marker: str) -> Path:
 
 def _training_run(flag: str, given: Path | None, sigma: SigmaRun, layer: str) -> Path:
     root = sigma.recorded("checkpoint_root")
+    if root is not None:
+        root = recorded_path(root, sigma.meta.get("cwd"))
     if given is not None:
         run = _pick(given, layer, "weight_diff.npy")
-        if root is not None and Path(root).is_dir() and run.is_dir() and not Path(root).samefile(run):
+        if root is not None and root.is_dir() and run.is_dir() and not root.samefile(run):
             raise UserError(f"{flag}: {run} is not the training run that {sigma.flag} {sigma.path} was fitted on "
                             f"({root}); pass that one (or leave {flag} out to use it)")
         return run

@@ -37,8 +37,8 @@ from function.checkpoint import check_fits, list_checkpoints, load_checkpoint, n
 from function.cli import Parser, UserError, existing_dir, finite_float, positive_float, positive_int, run
 from function.datasets import MaskedImageFolder
 from function.masks import central_square, mask_to_grid
-from function.rundir import RunRecord, check_out_apart, prepare_out, read_run_json
-from function.runtime import cleanup_distributed, derive_seed, init_distributed, set_deterministic
+from function.rundir import RunRecord, check_out_apart, prepare_out, read_run_json, recorded_path
+from function.runtime import all_ok, cleanup_distributed, derive_seed, init_distributed, set_deterministic
 from function.schedule import effective_rule_start
 from function.sigma import (EFFECTIVE, NON_EFFECTIVE, PENDING, SigmaConfig, SigmaFitter, draw_order,
                             entropy_gap, name_lists, next_round)
@@ -183,7 +183,7 @@ class Plan:
         states, cached = {}, 0
         for e, path in zip(epochs, self.paths):
             ckpt = load_checkpoint(path, "--checkpoint_root")
-            if isinstance(ckpt.get("arch"), str) and ckpt["arch"] != args.arch:
+            if ckpt.get("arch") in MODELS and ckpt["arch"] != args.arch:  # recorded by kdq
                 raise UserError(f"--checkpoint_root: {path} was trained as {ckpt['arch']}, not --arch {args.arch}")
             try:
                 sd = state_dict_of(ckpt)
@@ -223,6 +223,9 @@ def check_resumable(args, plan: Plan) -> None:
     old = previous.get("settings", {})
     diffs = [f"{k}: {old.get(k)!r} → {getattr(args, k)!r}" for k in RESULT_SETTINGS
              if k in old and old.get(k) != getattr(args, k)]
+    for key in ("checkpoint_root", "data"):  # the same folders, whatever the working directory
+        if isinstance(old.get(key), str) and recorded_path(old[key], previous.get("cwd")) != getattr(args, key).resolve():
+            diffs.append(f"{key}: {old[key]!r} → {str(getattr(args, key))!r}")
     if previous.get("checkpoints") not in (None, plan.epochs):
         diffs.append(f"checkpoints: {previous.get('checkpoints')} → {plan.epochs}")
     if diffs:
@@ -324,6 +327,8 @@ def fit_batch(args, plan: Plan, fitter: SigmaFitter, model: torch.nn.Module, pos
 
 def fit_or_error(fitter: SigmaFitter, images: torch.Tensor, seeds: list[int]):
     """``fitter.fit``, with a torch.compile failure (no C++ compiler, an unsupported op) as one line."""
+    if not fitter.cfg.compile:
+        return fitter.fit(images, seeds)
     try:
         return fitter.fit(images, seeds)
     except torch._dynamo.exc.TorchDynamoException as exc:
@@ -334,15 +339,6 @@ def fit_or_error(fitter: SigmaFitter, images: torch.Tensor, seeds: list[int]):
 # ---------------------------------------------------------------------------------------------
 # the run
 # ---------------------------------------------------------------------------------------------
-def _sync_ok(ok: bool, device: torch.device) -> bool:
-    """True on every rank when ``ok`` is true on every rank (no-op without torch.distributed)."""
-    if not dist.is_initialized():
-        return ok
-    flag = torch.tensor([1 if ok else 0], device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
-
-
 def write_lists(out: Path, names: list[str], status: list[int], effect_num: int) -> tuple[int, int, bool]:
     effect, non_effect, done = name_lists(status, effect_num)
     write_names(out / EFFECT_LIST, [names[p] for p in effect])
@@ -358,12 +354,12 @@ def main(args: argparse.Namespace) -> None:
     error = None
     if ctx.is_main:
         try:
-            resume = prepare_out(args.out, args.resume, args.overwrite)
+            resume = prepare_out(args.out, args.resume, args.overwrite, "train_sigma")
             if resume:
                 check_resumable(args, plan)
         except UserError as exc:
             error = exc
-    if not _sync_ok(error is None, device):
+    if not all_ok(error is None, device):
         raise error or UserError("rank 0 refused --out")
     resume = args.resume and (args.out / FULL_LIST).is_file()
     out = args.out
@@ -375,7 +371,7 @@ def main(args: argparse.Namespace) -> None:
     if ctx.is_main:  # run.json first: a folder holding sigma files always says what made them
         record.save("running")
         write_names(out / FULL_LIST, plan.names)
-    _sync_ok(True, device)  # barrier: the folder is ready
+    all_ok(True, device)  # barrier: the folder is ready
 
     set_deterministic(args.deterministic)
     if args.cudnn_benchmark:

@@ -73,6 +73,7 @@ def runs(tiny_data, tmp_path_factory):
     for f in (bad / "sigma_grid2").glob("img_*/npy_files/best_sigma_entropy.npy"):
         np.save(f, np.load(f)[..., :2, :2])
     (bad / "a_file").write_text("x")
+    (bad / "log.csv").write_text("epoch,loss\n1,0.5\n")  # a text file the unpickler chokes on (IndexError)
     return types.SimpleNamespace(root=root, data=tiny_data, label=label, distil=distil, bad=bad,
                                  sigma_label=root / "sigma_label", sigma_distil=root / "sigma_distil")
 
@@ -87,14 +88,14 @@ def distil(r, out, *extra, **change):
     argv = {"--teacher_checkpoint": r.label / "2.pth.tar", "--teacher-arch": "vgg_tiny", "--arch": "vgg_tiny",
             "--data": r.data, "--split": "train", "--val-split": "val", "--layer": "fc1", "--epochs": 1,
             "--finetune-epochs": 0, "--batch-size": 4, "--device": "cpu", "--out": out, **change}
-    return ("distillation/distillation.py", [x for kv in argv.items() for x in kv] + list(extra))
+    return ("distillation/distillation.py", [x for kv in argv.items() for x in kv if x is not None] + list(extra))
 
 
 def sigma(r, out, **change):
-    argv = {"--checkpoint_root": r.label, "--data": r.data, **dict(zip(SIGMA[::2], SIGMA[1::2])), "--out": out,
+    flags = [a for a in SIGMA if a != "--no-progress"]
+    argv = {"--checkpoint_root": r.label, "--data": r.data, **dict(zip(flags[::2], flags[1::2])), "--out": out,
             **change}
-    argv.pop("--no-progress")
-    return ("sigma/train_sigma.py", [x for kv in argv.items() for x in kv] + ["--no-progress"])
+    return ("sigma/train_sigma.py", [x for kv in argv.items() for x in kv if x is not None] + ["--no-progress"])
 
 
 def metrics(r, out, **change):
@@ -120,11 +121,13 @@ CASES = {
     "train_lr_infinite": (lambda r, o: train(r, o, **{"--lr": "inf"}), "--lr"),
     "train_checkpoint_beyond_epochs": (lambda r, o: train(r, o, **{"--checkpoints": 7}), "--checkpoints"),
     "train_pretrained_not_a_checkpoint": (lambda r, o: train(r, o, **{"--pretrained": r.bad / "text.pth"}),
-                                          "--pretrained"),
+                                          "is not a torch checkpoint"),
     "train_pretrained_exploit": (lambda r, o: train(r, o, **{"--pretrained": r.bad / "exploit.pth.tar"}),
                                  "weights_only"),
+    "train_pretrained_is_a_log": (lambda r, o: train(r, o, **{"--pretrained": r.bad / "log.csv"}), "--pretrained"),
     "train_out_is_a_file": (lambda r, o: train(r, r.bad / "a_file"), "--out"),
-    "train_out_is_the_data": (lambda r, o: train(r, r.data), "--out"),
+    "train_out_is_the_data": (lambda r, o: train(r, r.data, **{"--overwrite": None}), "is also --data"),
+    "train_out_inside_the_data": (lambda r, o: train(r, r.data / "runs" / "x"), "lies inside --data"),
     # distillation
     "distil_missing_teacher": (lambda r, o: distil(r, o, **{"--teacher_checkpoint": r.root / "none.pth.tar"}),
                                "--teacher_checkpoint"),
@@ -135,7 +138,7 @@ CASES = {
     "distil_teacher_exploit": (lambda r, o: distil(r, o, **{"--teacher_checkpoint": r.bad / "exploit.pth.tar"}),
                                "weights_only"),
     "distil_teacher_recorded_otherwise": (lambda r, o: distil(r, o, **{"--teacher-arch": "vgg_tiny_bn"}),
-                                          "--teacher-arch"),
+                                          "trained as vgg_tiny, not --teacher-arch"),
     "distil_unknown_layer": (lambda r, o: distil(r, o, **{"--layer": "fc9"}), "--layer"),
     "distil_hinton_at_conv": (lambda r, o: distil(r, o, **{"--method": "hinton", "--layer": "conv"}), "--layer"),
     "distil_teacher_is_a_folder": (lambda r, o: distil(r, o, **{"--teacher_checkpoint": r.label}),
@@ -147,11 +150,12 @@ CASES = {
     "sigma_truncated_checkpoint": (lambda r, o: sigma(r, o, **{"--checkpoint_root": r.bad / "label_truncated"}),
                                    "--checkpoint_root"),
     "sigma_arch_does_not_fit": (lambda r, o: sigma(r, o, **{"--arch": "resnet_tiny"}), "--arch"),
-    "sigma_arch_recorded_otherwise": (lambda r, o: sigma(r, o, **{"--arch": "vgg_tiny_bn"}), "vgg_tiny"),
+    "sigma_arch_recorded_otherwise": (lambda r, o: sigma(r, o, **{"--arch": "vgg_tiny_bn"}), "trained as vgg_tiny"),
     "sigma_grid_not_a_divisor": (lambda r, o: sigma(r, o, **{"--grid": 7}), "--grid"),
     "sigma_break_not_below_steps": (lambda r, o: sigma(r, o, **{"--break-steps": 3}), "--break-steps"),
     "sigma_target_entropy_nan": (lambda r, o: sigma(r, o, **{"--target-entropy": "nan"}), "--target-entropy"),
-    "sigma_out_is_the_checkpoints": (lambda r, o: sigma(r, r.label), "--out"),
+    "sigma_out_is_the_checkpoints": (lambda r, o: sigma(r, r.label, **{"--resume": None}), "is also --checkpoint_root"),
+    "sigma_out_holds_the_checkpoints": (lambda r, o: sigma(r, r.root, **{"--overwrite": None}), "holds --checkpoint_root"),
     "sigma_pic_num_zero": (lambda r, o: sigma(r, o, **{"--pic-num": 0}), "--pic-num"),
     # find_knowledge_new
     "metrics_missing_sigma": (lambda r, o: metrics(r, o, **{"--label-sigma": r.root / "none"}), "--label-sigma"),
@@ -163,7 +167,8 @@ CASES = {
     "metrics_wrong_layer": (lambda r, o: metrics(r, o, **{"--layer": "conv"}), "--label-sigma"),
     "metrics_level_out_of_range": (lambda r, o: metrics(r, o, **{"--level": 1.5}), "--level"),
     "metrics_run_is_not_the_fitted_one": (lambda r, o: metrics(r, o, **{"--label-run": r.distil}), "--label-run"),
-    "metrics_out_is_an_input": (lambda r, o: metrics(r, r.sigma_distil), "--out"),
+    "metrics_out_is_an_input": (lambda r, o: metrics(r, r.sigma_distil, **{"--overwrite": None}),
+                                "is also --distil-sigma"),
     "metrics_label_run_is_a_file": (lambda r, o: metrics(r, o, **{"--label-run": r.bad / "a_file"}), "--label-run"),
     # preparers
     "prepare_unknown_dataset": (lambda r, o: prepare(r, o, "coco", r.root), "coco"),

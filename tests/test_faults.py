@@ -136,12 +136,31 @@ def _drop_volatile(obj):
     return obj
 
 
-def run_to_end(stage: Stage, out: Path) -> float:
+@dataclass
+class Timing:
+    """Wall seconds of an uninterrupted run, and when its first file appeared (start-up before that)."""
+    total: float
+    first_file: float
+
+
+def run_to_end(stage: Stage, out: Path) -> Timing:
     tic = time.perf_counter()
-    proc = subprocess.run(stage.command(out), env=ENV, capture_output=True, text=True, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.Popen(stage.command(out), env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    first = None
+    while proc.poll() is None:
+        if first is None and visible_files(out):
+            first = time.perf_counter() - tic
+        time.sleep(0.02)
+    total = time.perf_counter() - tic
+    assert proc.returncode == 0, proc.stderr.read()[-3000:]
     stage.stats["launches"] += 1
-    return time.perf_counter() - tic
+    return Timing(total, first if first is not None else total)
+
+
+def wait_for_first_file(proc: subprocess.Popen, out: Path) -> None:
+    while proc.poll() is None and not visible_files(out):
+        time.sleep(0.02)
 
 
 def check_after_kill(stage: Stage, out: Path, ref: Path) -> None:
@@ -153,13 +172,21 @@ def check_after_kill(stage: Stage, out: Path, ref: Path) -> None:
             assert path.read_bytes() == ref_files[rel].read_bytes(), f"{stage.name}: {rel} visible but not final"
 
 
-def kill_and_resume(stage: Stage, out: Path, ref: Path, ref_seconds: float, seed: int) -> None:
+def kill_and_resume(stage: Stage, out: Path, ref: Path, timing: Timing, seed: int) -> int:
+    """Kill ``stage`` up to KILLS_PER_RUN times, then run it to the end; returns the kills that hit a run
+    which had already written files.  The first kill of a resumable stage comes at a random moment after
+    its first file appeared (so it interrupts real work); later ones anywhere after the launch."""
     rng = random.Random(seed)
-    for _ in range(KILLS_PER_RUN):
-        delay = rng.uniform(0.2, 1.0) * ref_seconds
+    hits = 0
+    for attempt in range(KILLS_PER_RUN):
         proc = subprocess.Popen(stage.command(out), env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
         stage.stats["launches"] += 1
+        if attempt == 0 and stage.resumable:
+            wait_for_first_file(proc, out)
+            delay = rng.uniform(0.0, 0.5) * (timing.total - timing.first_file)
+        else:
+            delay = rng.uniform(0.2, 1.0) * timing.total
         try:
             proc.wait(timeout=delay)
         except subprocess.TimeoutExpired:
@@ -168,15 +195,17 @@ def kill_and_resume(stage: Stage, out: Path, ref: Path, ref_seconds: float, seed
             proc.wait()
             stage.stats["kills"] += 1
             stage.stats["kills_after_first_file"] += had_output
+            hits += had_output
             check_after_kill(stage, out, ref)
             if not stage.resumable and (out / "run.json").is_file():
-                return  # killed after the report was swapped in whole: there is nothing to redo
+                return hits  # killed after the report was swapped in whole: there is nothing to redo
             continue
         assert proc.returncode == 0, proc.stderr.read()[-3000:]
         if not stage.resumable:
-            return
+            return hits
         break  # finished before the kill: resuming it again must be a no-op that keeps it
     run_to_end(stage, out)
+    return hits
 
 
 def assert_same_artifacts(stage: Stage, out: Path, ref: Path) -> None:
@@ -223,8 +252,10 @@ def chain(tiny_data, tmp_path_factory):
 def test_killed_and_resumed_equals_uninterrupted(chain, tmp_path, name, seed):
     stages, base, seconds = chain
     stage, out = stages[name], tmp_path / name
-    kill_and_resume(stage, out, base / name, seconds[name], seed=1000 * seed + len(name))
+    hits = kill_and_resume(stage, out, base / name, seconds[name], seed=1000 * seed + len(name))
     assert_same_artifacts(stage, out, base / name)
+    if stage.resumable:
+        assert hits >= 1, f"{name}: no kill landed after the run had started writing"
 
 
 def test_deterministic_runs_are_byte_identical(chain, tmp_path):

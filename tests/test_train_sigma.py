@@ -198,7 +198,7 @@ def test_bad_input_is_one_line_exit_2(case, ckpt_run, tiny_data, tmp_path, capsy
     expected = {"empty_root": "no <epoch>.pth.tar", "arch": "does not fit --arch resnet_tiny",
                 "epoch": "it has 0, 2, 4", "grid": "does not divide", "masks": "no mask",
                 "samples": "positive", "steps": "positive", "break": "--break-steps", "occupied": "--resume",
-                "layer": "fc9", "resume_other_stage": "not a sigma run",
+                "layer": "fc9", "resume_other_stage": "not a train_sigma run",
                 "resume_other_settings": "steps: 4 → 5"}[case]
     assert expected in err[0]
     if before is None:
@@ -292,6 +292,7 @@ def test_compile_failure_is_one_line_exit_2(ckpt_run, tiny_data, tmp_path, monke
     torch._dynamo.reset()
     monkeypatch.setattr(inductor_config.cpp, "cxx", (None, str(tmp_path / "no-such-g++")))
     monkeypatch.setattr(inductor_config, "fx_graph_cache", False)  # a cached graph would need no compiler
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # nor would cached kernels
     assert sigma(ckpt_run, tiny_data, tmp_path / "out", "--pic-num", "1", "--compile") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--compile: torch.compile failed" in err[0] and "run without --compile" in err[0], err

@@ -26,10 +26,11 @@ METRICS = ("sigma/find_knowledge_new.py", "--split", "train", "--layer", "fc1", 
 
 
 class FailingDisk:
-    """Counts renames into place; the ``fail_at``-th (1-based) raises ``OSError(code)``."""
+    """Counts renames into place; the ``fail_at``-th (1-based) raises ``OSError(code)`` — and, when
+    ``persistent``, every later one too (a disk that stays full)."""
 
-    def __init__(self, monkeypatch, fail_at: int | None, code: int = errno.ENOSPC):
-        self.count, self.fail_at, self.code = 0, fail_at, code
+    def __init__(self, monkeypatch, fail_at: int | None, code: int = errno.ENOSPC, persistent: bool = False):
+        self.count, self.fail_at, self.code, self.persistent = 0, fail_at, code, persistent
         for name in ("replace", "rename"):
             real = getattr(os, name)
             monkeypatch.setattr(os, name, self._wrap(real))
@@ -37,7 +38,8 @@ class FailingDisk:
     def _wrap(self, real):
         def renamed(src, dst, *args, **kwargs):
             self.count += 1
-            if self.count == self.fail_at:
+            if self.fail_at is not None and (self.count == self.fail_at or
+                                             self.persistent and self.count > self.fail_at):
                 raise OSError(self.code, os.strerror(self.code), str(dst))
             return real(src, dst, *args, **kwargs)
         return renamed
@@ -79,13 +81,13 @@ def count_writes(monkeypatch, command) -> int:
     return disk.count
 
 
-@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
-def test_training_stops_cleanly_and_resumes(label_run, tiny_data, tmp_path, monkeypatch, capsys, code):
+@pytest.mark.parametrize("code,persistent", [(errno.ENOSPC, False), (errno.EROFS, False), (errno.ENOSPC, True)])
+def test_training_stops_cleanly_and_resumes(label_run, tiny_data, tmp_path, monkeypatch, capsys, code, persistent):
     total = count_writes(monkeypatch, (*TRAIN, "--data", tiny_data, "--out", tmp_path / "count"))
     for k in sorted({1, total // 3, 2 * total // 3, total}):
         out = tmp_path / f"fail_{k}"
         with monkeypatch.context() as m:
-            FailingDisk(m, fail_at=k, code=code)
+            FailingDisk(m, fail_at=k, code=code, persistent=persistent)
             capsys.readouterr()
             assert run(TRAIN, "--data", tiny_data, "--out", out) == 2, k
         check_stopped_cleanly(out, label_run, lambda rel: rel[0].isdigit(), capsys, code)
@@ -129,3 +131,24 @@ def test_metrics_keep_the_previous_report(label_run, tiny_data, tmp_path, monkey
         assert os.strerror(errno.ENOSPC) in error_line(capsys)
         assert {rel: p.read_bytes() for rel, p in visible_files(out).items()} == before, k
         assert not temp_leftovers(out), k
+
+
+def test_metrics_report_survives_a_disk_that_stays_full(label_run, tiny_data, tmp_path, monkeypatch, capsys):
+    """The last rename (new report into place) and the rollback both fail: the previous report is kept aside
+    under a temporary name, and the next run puts it back before it writes."""
+    sigma = tmp_path / "sigma"
+    assert run(SIGMA, "--data", tiny_data, "--checkpoint_root", label_run, "--out", sigma) == 0
+    base = (*METRICS, "--label-sigma", sigma, "--distil-sigma", sigma, "--label-run", label_run,
+            "--distil-run", label_run, "--data", tiny_data, "--no-figures")
+    out = tmp_path / "metrics"
+    total = count_writes(monkeypatch, (*base, "--out", out))
+    before = {rel: p.read_bytes() for rel, p in visible_files(out).items()}
+    with monkeypatch.context() as m:
+        FailingDisk(m, fail_at=total + 1, persistent=True)  # the swap's second rename and the rollback
+        capsys.readouterr()
+        assert run(base, "--out", out, "--overwrite", "--bootstrap", 30) == 2
+    assert os.strerror(errno.ENOSPC) in error_line(capsys)
+    kept = [p for p in tmp_path.glob(".metrics.*.old.tmp")]
+    assert len(kept) == 1 and {rel: p.read_bytes() for rel, p in visible_files(kept[0]).items()} == before
+    assert run(base, "--out", out, "--bootstrap", 30) == 0  # the kept report is put back, then replaced
+    assert not list(tmp_path.glob(".metrics.*")) and (out / "report.md").is_file()
