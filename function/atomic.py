@@ -78,11 +78,16 @@ def _recover_siblings(path: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
+def is_temp(path: Path) -> bool:
+    """A temporary file or folder of this module (``.<name>.*.tmp``): never a result under its final name."""
+    return path.name.startswith(".") and path.name.endswith(".tmp")
+
+
 def remove_stale_temps(folder: Path) -> int:
     """Delete the temporary files and folders (``.*.tmp``) that a killed writer left directly in ``folder``
     (the stages write only there: a sigma image is a whole temporary folder); call it only when no other
     process writes there.  Returns how many were removed."""
-    stale = [p for p in Path(folder).glob(".*.tmp") if p.exists()]
+    stale = [p for p in Path(folder).iterdir() if is_temp(p)]
     for p in stale:
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     return len(stale)

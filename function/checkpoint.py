@@ -14,7 +14,7 @@ from torch import nn
 
 from .atomic import save_torch
 from .cli import UserError
-from models import load_safely
+from models import MODELS, load_safely
 
 EPOCH_FILE = re.compile(r"^(\d+)\.pth\.tar$")
 
@@ -40,6 +40,13 @@ def load_checkpoint(path: Path, flag: str = "checkpoint") -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise UserError(f"{flag}: {path} holds a {type(obj).__name__}, not a checkpoint dict")
     return obj
+
+
+def check_recorded_arch(ckpt: dict[str, Any], arch: str, where: str, arch_flag: str = "--arch") -> None:
+    """A kdq checkpoint records the arch it was trained as; refuse it for another one (a name kdq does not
+    know, e.g. the original code's, is not compared: the weights' keys and shapes decide then)."""
+    if ckpt.get("arch") in MODELS and ckpt["arch"] != arch:
+        raise UserError(f"{where} was trained as {ckpt['arch']}, not {arch_flag} {arch}")
 
 
 def state_dict_of(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:

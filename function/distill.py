@@ -27,10 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .checkpoint import check_fits, load_checkpoint, state_dict_of
+from .checkpoint import check_fits, check_recorded_arch, load_checkpoint, state_dict_of
 from .cli import UserError
 from .engine import _reduce
-from models import MODELS, TAPS, build_model
+from models import TAPS, build_model
 
 TEACHER_FORMATS = ("kdq", "torchvision")
 
@@ -155,8 +155,8 @@ def load_teacher(path: Path, arch: str, fmt: str = "kdq", flag: str = "--teacher
     if fmt not in TEACHER_FORMATS:
         raise UserError(f"--teacher-format: {fmt!r} is not one of {', '.join(TEACHER_FORMATS)}")
     ckpt = load_checkpoint(path, flag)
-    if fmt == "kdq" and ckpt.get("arch") in MODELS and ckpt["arch"] != arch:  # recorded by kdq
-        raise UserError(f"{flag}: {path} was trained as {ckpt['arch']}, not {arch_flag} {arch}")
+    if fmt == "kdq":
+        check_recorded_arch(ckpt, arch, f"{flag}: {path}", arch_flag)
     try:
         sd = state_dict_of(ckpt)
     except ValueError:

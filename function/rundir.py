@@ -10,12 +10,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
 
-from .atomic import remove_stale_temps, write_json
+from .atomic import is_temp, remove_stale_temps, write_json
 from .cli import UserError
 
 RUN_JSON = "run.json"
@@ -32,7 +32,7 @@ def prepare_out(out: Path, resume: bool, overwrite: bool, stage: str, flag: str 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{flag}: {out} exists and is not a directory")
-    has_files = out.is_dir() and any(not _is_temp(p) for p in out.iterdir())
+    has_files = out.is_dir() and any(not is_temp(p) for p in out.iterdir())
     if not has_files:
         out.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(out)
@@ -56,37 +56,34 @@ def prepare_out(out: Path, resume: bool, overwrite: bool, stage: str, flag: str 
                     "pass --resume to continue it or --overwrite to replace it")
 
 
-def _is_temp(path: Path) -> bool:
-    return path.name.startswith(".") and path.name.endswith(".tmp")
-
-
 # Flags that change how a run executes but not what it computes: they may differ on --resume.
 RUNTIME_SETTINGS = frozenset({"out", "resume", "overwrite", "debug", "device", "workers", "progress",
                               "no_progress", "log_interval", "batch_images", "sample_chunk", "compile",
                               "cudnn_benchmark", "channels_last", "deterministic"})
 
 
-def check_resume_settings(out: Path, stage: str, args: argparse.Namespace,
+def check_resume_settings(out: Path, args: argparse.Namespace,
                           runtime: frozenset[str] = RUNTIME_SETTINGS) -> None:
-    """Refuse to ``--resume`` a run made by another stage or with other result-defining settings.
-
-    Every recorded setting except the ``runtime`` ones must equal this invocation's (paths compared as the
-    folders they name, each relative to the working directory of its own command); the error lists each
-    difference as ``flag: old → new``.
-    """
+    """Refuse to ``--resume`` a run made with other result-defining settings (``prepare_out`` has checked
+    that it is a run of this stage): every recorded setting except the ``runtime`` ones must equal this
+    invocation's; the error lists each difference."""
     previous = read_run_json(out)
-    if previous.get("stage") != stage:
-        raise UserError(f"--resume: {out} holds a {previous.get('stage', 'unknown')} run, not {stage}; "
-                        "use another --out or --overwrite")
-    old = previous.get("settings", {})
-    new = json.loads(json.dumps(describe(args), default=str))  # as it would be recorded (tuples → lists)
-    paths = {k for k, v in vars(args).items() if isinstance(v, Path)}
-    old_cwd = previous.get("cwd")
-    diffs = [f"--{k.replace('_', '-')}: {old[k]!r} → {new.get(k)!r}" for k in sorted(old)
-             if k not in runtime and not _same(old[k], new.get(k), k in paths, old_cwd)]
+    recorded = previous.get("settings", {})
+    diffs = setting_diffs(previous, args, sorted(k for k in recorded if k not in runtime))
     if diffs:
         raise UserError(f"--resume: {out} was made with other settings ({'; '.join(diffs)}); "
                         "rerun with those or use another --out")
+
+
+def setting_diffs(previous: dict[str, Any], args: argparse.Namespace, keys: Iterable[str]) -> list[str]:
+    """``--flag: old → new`` for each of ``keys`` that the run.json ``previous`` records with another value than
+    ``args`` has (values as they would be recorded: tuples are lists; paths compared as the folders they name,
+    each relative to the working directory of its own command)."""
+    old = previous.get("settings", {})
+    new = json.loads(json.dumps(describe(args), default=str))
+    paths = {k for k, v in vars(args).items() if isinstance(v, Path)}
+    return [f"--{k.replace('_', '-')}: {old[k]!r} → {new.get(k)!r}" for k in keys
+            if k in old and not _same(old[k], new.get(k), k in paths, previous.get("cwd"))]
 
 
 def recorded_path(value: str, cwd: str | None) -> Path:

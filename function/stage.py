@@ -87,7 +87,7 @@ def setup(args, stage: str):
         try:
             resume = prepare_out(args.out, args.resume, args.overwrite, stage)
             if resume:
-                check_resume_settings(args.out, stage, args)
+                check_resume_settings(args.out, args)
         except UserError as exc:
             error = exc
     if not all_ok(error is None, device):

@@ -33,11 +33,12 @@ from torchvision import transforms as T
 from tqdm import tqdm
 
 from function.atomic import atomic_dir
-from function.checkpoint import check_fits, list_checkpoints, load_checkpoint, num_classes_of, state_dict_of
+from function.checkpoint import (check_fits, check_recorded_arch, list_checkpoints, load_checkpoint, num_classes_of,
+                                 state_dict_of)
 from function.cli import Parser, UserError, existing_dir, finite_float, positive_float, positive_int, run
 from function.datasets import MaskedImageFolder
 from function.masks import central_square, mask_to_grid
-from function.rundir import RunRecord, check_out_apart, prepare_out, read_run_json, recorded_path
+from function.rundir import RunRecord, check_out_apart, prepare_out, read_run_json, setting_diffs
 from function.runtime import all_ok, cleanup_distributed, derive_seed, init_distributed, set_deterministic
 from function.schedule import effective_rule_start
 from function.sigma import (EFFECTIVE, NON_EFFECTIVE, PENDING, SigmaConfig, SigmaFitter, draw_order,
@@ -183,8 +184,7 @@ class Plan:
         states, cached = {}, 0
         for e, path in zip(epochs, self.paths):
             ckpt = load_checkpoint(path, "--checkpoint_root")
-            if ckpt.get("arch") in MODELS and ckpt["arch"] != args.arch:  # recorded by kdq
-                raise UserError(f"--checkpoint_root: {path} was trained as {ckpt['arch']}, not --arch {args.arch}")
+            check_recorded_arch(ckpt, args.arch, f"--checkpoint_root: {path}")
             try:
                 sd = state_dict_of(ckpt)
             except ValueError:
@@ -216,16 +216,8 @@ def truncated_keys(model: torch.nn.Module, arch: str, layer: str) -> list[str]:
 
 def check_resumable(args, plan: Plan) -> None:
     """A resumed run must have been made by this stage with the same result-defining settings."""
-    previous = read_run_json(args.out)
-    if previous.get("stage") != "train_sigma":
-        raise UserError(f"--out: {args.out} is not a sigma run (no train_sigma run.json); "
-                        "use another folder or --overwrite")
-    old = previous.get("settings", {})
-    diffs = [f"{k}: {old.get(k)!r} → {getattr(args, k)!r}" for k in RESULT_SETTINGS
-             if k in old and old.get(k) != getattr(args, k)]
-    for key in ("checkpoint_root", "data"):  # the same folders, whatever the working directory
-        if isinstance(old.get(key), str) and recorded_path(old[key], previous.get("cwd")) != getattr(args, key).resolve():
-            diffs.append(f"{key}: {old[key]!r} → {str(getattr(args, key))!r}")
+    previous = read_run_json(args.out)  # prepare_out has checked that it is a train_sigma run
+    diffs = setting_diffs(previous, args, (*RESULT_SETTINGS, "checkpoint_root", "data"))
     if previous.get("checkpoints") not in (None, plan.epochs):
         diffs.append(f"checkpoints: {previous.get('checkpoints')} → {plan.epochs}")
     if diffs:
