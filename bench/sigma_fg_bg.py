@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from function.cli import Parser, UserError, existing_dir, run
-from function.datasets import MaskedImageFolder
-from function.masks import central_square, mask_to_grid
-from function.sigma import entropy_map
-from function.sigma_layout import EFFECT_LIST, FULL_LIST, NON_EFFECT_LIST, image_folder, read_names, run_epochs
+from kdq.function.cli import Parser, UserError, existing_dir, run
+from kdq.function.data.folder import MaskedImageFolder
+from kdq.function.data.masks import central_square, mask_to_grid
+from kdq.function.sigma.fit import entropy_map
+from kdq.function.sigma.layout import EFFECT_LIST, FULL_LIST, NON_EFFECT_LIST, image_folder, read_names, run_epochs
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -28,12 +28,12 @@ from pathlib import Path
 
 import torch
 
-from function.checkpoint import save_checkpoint
-from function.cli import Parser, UserError, positive_float, positive_int, run
-from function.make_dataset import write_dataset
-from function.scaling import Launch, add_scaling_args, compare, plan_launches, torchrun, work_dir
-from function.stage import arch_or_error
-from models import LAYERS, MODELS, build_model
+from kdq.function.io.checkpoint import save_checkpoint
+from kdq.function.cli import Parser, UserError, positive_float, positive_int, run
+from kdq.function.make_dataset import write_dataset
+from scaling import Launch, add_scaling_args, compare, plan_launches, torchrun, work_dir
+from kdq.function.archs import arch_or_error
+from kdq.models import LAYERS, MODELS, build_model
 
 SCRIPT = "sigma/train_sigma.py"
 

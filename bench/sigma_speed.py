@@ -26,12 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from function.checkpoint import load_checkpoint, num_classes_of, state_dict_of
-from function.cli import Parser, UserError, positive_int, run
-from function.datasets import MaskedImageFolder
-from function.transforms import eval_transform
-from function.sigma import SigmaConfig, SigmaFitter, mean_entropy, select_step
-from models import arch_info, build_model, feature_fn
+from kdq.function.io.checkpoint import load_checkpoint, num_classes_of, state_dict_of
+from kdq.function.cli import Parser, UserError, positive_int, run
+from kdq.function.data.folder import MaskedImageFolder
+from kdq.function.data.transforms import eval_transform
+from kdq.function.sigma.fit import SigmaConfig, SigmaFitter, mean_entropy, select_step
+from kdq.models import arch_info, build_model, feature_fn
 
 
 def get_args_parser() -> argparse.ArgumentParser:

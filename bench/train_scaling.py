@@ -24,11 +24,11 @@ import json
 import math
 from pathlib import Path
 
-from function.cli import Parser, UserError, positive_int, run
-from function.make_dataset import write_dataset
-from function.scaling import Launch, add_scaling_args, compare, plan_launches, torchrun, work_dir
-from function.stage import arch_or_error
-from models import MODELS
+from kdq.function.cli import Parser, UserError, positive_int, run
+from kdq.function.make_dataset import write_dataset
+from scaling import Launch, add_scaling_args, compare, plan_launches, torchrun, work_dir
+from kdq.function.archs import arch_or_error
+from kdq.models import MODELS
 
 SCRIPT = "train_net/train_net.py"
 

@@ -13,9 +13,9 @@ import time
 import torch
 from torch import nn
 
-from function.runtime import resolve_device
-from function.weight_distance import WeightDistance
-from models import arch_info, build_model
+from kdq.function.runtime import resolve_device
+from kdq.function.train.weight_distance import WeightDistance
+from kdq.models import arch_info, build_model
 
 
 def timed_steps(model, opt, tracker, images, labels, steps: int, device) -> float:

@@ -22,18 +22,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from function.checkpoint import save_checkpoint
-from function.cli import Parser, UserError, finite_float, positive_float, positive_int, run
-from function.distill import (TEACHER_FORMATS, HintonLoss, evaluate_feature_mse, feature_mse, feature_shape,
+from kdq.function.io.checkpoint import save_checkpoint
+from kdq.function.cli import Parser, UserError, finite_float, positive_float, positive_int, run
+from kdq.function.train.distill import (TEACHER_FORMATS, HintonLoss, evaluate_feature_mse, feature_mse, feature_shape,
                               freeze_teacher, load_teacher, make_adapter)
-from function.engine import EpochLoop, evaluate, log_spaced_lr
-from function.runtime import cleanup_distributed
-from function.schedule import resolve_checkpoints
-from function.stage import add_common_training_args, add_sgd_args, arch_or_error, load_splits, make_loaders, setup
-from function.weight_distance import WeightDistance
-from models import LAYERS, MODELS, build_model, feature_fn
+from kdq.function.runtime import cleanup_distributed
+from kdq.function.train.engine import EpochLoop, evaluate
+from kdq.function.train.schedules import lr_schedule, parse_epochs
+from kdq.function.archs import arch_or_error
+from kdq.function.train.stage import add_common_training_args, add_sgd_args, load_splits, make_loaders, setup
+from kdq.function.train.weight_distance import WeightDistance
+from kdq.models import LAYERS, MODELS, build_model, feature_fn
 
-log = logging.getLogger("kdq")
+log = logging.getLogger(__name__)
 
 FINETUNE_LR = {"vgg": 1e-3, "alexnet": 1e-3, "resnet": 1e-2}  # SPEC §1, by architecture family
 FINAL = "final.pth.tar"
@@ -137,7 +138,7 @@ def main(args: argparse.Namespace) -> None:
     info = arch_or_error(args.arch)
     arch_or_error(args.teacher_arch, "--teacher-arch")
     try:
-        checkpoints = resolve_checkpoints(args.checkpoints, args.epochs)
+        checkpoints = parse_epochs(args.checkpoints, args.epochs)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     train_set, val_set = load_splits(args, info.input_size)
@@ -187,8 +188,9 @@ def main(args: argparse.Namespace) -> None:
     optimizer = torch.optim.SGD(learn, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     distill = EpochLoop(out=args.out, model=student, optimizer=optimizer, step_fn=step, loader=loader,
                         device=device, ctx=ctx, seed=args.seed, epochs=args.epochs, arch=args.arch,
-                        checkpoints=set(checkpoints), tracker=WeightDistance(student, args.arch, args.epochs),
-                        lr_at=log_spaced_lr(args.lr, args.epochs), validate=validate, name="distill",
+                        checkpoints=set(checkpoints),
+                        tracker=WeightDistance(student, {layer: tap.weight for layer, tap in info.taps.items()}),
+                        lr_at=lr_schedule("logspace", args.lr, args.epochs), validate=validate, name="distill",
                         meta={**meta, "phase": "distill"},
                         extra_modules={"adapter": adapter} if adapter is not None else {})
     if args.resume:

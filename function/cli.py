@@ -1,26 +1,37 @@
-"""Command-line plumbing shared by every stage script.
+"""Command-line plumbing shared by every script: one parser class, one way to fail, one ``__main__``.
 
-* :class:`Parser` — an ``argparse.ArgumentParser`` whose errors are one line on stderr, status 2.
+* :class:`Parser` — an ``argparse.ArgumentParser`` whose errors are one line on stderr (exit 2), which
+  shows each flag's default in ``--help`` and keeps descriptions and epilogs as written.
 * :class:`UserError` — raised for bad input anywhere; :func:`run` turns it into that one line.
-* :func:`run` — ``__main__`` of every script: parse, set up logging, call ``main``.
+* :func:`run` — the ``__main__`` of every script: parse, set up logging, call ``main``.
+* argparse types (:func:`positive_int`, :func:`finite_float`, ...), so that a bad value is reported under
+  its flag's name, and :func:`load_script`, which imports a script by its path (the supplement's entry
+  points reuse the stage scripts' parsers; the tests run the scripts in-process).
+
+Nothing here imports torch: ``--help`` of a script stays fast when the script imports torch after parsing.
 """
 from __future__ import annotations
 
 import argparse
 import errno
+import importlib.util
 import logging
 import math
+import os
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Callable, Sequence
 
-log = logging.getLogger("kdq")
+log = logging.getLogger(__name__)
 
+REPO = Path(__file__).resolve().parents[1]  # the repository root: the stage scripts live below it
 
 # I/O errors that the user's environment causes (a missing or unreadable path, a full or read-only disk):
 # one line like bad input; any other OSError is a bug and keeps its traceback
 USER_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.ENOSPC,
-                         errno.EROFS, errno.EDQUOT, errno.EIO, errno.EEXIST, errno.ENOTEMPTY, errno.ENAMETOOLONG})
+                         errno.EROFS, errno.EDQUOT, errno.EIO, errno.EEXIST, errno.ENOTEMPTY, errno.ENAMETOOLONG,
+                         errno.ELOOP})
 
 
 class UserError(Exception):
@@ -28,13 +39,13 @@ class UserError(Exception):
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Show ``(default: X)`` for flags that have a meaningful default (not None/False, not required)."""
+    """Descriptions and epilogs as written; ``(default: X)`` after flags with a meaningful default."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
         if ("%(default)" in text or action.required or default in (None, False, argparse.SUPPRESS)
-                or isinstance(action, argparse._HelpAction)):
+                or isinstance(action, argparse._HelpAction) or text == argparse.SUPPRESS):
             return text
         shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else "%(default)s"
         return f"{text} (default: {shown})"
@@ -43,11 +54,12 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 class Parser(argparse.ArgumentParser):
     """ArgumentParser with one-line errors and ``--debug``; defaults shown in ``--help``."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, debug_flag: bool = True, **kwargs):
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
-        self.add_argument("--debug", action="store_true",
-                          help="show the full traceback instead of a one-line error")
+        if debug_flag:
+            self.add_argument("--debug", action="store_true",
+                              help="show the full traceback instead of a one-line error")
 
     def error(self, message: str):  # noqa: D401 - argparse API
         sys.stderr.write(f"{self.prog}: error: {message}\n")
@@ -60,7 +72,7 @@ def run(get_parser: Callable[[], argparse.ArgumentParser], main: Callable[[argpa
     unreadable path, a read-only or full disk) to one line on stderr and exit 2."""
     parser = get_parser()
     args = parser.parse_args(argv)
-    setup_logging()
+    setup_logging(env_rank())
     try:
         main(args)
     except (UserError, OSError) as exc:
@@ -70,47 +82,88 @@ def run(get_parser: Callable[[], argparse.ArgumentParser], main: Callable[[argpa
         sys.stderr.write(f"{parser.prog}: error: {msg}\n")
         return 2
     except KeyboardInterrupt:
-        sys.stderr.write(f"{parser.prog}: interrupted; rerun with --resume to continue\n")
+        resumable = any("--resume" in action.option_strings for action in parser._actions)
+        advice = "; rerun with --resume to continue" if resumable else "; nothing was kept, run it again"
+        sys.stderr.write(f"{parser.prog}: interrupted{advice}\n")
         return 130
     return 0
 
 
+def env_rank() -> int:
+    """The process's rank under torchrun (``RANK``), 0 when not launched by it."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+class _StderrHandler(logging.StreamHandler):
+    """A handler that writes to whatever ``sys.stderr`` is at the time of each record (a test's capture, a
+    redirected stream), never to a stream closed since the handler was made."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ assigns it; the property always reads sys.stderr
+        pass
+
+
 def setup_logging(rank: int = 0) -> None:
-    level = logging.INFO if rank == 0 else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
-                        force=True)
+    """Log records of level INFO and above on rank 0, WARNING and above on the other ranks, to stderr."""
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, handlers=[handler], force=True)
 
 
-def existing_dir(flag: str, path: Path) -> Path:
-    """``path`` if it is a directory, else a UserError naming ``flag``."""
-    if not path.exists():
-        raise UserError(f"{flag}: {path} does not exist")
-    if not path.is_dir():
-        raise UserError(f"{flag}: {path} is not a directory")
-    return path
+def load_script(path: str | Path) -> ModuleType:
+    """Import a script (``"train_net/train_net.py"``: relative to the repository, or an absolute path) as a
+    module without running its ``__main__``; the same path gives the same module."""
+    path = (REPO / path).resolve()
+    name = "kdq_script_" + "_".join(path.relative_to(REPO).with_suffix("").parts) if path.is_relative_to(REPO) \
+        else "kdq_script_" + path.stem
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return sys.modules[name]
 
 
-def existing_file(flag: str, path: Path) -> Path:
-    if not path.exists():
-        raise UserError(f"{flag}: {path} does not exist")
-    if not path.is_file():
-        raise UserError(f"{flag}: {path} is not a file")
-    return path
+# ---- argparse types: a bad value is reported under its flag ---------------------------------------------
+def _number(text: str, kind: type):
+    try:
+        return kind(text)
+    except ValueError:
+        what = "an integer" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
 
 
 def positive_int(text: str) -> int:
-    value = int(text)
+    value = _number(text, int)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
 
 
+def nonnegative_int(text: str) -> int:
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer ≥ 0, got {text}")
+    return value
+
+
 def finite_float(text: str) -> float:
-    """A float that is neither NaN nor infinite (argparse type)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    """A float that is neither NaN nor infinite."""
+    value = _number(text, float)
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
     return value
@@ -121,3 +174,19 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
     return value
+
+
+def nonnegative_float(text: str) -> float:
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {text}")
+    return value
+
+
+def existing_dir(flag: str, path: Path) -> Path:
+    """``path`` if it is a directory, else a UserError naming ``flag``."""
+    if not path.exists():
+        raise UserError(f"{flag}: {path} does not exist")
+    if not path.is_dir():
+        raise UserError(f"{flag}: {path} is not a directory")
+    return path

@@ -17,11 +17,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from function import prep_cub, prep_ilsvrc, prep_voc
-from function.cli import Parser, run
-from function.prep_common import Writer, check_out_not_in_src, finish_output, open_output, summary_lines
+from kdq.function.data.prepare import cub as prep_cub
 
-log = logging.getLogger("kdq")
+from kdq.function.data.prepare import ilsvrc as prep_ilsvrc
+
+from kdq.function.data.prepare import voc as prep_voc
+from kdq.function.cli import Parser, run
+from kdq.function.data.prepare.common import Writer, check_out_not_in_src, finish_output, open_output, summary_lines
+
+log = logging.getLogger(__name__)
 
 PREPARERS = {m.NAME: m for m in (prep_cub, prep_voc, prep_ilsvrc)}
 CLASS_HELP = {
@@ -40,10 +44,6 @@ SHORT_HELP = {
 }
 
 
-class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keep the subcommand's description as written, and show the defaults."""
-
-
 class _SubParser(Parser):
     """A subcommand's parser: ``--debug`` given before the subcommand must survive its defaults."""
 
@@ -58,7 +58,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = Parser(description=__doc__.split("\n\n")[0], fromfile_prefix_chars="@")
     sub = p.add_subparsers(dest="dataset", required=True, metavar="{cub,voc,ilsvrc}", parser_class=_SubParser)
     for name, module in PREPARERS.items():
-        sp = sub.add_parser(name, help=SHORT_HELP[name], description=module.__doc__, formatter_class=_Help,
+        sp = sub.add_parser(name, help=SHORT_HELP[name], description=module.__doc__,
                             fromfile_prefix_chars="@")
         sp.add_argument("--src", type=Path, required=True, help="the dataset as downloaded and extracted")
         sp.add_argument("--out", type=Path, required=True,
@@ -67,6 +67,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         if name != "voc":  # voc writes crops, there is nothing to link to
             sp.add_argument("--link", action="store_true",
                             help="symlink each image to its source instead of copying it")
+        else:
+            sp.set_defaults(link=False)
         sp.add_argument("--overwrite", action="store_true",
                         help="rewrite every file, and redo a dataset prepared with other options (removing its "
                              "files that this run does not plan)")
@@ -76,7 +78,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> dict:
     module = PREPARERS[args.dataset]
-    args.link = getattr(args, "link", False)
     check_out_not_in_src(args.out, args.src)
     plan = module.plan(args)
     check_out_not_in_src(args.out, plan.root)

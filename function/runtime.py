@@ -2,7 +2,7 @@
 
 Distributed runs are launched with ``torchrun``; :func:`init_distributed` reads ``RANK``,
 ``WORLD_SIZE`` and ``LOCAL_RANK`` from the environment, so the scripts need no flag for it.
-Backend: NCCL on CUDA, gloo on CPU.  Rank 0 is the only writer (:func:`is_main`).
+Backend: NCCL on CUDA, gloo on CPU.  Rank 0 is the only writer (:attr:`Dist.is_main`).
 """
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .cli import UserError
+from kdq.function.cli import UserError
 
-log = logging.getLogger("kdq")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -80,9 +80,13 @@ def all_ok(ok: bool, device: torch.device) -> bool:
     return bool(flag.item())
 
 
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """``values`` summed over the ranks (float64; the values themselves without torch.distributed)."""
+    if not dist.is_initialized():
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
 
 
 def seed_everything(seed: int) -> None:

@@ -10,9 +10,9 @@ import argparse
 import json
 from pathlib import Path
 
-from function.atomic import write_text
-from function.cli import Parser, UserError, run
-from function.report import HEADER
+from kdq.function.io.atomic import write_text
+from kdq.function.cli import Parser, UserError, run
+from kdq.function.metrics.report import HEADER
 
 
 def get_args_parser() -> argparse.ArgumentParser:

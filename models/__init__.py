@@ -9,23 +9,21 @@ about it (family, input size, layer taps), and :func:`build_model` is the one wa
 """
 from __future__ import annotations
 
-import pickle
-
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from .resnet import RESNET_TAPS, build_resnet_tiny, build_torchvision_resnet
-from .taps import LAYERS, Tap, analysed_weight, params_up_to, truncated
+from .taps import LAYERS, Tap, analysed_weight, params_up_to, state_keys_up_to, truncated
 from .vgg import build_torchvision_vgg, build_vgg_tiny, feature_layout, tiny_cfg, vgg_taps
 from torchvision.models import vgg as tv_vgg
 
-__all__ = ["ARCHS", "LAYERS", "MODELS", "TAPS", "ArchInfo", "Tap", "analysed_weight", "build_model",
-           "arch_info", "feature_fn", "params_up_to", "truncated", "load_pretrained"]
+__all__ = ["ARCHS", "LAYERS", "MODELS", "TAPS", "ArchInfo", "Tap", "UnknownArch", "analysed_weight", "build_model",
+           "arch_info", "check_pretrained", "feature_fn", "params_up_to", "state_keys_up_to", "truncated",
+           "load_pretrained"]
 
 
 @dataclass(frozen=True)
@@ -88,76 +86,62 @@ def arch_info(name: str) -> ArchInfo:
     return ARCHS[name]
 
 
-def build_model(name: str, num_classes: int, pretrained: str | Path | None = None,
+def build_model(name: str, num_classes: int, pretrained: dict[str, Any] | None = None,
                 dropout: float | None = None) -> nn.Module:
     """Build a registered architecture with fresh SPEC §0 weights (seed torch before calling).
 
-    ``pretrained`` is a local torchvision-format state dict of the backbone (never downloaded);
-    the head/extra block the backbone lacks keeps its fresh initialisation.  ``dropout`` None keeps
-    the architecture's default (0.5).
+    ``pretrained`` is a torchvision-format state dict of the backbone (read from a local file by the caller;
+    kdq never downloads): see :func:`load_pretrained`.  ``dropout`` None keeps the architecture's default (0.5).
     """
     arch_info(name)
     kwargs = {} if dropout is None else {"dropout": dropout}
     model = MODELS[name](num_classes=num_classes, **kwargs)
     if pretrained is not None:
-        load_pretrained(model, name, Path(pretrained))
+        load_pretrained(model, name, pretrained)
     return model
 
 
-UNSAFE_PICKLE = ("global", "is blocked")  # torch's words for a pickle that names code to run
+def load_pretrained(model: nn.Module, name: str, state: dict[str, Any], where: str = "the pretrained weights") -> None:
+    """Load a torchvision-format state dict into ``model.net``; the parts a pretrained backbone does not
+    provide (``ArchInfo.new_head``) keep their fresh initialisation.  A ValueError names bad keys/shapes."""
+    own = {k: v.shape for k, v in model.net.state_dict().items()}
+    model.net.load_state_dict(_pretrained_subset(own, name, state, where), strict=False)
 
 
-def load_safely(path: Path):
-    """``torch.load(path, weights_only=True)`` on the CPU: a file that would run code when unpickled is
-    refused.  Any failure is a ValueError saying whether the file was unsafe or unreadable."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # torch (>= 2.6) words every failure of the weights-only unpickler as "Weights only load failed";
-        # only a GLOBAL that is not allowed means the file carries code
-        reason = str(exc).split("Please file an issue", 1)[0].lower()
-        if any(word in reason for word in UNSAFE_PICKLE) and "unsupported operand" not in reason:
-            raise ValueError(f"{path} was refused by the safe loader (weights_only=True): it holds objects "
-                             "other than tensors and plain containers, which could run code") from None
-        raise ValueError(f"{path} is not a torch checkpoint (unreadable by the safe loader)") from None
-    except Exception as exc:  # noqa: BLE001 - zip, EOF, index, struct ...: any other reading failure
-        raise ValueError(f"{path} is not a readable torch file, truncated or damaged "
-                         f"({type(exc).__name__}: {_first_line(exc)})") from None
+def check_pretrained(name: str, num_classes: int, state: dict[str, Any], where: str = "the pretrained weights",
+                     dropout: float | None = None) -> None:
+    """The checks of :func:`load_pretrained` without building the model's weights (it is built on the meta
+    device): a ValueError naming bad keys/shapes, before a stage writes anything."""
+    with torch.device("meta"):
+        net = build_model(name, num_classes, dropout=dropout).net
+    _pretrained_subset({k: v.shape for k, v in net.state_dict().items()}, name, state, where)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:120] if text else type(exc).__name__
-
-
-def load_pretrained(model: nn.Module, name: str, path: Path) -> None:
-    """Load a torchvision-format state dict into ``model.net``; raise ValueError naming bad keys."""
-    if not path.is_file():
-        raise FileNotFoundError(f"pretrained weights not found: {path}")
-    state = load_safely(path)
+def _pretrained_subset(own: dict[str, torch.Size], name: str, state: Any, where: str) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict):
-        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
-    if isinstance(state, dict) and "state_dict" in state:
+        raise ValueError(f"{where} hold a {type(state).__name__}, not a state dict")
+    if isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     new = ARCHS[name].new_head
-    own = model.net.state_dict()
     usable, problems = {}, []
     for key, value in state.items():
-        key = key.removeprefix("module.")
+        key = str(key).removeprefix("module.")
         if key.startswith(new):
             continue  # replaced by the paper's head: keep the fresh initialisation
         if key not in own:
             problems.append(f"unexpected key {key}")
-        elif own[key].shape != value.shape:
-            problems.append(f"{key}: file {tuple(value.shape)} vs model {tuple(own[key].shape)}")
+        elif not isinstance(value, torch.Tensor):
+            problems.append(f"{key} is a {type(value).__name__}, not a tensor")
+        elif own[key] != value.shape:
+            problems.append(f"{key}: file {tuple(value.shape)} vs model {tuple(own[key])}")
         else:
             usable[key] = value
     missing = [k for k in own if k not in usable and not k.startswith(new)]
     problems += [f"missing key {k}" for k in missing]
     if problems:
         shown = "; ".join(problems[:5]) + (f"; ... ({len(problems)} problems)" if len(problems) > 5 else "")
-        raise ValueError(f"{path} does not fit {name}: {shown}")
-    model.net.load_state_dict(usable, strict=False)
+        raise ValueError(f"{where} do not fit {name}: {shown}")
+    return usable
 
 
 def feature_fn(model: nn.Module, arch: str, layer: str) -> nn.Module:

@@ -1,4 +1,4 @@
-"""Weight initialisation of SPEC §0: conv kaiming-normal (fan_out, relu) with zero bias,
+"""Weight initialisation of SPEC §0 and the shared classifier head: conv kaiming-normal (fan_out, relu) with zero bias,
 BatchNorm weight 1 / bias 0, linear N(0, 0.01) with zero bias."""
 from __future__ import annotations
 
@@ -24,6 +24,16 @@ def init_weights(module: nn.Module, linear_std: float | None = 0.01) -> None:
             std = linear_std if linear_std is not None else m.in_features ** -0.5
             nn.init.normal_(m.weight, 0.0, std)
             nn.init.zeros_(m.bias)
+
+
+def classifier_head(in_features: int, hidden: int, num_classes: int, dropout: float) -> nn.Sequential:
+    """Linear-ReLU-Dropout ×2 → Linear, indices 0..6 as torchvision's VGG classifier (and the paper's ResNet
+    head, ``net.fc``)."""
+    return nn.Sequential(
+        nn.Linear(in_features, hidden), nn.ReLU(), nn.Dropout(dropout),
+        nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
+        nn.Linear(hidden, num_classes),
+    )
 
 
 def disable_inplace(module: nn.Module) -> nn.Module:

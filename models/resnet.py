@@ -11,9 +11,8 @@ from torch import nn
 from torchvision import models as tvm
 from torchvision.models.resnet import BasicBlock
 
-from .init import disable_inplace, init_weights
+from .init import classifier_head, disable_inplace, init_weights
 from .taps import Tap
-from .vgg import _classifier_head
 
 RESNET_TAPS = {
     "conv": Tap("features.4", "features.3.weight"),
@@ -38,7 +37,7 @@ class ResNetKD(nn.Module):
     def __init__(self, net: nn.Module, channels: int, hidden: int, num_classes: int, dropout: float = 0.5):
         super().__init__()
         self.net = net
-        self.net.fc = _classifier_head(channels, hidden, num_classes, dropout)
+        self.net.fc = classifier_head(channels, hidden, num_classes, dropout)
         self.features = extra_block(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -47,10 +46,6 @@ class ResNetKD(nn.Module):
         x = n.layer4(n.layer3(n.layer2(n.layer1(x))))
         x = self.features(x)
         return n.fc(torch.flatten(n.avgpool(x), 1))
-
-    def new_parts(self) -> list[nn.Module]:
-        """The modules that a pretrained backbone does not provide."""
-        return [self.features, self.net.fc]
 
 
 def build_torchvision_resnet(arch: str, num_classes: int, dropout: float = 0.5) -> ResNetKD:

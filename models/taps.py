@@ -55,8 +55,14 @@ def analysed_weight(model: nn.Module, tap: Tap) -> nn.Parameter:
     return params[tap.weight]
 
 
+def state_keys_up_to(model: nn.Module, tap: Tap) -> list[str]:
+    """``state_dict`` keys of ``model`` (parameters and buffers) that the truncated forward at ``tap`` uses:
+    the weights a later stage must load to run the model up to the layer."""
+    used = {id(t) for t in truncated(model, tap).state_dict(keep_vars=True).values()}
+    return [k for k, t in model.state_dict(keep_vars=True).items() if id(t) in used]
+
+
 def params_up_to(model: nn.Module, tap: Tap) -> list[str]:
     """Names (in ``model``'s namespace) of the parameters the truncated forward at ``tap`` uses."""
-    sub = truncated(model, tap)
-    ids = {id(p) for p in sub.parameters()}
-    return [n for n, p in model.named_parameters() if id(p) in ids]
+    keys = set(state_keys_up_to(model, tap))
+    return [n for n, _ in model.named_parameters() if n in keys]

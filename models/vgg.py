@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from .init import disable_inplace, init_weights
+from .init import classifier_head, disable_inplace, init_weights
 from .taps import Tap
 
 
@@ -22,15 +22,6 @@ class WrappedNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
-
-
-def _classifier_head(in_features: int, hidden: int, num_classes: int, dropout: float) -> nn.Sequential:
-    """Linear-ReLU-Dropout ×2 → Linear, indices 0..6 as torchvision's VGG classifier."""
-    return nn.Sequential(
-        nn.Linear(in_features, hidden), nn.ReLU(), nn.Dropout(dropout),
-        nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
-        nn.Linear(hidden, num_classes),
-    )
 
 
 def feature_layout(cfg: list, batch_norm: bool, pool_after_last: bool = True) -> list[str]:
@@ -95,7 +86,7 @@ class TinyVGG(nn.Module):
         super().__init__()
         self.features = TinyFeatures(widths, batch_norm=batch_norm)
         self.avgpool = nn.AdaptiveAvgPool2d((pool, pool))
-        self.classifier = _classifier_head(widths[-1] * pool * pool, hidden, num_classes, dropout)
+        self.classifier = classifier_head(widths[-1] * pool * pool, hidden, num_classes, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.avgpool(self.features(x))

@@ -10,8 +10,8 @@ Every distillation flag works and may override it (a label net for the compariso
 """
 from __future__ import annotations
 
-from function.cli import run
-from function.stage import with_defaults
+from kdq.function.cli import run
+from kdq.function.train.stage import with_defaults
 
 LONG_DEFAULTS = {"epochs": 400}
 

@@ -9,8 +9,8 @@ override them.  The result is an ordinary train_net run, to pass to ``--teacher_
 """
 from __future__ import annotations
 
-from function.cli import run
-from function.stage import with_defaults
+from kdq.function.cli import run
+from kdq.function.train.stage import with_defaults
 
 HEAVY_TEACHER_DEFAULTS = {"augment": "heavy", "weight_decay": 5e-4}
 

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from models import build_model
-from tests.conftest import run_script
+from kdq.models import build_model
+from tests.helpers import run_script
 
 LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d (INFO|WARNING) ")
 TRAIN = ("--arch", "vgg_tiny", "--batch-size", 4, "--lr", 0.02, "--device", "cpu", "--val-split", "val")

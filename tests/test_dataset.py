@@ -6,11 +6,11 @@ import hashlib
 import numpy as np
 import pytest
 
-from function.cli import UserError
-from function.datasets import MaskedImageFolder
-from function.make_dataset import write_dataset
-from function.masks import central_square, mask_to_grid
-from function.synthetic import class_names, class_table, image_rng, render, render_scene
+from kdq.function.cli import UserError
+from kdq.function.data.folder import MaskedImageFolder
+from kdq.function.data.synthetic import write_dataset
+from kdq.function.data.masks import central_square, mask_to_grid
+from kdq.function.data.synthetic import class_names, class_table, image_rng, render, render_scene
 
 
 def _digest(root):

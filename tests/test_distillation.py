@@ -10,14 +10,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from function.checkpoint import list_checkpoints, load_checkpoint
-from function.distill import freeze_teacher, hinton_loss, make_adapter
-from function.engine import EpochLoop
-from function.runtime import seed_everything
-from function.datasets import MaskedImageFolder
-from function.transforms import eval_transform
-from models import TAPS, build_model, feature_fn, params_up_to
-from tests.conftest import load_script, run_script
+from kdq.function.io.checkpoint import list_checkpoints, load_checkpoint
+from kdq.function.train.distill import freeze_teacher, hinton_loss, make_adapter
+from kdq.function.train.engine import EpochLoop
+from kdq.function.runtime import seed_everything
+from kdq.function.data.folder import MaskedImageFolder
+from kdq.function.data.transforms import eval_transform
+from kdq.models import TAPS, build_model, feature_fn, params_up_to
+from tests.helpers import load_script, one_error_line, run_script
 
 SCRIPT = "distillation/distillation.py"
 TEACHER_ARCH = "vgg_tiny_bn"  # BatchNorm: "the teacher is never updated" covers its running statistics
@@ -45,11 +45,6 @@ def distil(data, teacher, out, *extra, arch="vgg_tiny_bn", layer="conv", epochs=
 def weights(path):
     return load_checkpoint(path)["state_dict"]
 
-
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    return err[0]
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from function.checkpoint import load_checkpoint
-from tests.conftest import ROOT, run_script
+from kdq.function.io.checkpoint import load_checkpoint
+from tests.helpers import ROOT, run_script
 
 pytestmark = pytest.mark.slow
 

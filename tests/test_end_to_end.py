@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from function.metrics import METRICS
-from tests.conftest import run_script
+from kdq.function.metrics.measures import METRICS
+from tests.helpers import run_script
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import run_script
+from tests.helpers import one_error_line, run_script
 
 SCRIPT = "sigma/find_knowledge_new.py"
 HALF = 0.5 * math.log(2 * math.pi * math.e)
@@ -54,11 +54,6 @@ def sigma_of(H: np.ndarray) -> np.ndarray:
     """σ whose entropy log σ + ½log 2πe is H."""
     return np.exp(np.asarray(H, dtype=np.float64) - HALF)
 
-
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    return err[0]
 
 
 # ---- the hand-computed case ------------------------------------------------------------------------
@@ -204,7 +199,7 @@ def test_existing_report_is_not_overwritten(hand_case, tmp_path, capsys):
     other.mkdir()
     (other / "notes.txt").write_text("mine")
     assert run_script(SCRIPT, *hand_args(hand_case, other, "--overwrite")) == 2
-    assert "refusing" in one_error_line(capsys) and (other / "notes.txt").is_file()
+    assert "not a kdq run" in one_error_line(capsys) and (other / "notes.txt").is_file()
 
 
 # ---- bad inputs ------------------------------------------------------------------------------------

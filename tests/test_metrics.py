@@ -6,15 +6,22 @@ import math
 import numpy as np
 import pytest
 
-from function.bootstrap import mean_interval, paired_bootstrap, percentile_interval
-from function.metrics import (HALF_LOG_2PIE, NetInput, background_baseline, background_means, compare,
-                              concept_counts, concept_masks, concept_ratio, entropy_map, first_argmax,
-                              path_length_at, per_image_metrics, screen_sigma, stability, summarise)
+from kdq.function.metrics.bootstrap import mean_interval, paired_bootstrap, percentile_interval
+from kdq.function.sigma.entropy import HALF_LOG_2PIE, entropy_map
+from kdq.function.metrics.measures import (NetInput, background_baseline, background_means, compare,
+                              concept_counts, concept_masks, concept_ratio, first_argmax,
+                              per_image_metrics, screen_sigma, stability, summarise)
 
 
 def cells(*rows):
     """(g, g) array from rows."""
     return np.array(rows, dtype=np.float64)
+
+
+def test_entropy_of_the_initial_sigma_is_a_literal():
+    # log 0.01 + ½·log(2πe) = −4.60517 + 1.41894, computed by hand
+    assert float(entropy_map(0.01)) == pytest.approx(-3.18623, abs=1e-5)
+    assert float(entropy_map(np.array([1.0]))[0]) == pytest.approx(1.41894, abs=1e-5)
 
 
 def test_entropy_map_is_log_sigma_plus_half_log_2pie():
@@ -92,13 +99,6 @@ def test_rho_empty_union_is_zero_and_ratio_otherwise():
     assert stability(c, np.ones_like(fg)).tolist() == [0.5, 1.0]
 
 
-def test_path_length_is_cumulative_and_must_cover_the_checkpoints():
-    row = np.array([0.0, 1.0, 2.0, 3.0])
-    assert path_length_at(row, [0, 2, 3]).tolist() == [0.0, 3.0, 6.0]
-    with pytest.raises(ValueError, match="covers epochs 0..3"):
-        path_length_at(row, [0, 4])
-
-
 def test_per_image_metrics_by_hand():
     # 2 images, K = 2, 2x2 grid; foreground = left column
     fg = np.array([[[True, False], [True, False]]] * 2)
@@ -108,7 +108,7 @@ def test_per_image_metrics_by_hand():
     p = per_image_metrics(H, fg, 0.2, D_at=np.array([0.0, 4.0]))
     assert p.baseline.tolist() == [0.0, 0.0]
     assert p.n_fg.tolist() == [[0, 1], [0, 0]] and p.n_bg.tolist() == [[0, 0], [0, 1]]
-    assert p.lam.tolist() == [1.0, 0.0]
+    assert p.fg_ratio.tolist() == [1.0, 0.0]
     assert p.mhat.tolist() == [1, 0] and p.D.tolist() == [4.0, 0.0]
     assert p.rho.tolist() == [1.0, 0.0] and p.rho_bg.tolist() == [0.0, 1.0] and p.rho_total.tolist() == [1.0, 1.0]
     s = summarise(p)
@@ -165,6 +165,6 @@ def test_compare_rows_intervals_and_directions():
 
 
 def test_metrics_json_has_no_nan():
-    from function.report import finite_or_none
+    from kdq.function.metrics.report import finite_or_none
     assert finite_or_none({"a": [1.0, float("nan")], "b": (float("inf"), 2), "c": "x"}) == \
         {"a": [1.0, None], "b": [None, 2], "c": "x"}

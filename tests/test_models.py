@@ -7,10 +7,10 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from function.checkpoint import load_weights
-from function.cli import UserError
-from models import ARCHS, LAYERS, MODELS, TAPS, analysed_weight, build_model, feature_fn, load_pretrained, params_up_to
-from models.resnet import ResNetKD
+from kdq.function.io.checkpoint import load_weights
+from kdq.function.cli import UserError
+from kdq.models import ARCHS, LAYERS, MODELS, TAPS, analysed_weight, build_model, feature_fn, check_pretrained, load_pretrained, params_up_to
+from kdq.models.resnet import ResNetKD
 
 SMALL = 64  # every architecture accepts 64 px (adaptive pooling), which keeps the paper nets cheap
 
@@ -163,23 +163,24 @@ def test_checkpoint_of_another_arch_is_refused(tmp_path):
         load_weights(build_model("resnet_tiny", 4), tmp_path / "0.pth.tar", "resnet_tiny")
 
 
-def test_pretrained_backbone_keeps_weights_and_fresh_head(tmp_path):
+def test_pretrained_backbone_keeps_weights_and_fresh_head():
     torch.manual_seed(5)
     tv = tvm.vgg11(weights=None)  # torchvision format, 1000 classes
-    torch.save(tv.state_dict(), tmp_path / "vgg11.pth")
     torch.manual_seed(6)
-    model = build_model("vgg11", num_classes=4, pretrained=tmp_path / "vgg11.pth")
+    model = build_model("vgg11", num_classes=4, pretrained=tv.state_dict())
     assert torch.equal(model.net.features[0].weight, tv.features[0].weight)
     assert torch.equal(model.net.classifier[0].weight, tv.classifier[0].weight)
     assert model.net.classifier[6].weight.shape == (4, 4096)
 
 
-def test_pretrained_with_wrong_keys_is_refused(tmp_path):
-    torch.save(tvm.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
-    with pytest.raises(ValueError, match="does not fit vgg11"):
-        load_pretrained(build_model("vgg11", 4), "vgg11", tmp_path / "r18.pth")
-    with pytest.raises(FileNotFoundError):
-        load_pretrained(build_model("vgg11", 4), "vgg11", tmp_path / "absent.pth")
+def test_pretrained_with_wrong_keys_is_refused():
+    state = tvm.resnet18(weights=None).state_dict()
+    with pytest.raises(ValueError, match="do not fit vgg11"):
+        load_pretrained(build_model("vgg11", 4), "vgg11", state)
+    with pytest.raises(ValueError, match="do not fit vgg11"):
+        check_pretrained("vgg11", 4, state)  # the same check before a stage writes anything
+    with pytest.raises(ValueError, match="not a state dict"):
+        check_pretrained("vgg11", 4, [1, 2])
 
 
 def test_every_arch_has_a_family_and_input_size():

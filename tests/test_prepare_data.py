@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from function.datasets import MaskedImageFolder
-from function.prep_common import enlarge_box, pixel_box
-from function.prep_voc import CLASSES as VOC_CLASSES
-from tests.conftest import run_script
+from kdq.function.data.folder import MaskedImageFolder
+from kdq.function.data.prepare.common import enlarge_box, pixel_box
+from kdq.function.data.prepare.voc import CLASSES as VOC_CLASSES
+from tests.helpers import one_error_line, run_script
 
 SCRIPT = "function/prepare_data.py"
 
@@ -23,11 +23,6 @@ SCRIPT = "function/prepare_data.py"
 def prepare(*argv) -> int:
     return run_script(SCRIPT, *argv)
 
-
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    return err[0]
 
 
 def picture(width: int, height: int, seed: int) -> np.ndarray:
@@ -164,7 +159,7 @@ def test_rerun_is_idempotent_and_other_options_need_overwrite(cub, tmp_path, cap
 
 
 def test_an_interrupted_overwrite_is_finished_with_overwrite(cub, tmp_path, monkeypatch):
-    from function import prep_common
+    from kdq.function.data.prepare import common as prep_common
 
     out = tmp_path / "cub"
     assert prepare("cub", "--src", cub, "--out", out) == 0
@@ -507,7 +502,7 @@ def test_ilsvrc_train_boxes_from_the_solution_csv(ilsvrc, tmp_path):
 
 
 def test_ilsvrc_default_classes(tmp_path, capsys):
-    from function.prep_ilsvrc import DEFAULT_CLASSES
+    from kdq.function.data.prepare.ilsvrc import DEFAULT_CLASSES
 
     base = make_ilsvrc(tmp_path / "imagenet", train={w: [(f"{w}_1", (16, 12), [(w, (2, 2, 8, 8))])]
                                                      for w in [*DEFAULT_CLASSES, OTHER]}, val={})
@@ -558,7 +553,7 @@ def test_ilsvrc_bad_inputs(ilsvrc, tmp_path, capsys, case, expected):
 
 
 def test_classes_from_a_file_and_debug_before_the_subcommand(ilsvrc, tmp_path):
-    from function.prepare_data import get_args_parser
+    from kdq.function.prepare_data import get_args_parser
 
     listing = tmp_path / "wnids.txt"
     listing.write_text(f"{LION}\n{TIGER}\n")
@@ -569,7 +564,7 @@ def test_classes_from_a_file_and_debug_before_the_subcommand(ilsvrc, tmp_path):
 
 @pytest.mark.parametrize("dataset", ["cub", "voc", "ilsvrc"])
 def test_help_documents_the_flags(dataset, capsys):
-    from function.prepare_data import get_args_parser
+    from kdq.function.prepare_data import get_args_parser
 
     with pytest.raises(SystemExit) as exc:
         get_args_parser().parse_args([dataset, "--help"])

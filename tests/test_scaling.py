@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from function.cli import UserError
-from function.scaling import Launch, measure, plan_launches, scaling_lines
+from kdq.function.cli import UserError
+from bench.scaling import Launch, measure, plan_launches, scaling_lines
 
 
 def test_every_world_size_uses_the_same_cores_beside_one_rank_of_its_share():

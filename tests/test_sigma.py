@@ -7,10 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from function.masks import mask_to_grid
-from function.sigma import (EFFECTIVE, HALF_LOG_2PIE, NON_EFFECTIVE, PENDING, SigmaConfig, SigmaFitter,
-                            draw_order, entropy_gap, mean_entropy, name_lists, next_round,
-                            passes_effective_rule, select_step, should_stop, upsample)
+from kdq.function.data.masks import mask_to_grid
+from kdq.function.sigma.effective import drop_reason, entropy_gap, keeps_image
+from kdq.function.sigma.entropy import mean_entropy
+from kdq.function.sigma.fit import SigmaConfig, SigmaFitter, reached_target, select_step
+from kdq.function.sigma.grid import upsample
+from kdq.function.sigma.selection import EFFECTIVE, NON_EFFECTIVE, PENDING, draw_order, name_lists, next_round
+
+HALF_LOG_2PIE = 0.5 * math.log(2 * math.pi * math.e)  # a literal of the formula, not the module's constant
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -71,8 +75,8 @@ def test_region_dependent_feature_gets_low_entropy_only_there():
     assert outside.min() > inside.max() + 0.5
     region = np.zeros((g, g), bool)
     region[:2, :2] = True
-    assert passes_effective_rule(fit.sigma, region)
-    assert not passes_effective_rule(fit.sigma, ~region)
+    assert keeps_image(entropy_gap(fit.sigma, region))
+    assert not keeps_image(entropy_gap(fit.sigma, ~region))
 
 
 # ---- the step logic ----------------------------------------------------------------------------------
@@ -83,8 +87,9 @@ def test_region_dependent_feature_gets_low_entropy_only_there():
     ([np.nan, -2.0], -2.8, True),
     ([np.nan, np.nan], -2.8, False),
 ])
-def test_should_stop_on_scripted_entropies(seq, target, stop):
-    assert should_stop(seq, target) is stop
+def test_stop_decision_on_scripted_entropies(seq, target, stop):
+    column = torch.tensor(seq, dtype=torch.float32)[:, None]  # (steps, one image)
+    assert reached_target(column, target).tolist() == [stop]
 
 
 @pytest.mark.parametrize("seq, target, best", [
@@ -202,11 +207,22 @@ def test_effective_rule():
     sigma = np.full((4, 4), 0.5)
     sigma[fg] = 0.01  # foreground keeps information: low entropy there
     assert entropy_gap(sigma, fg) == pytest.approx(math.log(0.5) - math.log(0.01))
-    assert passes_effective_rule(sigma, fg)
-    assert not passes_effective_rule(1 / sigma, fg)  # background below foreground
-    assert passes_effective_rule(np.full((4, 4), 0.2), fg)  # a gap of exactly 0 is kept (rule: < 0)
-    assert not passes_effective_rule(np.zeros((4, 4)), fg)  # failed fit: NaN gap
-    assert not passes_effective_rule(sigma, np.zeros((4, 4), bool))  # no foreground cell: NaN
+    assert keeps_image(entropy_gap(sigma, fg))
+    assert not keeps_image(entropy_gap(1 / sigma, fg))  # background below foreground
+    assert keeps_image(entropy_gap(np.full((4, 4), 0.2), fg))  # a gap of exactly 0 is kept (rule: < 0)
+    assert not keeps_image(entropy_gap(np.zeros((4, 4)), fg))  # failed fit: NaN gap
+    assert not keeps_image(entropy_gap(sigma, np.zeros((4, 4), bool)))  # no foreground cell: NaN
+
+
+def test_drop_reason_applies_the_rule_from_its_start_epoch():
+    nan = float("nan")
+    assert drop_reason(0.0, 1.0, epoch=5, start=40).startswith("sigma_f2 = 0.0")  # σ_f² = 0: always dropped
+    assert drop_reason(nan, 1.0, epoch=5, start=40).startswith("sigma_f2 = nan")
+    assert drop_reason(0.5, -0.1, epoch=39, start=40) is None  # before the rule's start: kept
+    assert "background entropy below foreground at epoch 40" in drop_reason(0.5, -0.1, epoch=40, start=40)
+    assert drop_reason(0.5, nan, epoch=40, start=40) is not None  # NaN gap (no fg cell at the grid): dropped
+    assert drop_reason(0.5, 0.0, epoch=40, start=40) is None  # a gap of exactly 0 is kept
+    assert drop_reason(0.5, -5.0, epoch=90, start=None) is None  # --effective-rule off
 
 
 def test_mask_downsampling_to_the_grid():

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 
-from function.checkpoint import list_checkpoints
-from function.schedule import PAPER_400, resolve_checkpoints
-from tests.conftest import load_script, run_script
+from kdq.function.io.checkpoint import list_checkpoints
+from kdq.function.train.schedules import PAPER_400, parse_epochs
+from tests.helpers import load_script, run_script
 
 
 def test_heavy_teacher_defaults():
@@ -20,7 +20,7 @@ def test_long_distillation_defaults():
     args = parser.parse_args(["--teacher_checkpoint", "t", "--teacher-arch", "vgg16", "--arch", "vgg16",
                               "--layer", "conv", "--data", "d", "--out", "o"])
     assert args.epochs == 400 and args.checkpoints == ["paper"]
-    assert resolve_checkpoints(args.checkpoints, args.epochs) == list(PAPER_400)
+    assert parse_epochs(args.checkpoints, args.epochs) == list(PAPER_400)
     assert args.finetune_epochs == 100 and args.method == "feature"
 
 

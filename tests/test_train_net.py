@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from function.checkpoint import list_checkpoints, load_checkpoint
-from function.engine import EpochLoop
-from function.schedule import paper_schedule, resolve_checkpoints
-from tests.conftest import run_script
+from kdq.function.io.checkpoint import list_checkpoints, load_checkpoint
+from kdq.function.train.engine import EpochLoop
+from kdq.function.train.schedules import paper_schedule, parse_epochs
+from tests.helpers import one_error_line, run_script
 
 SCRIPT = "train_net/train_net.py"
 
@@ -19,11 +19,6 @@ def train(data, out, *extra, epochs=2):
     return run_script(SCRIPT, "--arch", "vgg_tiny", "--data", data, "--split", "train", "--val-split", "val",
                       "--epochs", epochs, "--batch-size", 4, "--device", "cpu", "--out", out, *extra)
 
-
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    return err[0]
 
 
 def test_run_writes_spec_layout(tiny_data, tmp_path):
@@ -135,9 +130,9 @@ def test_paper_schedule_scales():
     assert paper_schedule(150) == [0, 2, 5, 10, 15, 20, 25, 30, 40, 50, 70, 90, 110, 130, 150]
     assert paper_schedule(400)[-7:] == [170, 190, 240, 280, 320, 360, 400]
     assert paper_schedule(15) == [0, 1, 2, 3, 4, 5, 7, 9, 11, 13, 15]
-    assert resolve_checkpoints(["3", "1"], 5) == [1, 3]
+    assert parse_epochs(["3", "1"], 5) == [1, 3]
     with pytest.raises(ValueError):
-        resolve_checkpoints(["9"], 5)
+        parse_epochs(["9"], 5)
 
 
 def test_divergence_stops_with_one_line_and_keeps_the_last_good_epoch(tiny_data, tmp_path, capsys):

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from function.atomic import write_json
-from function.checkpoint import save_checkpoint
-from function.sigma_layout import (ARRAYS, EFFECT_LIST, FULL_LIST, NON_EFFECT_LIST, array_path, image_folder,
+from kdq.function.io.atomic import write_json
+from kdq.function.io.checkpoint import save_checkpoint
+from kdq.function.sigma.layout import (ARRAYS, EFFECT_LIST, FULL_LIST, NON_EFFECT_LIST, array_path, image_folder,
                                    read_names, run_epochs)
-from models import build_model
-from tests.conftest import load_script, run_script
+from kdq.models import build_model
+from tests.helpers import load_script, run_script
 
 SCRIPT = "sigma/train_sigma.py"
 EPOCHS = (0, 2, 4)
@@ -110,8 +110,9 @@ def test_resume_after_interruption_gives_identical_files(ckpt_run, tiny_data, tm
     args = ("--pic-num", "5", "--effect-num", "3", "--batch-images", batch)
     full = tmp_path / "full"
     assert sigma(ckpt_run, tiny_data, full, *args) == 0
-    module = load_script(SCRIPT)
-    original = module.ImageRecord.write
+    from kdq.function.sigma.run import ImageRecord
+
+    original = ImageRecord.write
     calls = []
 
     def killed(self, out, epochs):
@@ -121,9 +122,9 @@ def test_resume_after_interruption_gives_identical_files(ckpt_run, tiny_data, tm
         return original(self, out, epochs)
 
     part = tmp_path / "part"
-    monkeypatch.setattr(module.ImageRecord, "write", killed)
+    monkeypatch.setattr(ImageRecord, "write", killed)
     assert sigma(ckpt_run, tiny_data, part, *args) == 130
-    monkeypatch.setattr(module.ImageRecord, "write", original)
+    monkeypatch.setattr(ImageRecord, "write", original)
     assert len(list(part.glob("img_*"))) == 1
     (part / ".img_9.half.tmp").mkdir()  # a half-written folder left by the kill is cleaned up
     assert sigma(ckpt_run, tiny_data, part, *args) == 2  # refused without --resume

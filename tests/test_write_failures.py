@@ -14,7 +14,7 @@ import os
 
 import pytest
 
-from tests.conftest import run_script
+from tests.helpers import run_script
 from tests.test_faults import assert_complete, temp_leftovers, visible_files
 
 TRAIN = ("train_net/train_net.py", "--arch", "vgg_tiny", "--split", "train", "--val-split", "val", "--epochs", 3,

@@ -15,15 +15,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from function.cli import Parser, UserError, finite_float, positive_int, run
-from function.engine import EpochLoop, evaluate, log_spaced_lr
-from function.runtime import cleanup_distributed
-from function.schedule import resolve_checkpoints
-from function.stage import add_common_training_args, add_sgd_args, arch_or_error, load_splits, make_loaders, setup
-from function.weight_distance import WeightDistance
-from models import MODELS, build_model
+from kdq.function.cli import Parser, UserError, finite_float, positive_int, run
+from kdq.function.io.checkpoint import load_checkpoint
+from kdq.function.runtime import cleanup_distributed
+from kdq.function.train.engine import EpochLoop, evaluate
+from kdq.function.train.schedules import lr_schedule, parse_epochs
+from kdq.function.archs import arch_or_error
+from kdq.function.train.stage import add_common_training_args, add_sgd_args, load_splits, make_loaders, setup
+from kdq.function.train.weight_distance import WeightDistance
+from kdq.models import MODELS, build_model, check_pretrained
 
-log = logging.getLogger("kdq")
+log = logging.getLogger(__name__)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -40,20 +42,30 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+def read_pretrained(args: argparse.Namespace, num_classes: int) -> dict | None:
+    """The ``--pretrained`` state dict, checked against the arch before anything is written."""
+    if args.pretrained is None:
+        return None
+    state = load_checkpoint(args.pretrained, "--pretrained")
+    try:
+        check_pretrained(args.arch, num_classes, state, str(args.pretrained), args.dropout)
+    except ValueError as exc:
+        raise UserError(f"--pretrained: {exc}") from None
+    return state
+
+
 def main(args: argparse.Namespace) -> None:
     info = arch_or_error(args.arch)
     try:
-        checkpoints = resolve_checkpoints(args.checkpoints, args.epochs)
+        checkpoints = parse_epochs(args.checkpoints, args.epochs)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     train_set, val_set = load_splits(args, info.input_size)
+    pretrained = read_pretrained(args, len(train_set.classes))
     ctx, device, record = setup(args, "train_net")
     if record is None:
         return
-    try:
-        model = build_model(args.arch, len(train_set.classes), args.pretrained, args.dropout)
-    except (FileNotFoundError, ValueError) as exc:
-        raise UserError(f"--pretrained: {exc}") from None
+    model = build_model(args.arch, len(train_set.classes), pretrained, args.dropout)
     model.to(device)
     net = nn.parallel.DistributedDataParallel(model) if ctx.enabled else model
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
@@ -66,8 +78,9 @@ def main(args: argparse.Namespace) -> None:
 
     loop = EpochLoop(out=args.out, model=model, optimizer=optimizer, step_fn=step, loader=loader,
                      device=device, ctx=ctx, seed=args.seed, epochs=args.epochs, arch=args.arch,
-                     checkpoints=set(checkpoints), tracker=WeightDistance(model, args.arch, args.epochs),
-                     lr_at=log_spaced_lr(args.lr, args.epochs),
+                     checkpoints=set(checkpoints),
+                     tracker=WeightDistance(model, {layer: tap.weight for layer, tap in info.taps.items()}),
+                     lr_at=lr_schedule("logspace", args.lr, args.epochs),
                      validate=(lambda: evaluate(model, val_loader, device)) if val_loader else None,
                      meta={"classes": train_set.classes, "num_classes": len(train_set.classes)})
     if args.resume:

@@ -13,8 +13,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from kdq.function.io.atomic import atomic_dir, write_json
 
 SHAPES = ("disk", "cross", "square", "triangle", "star", "hexagon")
 DISTRACTOR_SHAPES = ("ring", "bar", "disk")
@@ -145,3 +150,24 @@ def _background(rng: np.random.Generator, size: int, style: Style) -> np.ndarray
 
 def image_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, SPLIT_IDS[split], index])
+
+
+def write_dataset(out: Path, seed: int, size: int, num_classes: int, per_class: dict[str, int]) -> None:
+    """Generate into a temporary sibling folder, then move it into place (never half-written)."""
+    names = class_names(num_classes)
+    with atomic_dir(out) as tmp:
+        total = sum(per_class.values()) * num_classes
+        with tqdm(total=total, desc="images", dynamic_ncols=True) as bar:
+            for split, n in per_class.items():
+                for label, cls in enumerate(names):
+                    (tmp / split / cls).mkdir(parents=True)
+                    (tmp / "seg" / split / cls).mkdir(parents=True)
+                    for k in range(n):
+                        index = label * n + k
+                        image, mask = render(image_rng(seed, split, index), label, num_classes, size)
+                        stem = f"img_{index:05d}"
+                        Image.fromarray(image).save(tmp / split / cls / f"{stem}.png")
+                        Image.fromarray(mask.astype("uint8") * 255).save(tmp / "seg" / split / cls / f"{stem}.png")
+                        bar.update()
+        write_json(tmp / "dataset.json", {"generator": "kdq.synthetic", "seed": seed, "image_size": size,
+                                          "classes": names, "per_class": per_class, "style": Style().__dict__})

@@ -1,6 +1,6 @@
 """Knowledge distillation (SPEC §1): the losses, the frozen teacher and the student-side adapter.
 
-Losses are pure functions of tensors (each also as a small ``nn.Module``):
+Losses are pure functions of tensors (Hinton's also as a small ``nn.Module`` holding its settings):
 
 * feature KD — :func:`feature_mse`: ``mean((student_feature − teacher_feature)²)`` over batch and elements,
   the feature being a layer's pre-activation output (``models.feature_fn``).
@@ -27,10 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .checkpoint import check_fits, check_recorded_arch, load_checkpoint, state_dict_of
-from .cli import UserError
-from .engine import _reduce
-from models import TAPS, build_model
+from kdq.function.cli import UserError
+from kdq.function.io.checkpoint import check_fits, check_recorded_arch, load_checkpoint, state_dict_of
+from kdq.function.runtime import all_reduce_sum
+from kdq.models import TAPS, build_model
 
 TEACHER_FORMATS = ("kdq", "torchvision")
 
@@ -51,11 +51,6 @@ def hinton_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labe
     log_p_teacher = F.log_softmax(teacher_logits / t, dim=1)
     kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
     return alpha * t * t * kl + (1.0 - alpha) * F.cross_entropy(student_logits, labels)
-
-
-class FeatureMSE(nn.Module):
-    def forward(self, student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> torch.Tensor:
-        return feature_mse(student_feature, teacher_feature)
 
 
 class HintonLoss(nn.Module):
@@ -138,7 +133,7 @@ def evaluate_feature_mse(student_fn: nn.Module, teacher_fn: nn.Module, loader: D
                 s = adapter(s)
             total += F.mse_loss(s, teacher_fn(images), reduction="sum").item() / s[0].numel()
             n += images.shape[0]
-    total, n = _reduce([total, float(n)], device)
+    total, n = all_reduce_sum([total, float(n)], device)
     return {"val_mse": total / max(n, 1)}
 
 

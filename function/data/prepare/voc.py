@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from function.cli import UserError, positive_float
-from function.prep_common import (Plan, Writer, enlarge_box, find_root, image_size, parse_xml, pixel_box,
+from kdq.function.cli import UserError, positive_float
+from kdq.function.data.prepare.common import (Plan, Writer, enlarge_box, find_root, image_size, parse_xml, pixel_box,
                                   require, select_classes, xml_objects)
 
 NAME = "voc"

@@ -48,59 +48,26 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .runtime import derive_seed
-
-HALF_LOG_2PIE = 0.5 * math.log(2 * math.pi * math.e)
+from kdq.function.sigma.entropy import mean_entropy
+from kdq.function.sigma.grid import upsample
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 CPU_CHUNK = 32  # default noise samples per forward pass on the CPU
 
 
 # ---------------------------------------------------------------------------------------------
-# pure helpers (tensors or arrays in, tensors or arrays out)
+# the rules of one fit (SPEC §2 steps 3 and 4)
 # ---------------------------------------------------------------------------------------------
-def entropy_map(sigma):
-    """Per-cell entropy ``log σ + ½ log(2πe)`` of a Gaussian with std σ (tensor or array)."""
-    if isinstance(sigma, torch.Tensor):
-        return torch.log(sigma) + HALF_LOG_2PIE
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.log(np.asarray(sigma, dtype=np.float64)) + HALF_LOG_2PIE
-
-
-def mean_entropy(sigma: torch.Tensor) -> torch.Tensor:
-    """H̄ of each map: mean of :func:`entropy_map` over the last two (cell) dimensions."""
-    return entropy_map(sigma).mean(dim=(-2, -1))
-
-
-def upsample(sigma: torch.Tensor, size: int) -> torch.Tensor:
-    """Nearest upsampling of ``(..., g, g)`` maps to ``(..., size, size)`` (a cell covers size/g pixels).
-
-    When ``g`` does not divide ``size`` the cells are uneven (``F.interpolate`` nearest: pixel ``p``
-    belongs to cell ``floor(p·g/size)``).
-    """
-    g = sigma.shape[-1]
-    lead = sigma.shape[:-2]
-    if size % g == 0:
-        k = size // g
-        s = sigma.reshape(*lead, g, 1, g, 1).expand(*lead, g, k, g, k)
-        return s.reshape(*lead, size, size)
-    flat = sigma.reshape(-1, 1, g, g)
-    return F.interpolate(flat, size=(size, size), mode="nearest").reshape(*lead, size, size)
-
-
 def decision_step(steps: int, break_steps: int) -> int:
     """The step after which the fit stops or escalates λ: ``T − T_break − 1``."""
     return steps - break_steps - 1
 
 
-def should_stop(entropy_so_far: Sequence[float] | np.ndarray, target: float) -> bool:
-    """The step-(T−T_break−1) rule: stop when the largest H̄ seen so far exceeds the target.
-
-    NaN entries are ignored (a fit whose entropies are all NaN does not stop: it escalates λ).
-    """
-    h = np.asarray(entropy_so_far, dtype=np.float64)
-    h = h[np.isfinite(h)]
-    return bool(h.size and h.max() > target)
+def reached_target(entropy_so_far: torch.Tensor, target: float) -> torch.Tensor:
+    """The decision after step ``T − T_break − 1``, per image (one column each of ``(steps, images)``):
+    True — stop — when the largest H̄ recorded so far exceeds the target, False — escalate λ — otherwise.
+    NaN entries are ignored (a fit whose entropies are all NaN does not stop: it escalates λ)."""
+    return entropy_so_far.nan_to_num(nan=-math.inf).amax(0) > target
 
 
 def select_step(entropy: Sequence[float] | np.ndarray, target: float) -> int:
@@ -114,22 +81,6 @@ def select_step(entropy: Sequence[float] | np.ndarray, target: float) -> int:
     if not np.isfinite(dist).any():
         return -1
     return int(np.argmin(dist))
-
-
-def entropy_gap(sigma: np.ndarray, foreground: np.ndarray) -> float:
-    """``mean_bg(H) − mean_fg(H)`` of one σ map (NaN when either region is empty or σ ≤ 0)."""
-    h = entropy_map(sigma)
-    fg = np.asarray(foreground, dtype=bool)
-    if fg.all() or not fg.any():
-        return float("nan")
-    with np.errstate(invalid="ignore"):
-        return float(h[~fg].mean() - h[fg].mean())
-
-
-def passes_effective_rule(sigma: np.ndarray, foreground: np.ndarray) -> bool:
-    """SPEC §2.5: an image stays effective unless ``mean_bg(H) − mean_fg(H) < 0`` or NaN."""
-    gap = entropy_gap(sigma, foreground)
-    return not (math.isnan(gap) or gap < 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,8 +232,7 @@ class SigmaFitter:
                 fl, pen, h_bar, grad = self._step(xa, ca, fa, la, s, eps)
                 hist[0, t, idx], hist[1, t, idx], hist[2, t, idx] = h_bar, fl, pen
                 if t == cfg.decision:
-                    stop = hist[0, : t + 1, idx].nan_to_num(nan=-math.inf).amax(0) > cfg.target_entropy
-                    stop = stop.tolist()  # one sync per fit
+                    stop = reached_target(hist[0, : t + 1, idx], cfg.target_entropy).tolist()  # one sync
                     for i, st in zip(active, stop):
                         if st:
                             steps_run[i] = t + 1
@@ -408,53 +358,3 @@ class SigmaFitter:
                                 steps_run=steps_run[i], final_lambda=float(lams[i]),
                                 history=hs[: steps_run[i], i].copy()))
         return out
-
-
-# ---------------------------------------------------------------------------------------------
-# which images: the seeded draw, rounds of batches over ranks, the name lists
-# ---------------------------------------------------------------------------------------------
-PENDING, EFFECTIVE, NON_EFFECTIVE = 0, 1, 2
-_DRAW_STREAM = 0x5167  # separates the draw's random stream from the per-image noise streams
-
-
-def draw_order(num_images: int, pic_num: int, seed: int) -> list[int]:
-    """The candidate images (dataset indices) in draw order: a seeded permutation, first ``pic_num``.
-
-    It depends only on (seed, number of images), so the draw is the same for any world size or batch
-    size, and a larger ``pic_num`` extends the same list.
-    """
-    rng = np.random.default_rng(derive_seed(seed, _DRAW_STREAM))
-    return [int(i) for i in rng.permutation(num_images)[:pic_num]]
-
-
-def name_lists(status: Sequence[int], effect_num: int) -> tuple[list[int], list[int], bool]:
-    """Positions (in draw order) of the effective and non-effective images, and whether the run is done.
-
-    Walks the draw in order and stops at the first image not yet processed, or once ``effect_num``
-    effective images are listed: the lists are a prefix of the draw, the same whatever the batch
-    size, world size or interruptions.  Images processed beyond that point (at most one batch per
-    rank) keep their folders but are not listed.  Done = ``effect_num`` reached or draw used up.
-    """
-    effect, non_effect = [], []
-    for pos, st in enumerate(status):
-        if len(effect) >= effect_num:
-            return effect, non_effect, True
-        if st == PENDING:
-            return effect, non_effect, False
-        (effect if st == EFFECTIVE else non_effect).append(pos)
-    return effect, non_effect, True
-
-
-def next_round(status: Sequence[int], batch_images: int, world_size: int) -> list[list[int]]:
-    """The pending positions each rank fits next: batches are fixed chunks of the draw order
-    (``[j·B, (j+1)·B)``), and a round hands the first ``world_size`` batches that still hold a pending
-    image to ranks 0, 1, ...  With fixed chunks a batch holds the same images whatever the world size.
-    """
-    rounds: list[list[int]] = []
-    for start in range(0, len(status), batch_images):
-        todo = [p for p in range(start, min(start + batch_images, len(status))) if status[p] == PENDING]
-        if todo:
-            rounds.append(todo)
-            if len(rounds) == world_size:
-                break
-    return rounds + [[] for _ in range(world_size - len(rounds))]

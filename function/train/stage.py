@@ -3,20 +3,17 @@ dataset splits, distributed init, seeding and the run folder."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
-import sys
 from pathlib import Path
 
-from .datasets import MaskedImageFolder, SeededTransform
-from .engine import eval_loader, train_loader
-from .rundir import RunRecord, check_out_apart, check_resume_settings, prepare_out, read_run_json
-from .cli import UserError, finite_float, positive_float, positive_int
-from .runtime import all_ok, init_distributed, seed_everything, set_deterministic
-from .transforms import TRAIN_TRANSFORMS, eval_transform
-from models import ArchInfo, arch_info
+from kdq.function.cli import UserError, finite_float, load_script, positive_float, positive_int
+from kdq.function.data.folder import MaskedImageFolder, SeededTransform
+from kdq.function.data.transforms import TRAIN_TRANSFORMS, eval_transform
+from kdq.function.io.rundir import RunRecord, check_out_apart, check_resume_settings, open_run, read_run_json
+from kdq.function.runtime import init_distributed, seed_everything, set_deterministic
+from kdq.function.train.engine import eval_loader, train_loader
 
-log = logging.getLogger("kdq")
+log = logging.getLogger(__name__)
 
 
 def add_common_training_args(parser: argparse.ArgumentParser) -> None:
@@ -69,58 +66,24 @@ def make_loaders(args, train_set: MaskedImageFolder, val_set: MaskedImageFolder 
     return loader, val_loader
 
 
-def arch_or_error(name: str, flag: str = "--arch") -> ArchInfo:
-    """The registry entry of ``name``; an unknown name is a one-line error listing the known ones."""
-    try:
-        return arch_info(name)
-    except KeyError as exc:
-        raise UserError(f"{flag}: {exc}") from None
-
-
-def setup(args, stage: str):
+def setup(args, stage: str, resolved: dict | None = None):
     """Shared start of a training stage: distributed init, seeding, output folder, run record."""
     check_out_apart(args.out, args)
     ctx, device = init_distributed(args.device)
     set_deterministic(args.deterministic)
-    resume, error = args.resume, None
-    if ctx.is_main:
-        try:
-            resume = prepare_out(args.out, args.resume, args.overwrite, stage)
-            if resume:
-                check_resume_settings(args.out, args)
-        except UserError as exc:
-            error = exc
-    if not all_ok(error is None, device):
-        raise error or UserError(f"{stage}: rank 0 refused --out {args.out}")
+    resume = open_run(args.out, stage, args, ctx, device, lambda: check_resume_settings(args.out, args, resolved))
     if resume and read_run_json(args.out).get("status") == "complete":
         log.info("%s already holds a complete run; nothing to do", args.out)
         return ctx, device, None
-    record = RunRecord(args.out, stage, args, {"world_size": ctx.world_size})
+    record = RunRecord(args.out, stage, args, {"world_size": ctx.world_size}, resolved)
     seed_everything(args.seed)
     return ctx, device, record
-
-
-def import_stage(path: str | Path):
-    """Import a stage script (e.g. ``"train_net/train_net.py"``, relative to this repository, or an absolute
-    path) as a module, so a thin entry point (``supplement/``) reuses its ``get_args_parser`` and ``main``."""
-    path = Path(__file__).resolve().parents[1] / path
-    name = f"kdq_stage_{path.parent.name}_{path.stem}"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            del sys.modules[name]
-            raise
-    return sys.modules[name]
 
 
 def with_defaults(script: str, description: str, **defaults):
     """``(get_args_parser, main)`` of the stage ``script`` with some defaults changed: a thin entry point
     (``supplement/``) whose every flag is the stage's own and may still be overridden."""
-    stage = import_stage(script)
+    stage = load_script(script)
 
     def get_args_parser() -> argparse.ArgumentParser:
         parser = stage.get_args_parser()

@@ -25,10 +25,10 @@ from typing import Callable, Iterable
 import numpy as np
 from PIL import Image
 
-from function.atomic import atomic_path, write_json
-from function.cli import UserError
+from kdq.function.io.atomic import atomic_path, write_json
+from kdq.function.cli import UserError
 
-log = logging.getLogger("kdq")
+log = logging.getLogger(__name__)
 
 MANIFEST = "dataset.json"
 SEG = "seg"

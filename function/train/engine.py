@@ -16,31 +16,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
-from .atomic import save_npy, write_json, write_text
-from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
-from .cli import UserError
-from .runtime import Dist, derive_seed
-from .weight_distance import WeightDistance
+from kdq.function.cli import UserError
+from kdq.function.io.atomic import save_npy, write_json, write_text
+from kdq.function.io.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from kdq.function.runtime import Dist, all_reduce_sum, derive_seed
+from kdq.function.train.weight_distance import WeightDistance
 
-log = logging.getLogger("kdq")
+log = logging.getLogger(__name__)
 
 # step_fn(images, labels) -> (loss, number of correct top-1 predictions or None)
 StepFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
-
-
-def _reduce(values: list[float], device: torch.device) -> list[float]:
-    if not dist.is_initialized():
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
 
 
 def train_one_epoch(step_fn: StepFn, loader: DataLoader, optimizer: torch.optim.Optimizer,
@@ -64,7 +54,7 @@ def train_one_epoch(step_fn: StepFn, loader: DataLoader, optimizer: torch.optim.
             correct_sum += correct.double()
             has_acc = True
         seen += labels.shape[0]
-    loss_total, correct_total, n = _reduce([loss_sum.item(), correct_sum.item(), float(seen)], device)
+    loss_total, correct_total, n = all_reduce_sum([loss_sum.item(), correct_sum.item(), float(seen)], device)
     out = {"loss": loss_total / max(n, 1)}
     if has_acc:
         out["acc1"] = 100.0 * correct_total / max(n, 1)
@@ -84,7 +74,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> dict
         correct += (logits.argmax(1) == labels).sum().item()
         n += labels.shape[0]
     model.train(was_training)
-    loss_sum, correct, n = _reduce([loss_sum, correct, n], device)
+    loss_sum, correct, n = all_reduce_sum([loss_sum, correct, n], device)
     return {"val_loss": loss_sum / max(n, 1), "val_acc1": 100.0 * correct / max(n, 1)}
 
 
@@ -204,7 +194,7 @@ class EpochLoop:
         if self.plateau is not None:
             self.plateau.step(row.get("val_loss", row["loss"]))
         if self.tracker is not None:
-            self.tracker.end_epoch(epoch)
+            self.tracker.end_epoch()
         self.history.append(row)
         if self.ctx.is_main:
             if epoch in self.checkpoints:
@@ -245,8 +235,3 @@ class EpochLoop:
         writer.writerows(self.history)
         write_text(self.out / f"{self.name}_log.csv", buf.getvalue())
 
-
-def log_spaced_lr(lr: float, epochs: int) -> Callable[[int], float]:
-    """SPEC §1: learning rate of epoch e (1-based), log-spaced from ``lr`` down to ``lr/10``."""
-    table = np.logspace(0, -1, max(epochs, 1)) * lr
-    return lambda epoch: float(table[epoch - 1])

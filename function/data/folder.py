@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .cli import UserError
-from .runtime import derive_seed
+from kdq.function.cli import UserError
+from kdq.function.runtime import derive_seed
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 
@@ -46,6 +46,7 @@ class MaskedImageFolder(Dataset):
             self.samples += [(f"{cls}/{p.name}", label) for p in files]
         self.names = [name for name, _ in self.samples]
         self.targets = [label for _, label in self.samples]
+        self._index = {n: i for i, n in enumerate(self.names)}
         if require_masks:
             self.check_masks()
 
@@ -80,8 +81,6 @@ class MaskedImageFolder(Dataset):
                             f"{self.root / 'seg' / self.split} (first: {missing[0]})")
 
     def index_of(self, name: str) -> int:
-        if not hasattr(self, "_index"):
-            self._index = {n: i for i, n in enumerate(self.names)}
         if name not in self._index:
             raise UserError(f"--data: image {name!r} is not in split {self.split!r} of {self.root}")
         return self._index[name]

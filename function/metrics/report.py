@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import write_json, write_text
-from .metrics import ALL_METRICS, METRICS, Comparison, PerImage
+from kdq.function.io.atomic import write_json, write_text
+from kdq.function.metrics.measures import ALL_METRICS, METRICS, Comparison, PerImage
 
 LABELS = {m.key: m.label for m in ALL_METRICS}
 CAPTIONS = {
@@ -104,7 +104,7 @@ def terminal_table(results: list[LayerResult], level: float) -> str:
 # ---- files ---------------------------------------------------------------------------------------
 
 def per_image_dict(p: PerImage, epochs: list[int]) -> dict[str, list]:
-    return {"n_fg": p.n_fg.tolist(), "n_bg": p.n_bg.tolist(), "lambda": p.lam.tolist(),
+    return {"n_fg": p.n_fg.tolist(), "n_bg": p.n_bg.tolist(), "lambda": p.fg_ratio.tolist(),
             "mhat_index": p.mhat.tolist(), "mhat_epoch": [epochs[i] for i in p.mhat], "D": p.D.tolist(),
             "rho": p.rho.tolist(), "rho_bg": p.rho_bg.tolist(), "rho_total": p.rho_total.tolist()}
 
@@ -143,7 +143,7 @@ def metrics_csv(results: list[LayerResult]) -> str:
         for net in ("label", "distil"):
             p: PerImage = getattr(res.comparison, net)
             for i, name in enumerate(res.names):
-                w.writerow([res.layer, net, name, int(p.n_fg[i, -1]), int(p.n_bg[i, -1]), repr(float(p.lam[i])),
+                w.writerow([res.layer, net, name, int(p.n_fg[i, -1]), int(p.n_bg[i, -1]), repr(float(p.fg_ratio[i])),
                             int(p.mhat[i]), res.epochs[int(p.mhat[i])], repr(float(p.D[i])),
                             repr(float(p.rho[i])), repr(float(p.rho_bg[i])), repr(float(p.rho_total[i]))])
     return buf.getvalue()

@@ -14,11 +14,13 @@ of the K entries).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 
-from .atomic import write_text
+from kdq.function.io.atomic import atomic_dir, write_text
 
 FULL_LIST = "full_name_list.txt"
 EFFECT_LIST = "effect_name_list.txt"
@@ -46,11 +48,6 @@ def write_names(path: Path, names: list[str]) -> None:
     write_text(Path(path), "".join(f"{n}\n" for n in names))
 
 
-def load_array(run: Path, index: int, name: str) -> np.ndarray:
-    """One of an image's arrays, loaded without pickle."""
-    return np.load(array_path(run, index, name), allow_pickle=False)
-
-
 # ---- kdq additions (sigma stage writer; readers may use them too) -------------------------------
 EFFECT_SUFFIX = "_effect"
 NON_EFFECT_SUFFIX = "_non_effect"  # the original code's name for an image found non-effective
@@ -60,6 +57,21 @@ FIT_JSON = "fit.json"  # kdq: per-image details beside npy_files/ (best step, λ
 def image_folder(run: Path, index: int, effective: bool = True) -> Path:
     """``<run>/img_<index>_effect`` or, for a non-effective image, ``<run>/img_<index>_non_effect``."""
     return Path(run) / f"img_{index}{EFFECT_SUFFIX if effective else NON_EFFECT_SUFFIX}"
+
+
+def write_image(run: Path, index: int, effective: bool, arrays: Mapping[str, np.ndarray],
+                info: Mapping[str, Any]) -> None:
+    """Write ``img_<index>_{effect,non_effect}/`` whole: ``npy_files/<name>.npy`` for each of :data:`ARRAYS`
+    and ``fit.json`` (``info``), in a temporary folder renamed into place (never half-written)."""
+    with atomic_dir(image_folder(run, index, effective)) as tmp:
+        npy = tmp / "npy_files"
+        npy.mkdir()
+        for name in ARRAYS:
+            with open(npy / f"{name}.npy", "wb") as fh:  # the folder's rename is the atomic step
+                np.save(fh, arrays[name], allow_pickle=False)
+                fh.flush()
+                os.fsync(fh.fileno())
+        (tmp / FIT_JSON).write_text(json.dumps(info, indent=2) + "\n")
 
 
 def finished_images(run: Path) -> dict[int, bool]:

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from function.cli import UserError
-from function.datasets import IMAGE_EXTENSIONS
-from function.prep_common import (Plan, Writer, box_mask, find_root, image_size, parse_xml, pixel_box, require,
+from kdq.function.cli import UserError
+from kdq.function.data.folder import IMAGE_EXTENSIONS
+from kdq.function.data.prepare.common import (Plan, Writer, box_mask, find_root, image_size, parse_xml, pixel_box, require,
                                   select_classes, xml_objects, xml_size)
 
 NAME = "ilsvrc"

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .cli import UserError, positive_int
+from kdq.function.cli import UserError, positive_int
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from function.cli import UserError
-from function.prep_common import Plan, Writer, find_root, image_size, read_lines, require, select_classes
+from kdq.function.cli import UserError
+from kdq.function.data.prepare.common import Plan, Writer, find_root, image_size, read_lines, require, select_classes
 
 NAME = "cub"
 SPLITS = ("train", "test")

@@ -2,11 +2,11 @@
 
 Shapes: ``N`` images, ``K`` checkpoints (oldest first), a ``g×g`` cell grid.
 
-    H  = entropy_map(sigma)                       # (N, K, g, g) from σ* (N, K, g, g)
+    H  = entropy_map(sigma)                       # (N, K, g, g) from σ* (kdq.function.sigma.entropy)
     Hb = background_baseline(H, fg)               # (K,)   H̄_bg(k)
     C  = concept_masks(H, Hb, b)                  # (N, K, g, g)  H̄_bg(k) − H_i(k) > b
     n_fg, n_bg = concept_counts(C, fg)            # (N, K)
-    lam = concept_ratio(n_fg[:, -1], n_bg[:, -1]) # (N,)  0 for an image without concepts
+    r   = concept_ratio(n_fg[:, -1], n_bg[:, -1]) # (N,)  0 for an image without concepts
     m   = first_argmax(n_fg, allowed)             # (N,)  m̂(x), first maximum
     rho = stability(C, fg)                        # (N,)  |S_last| / |∪_k S_k|, 0 for an empty union
 
@@ -15,14 +15,11 @@ into the reported numbers; :func:`compare` adds the paired bootstrap of (distil 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from .bootstrap import paired_bootstrap, percentile_interval
-
-HALF_LOG_2PIE = 0.5 * math.log(2 * math.pi * math.e)
+from kdq.function.metrics.bootstrap import paired_bootstrap, percentile_interval
 
 
 @dataclass(frozen=True)
@@ -51,11 +48,6 @@ SCALARS = tuple(m.key for m in ALL_METRICS)
 
 
 # ---- the formulas ---------------------------------------------------------------------------------
-
-def entropy_map(sigma: np.ndarray) -> np.ndarray:
-    """``H = log σ + ½·log(2πe)`` elementwise (float64)."""
-    return np.log(np.asarray(sigma, dtype=np.float64)) + HALF_LOG_2PIE
-
 
 def screen_sigma(sigma: np.ndarray) -> str | None:
     """Why an image's σ* cannot be used (``'non-finite'`` / ``'non-positive'``), or None if it can."""
@@ -128,15 +120,6 @@ def stability(concepts: np.ndarray, region: np.ndarray) -> np.ndarray:
     return np.where(union > 0, last / np.maximum(union, 1), 0.0)
 
 
-def path_length_at(weight_diff_row: np.ndarray, epochs: list[int]) -> np.ndarray:
-    """``D(e) = Σ_{t≤e} weight_diff[t]`` at each of ``epochs``; ValueError if the row is too short."""
-    row = np.asarray(weight_diff_row, dtype=np.float64)
-    last = row.shape[-1] - 1
-    if max(epochs) > last:
-        raise ValueError(f"covers epochs 0..{last} but the sigma checkpoints reach epoch {max(epochs)}")
-    return np.cumsum(row)[list(epochs)]
-
-
 # ---- one net, all images ---------------------------------------------------------------------------
 
 @dataclass
@@ -145,7 +128,7 @@ class PerImage:
     baseline: np.ndarray  # (K,) H̄_bg(k)
     n_fg: np.ndarray  # (N, K)
     n_bg: np.ndarray  # (N, K)
-    lam: np.ndarray  # (N,) at the last checkpoint
+    fg_ratio: np.ndarray  # (N,) N_fg / (N_fg + N_bg) at the last checkpoint (the per-image λ of H1)
     mhat: np.ndarray  # (N,) checkpoint index of m̂
     D: np.ndarray  # (N,) D at m̂
     rho: np.ndarray  # (N,) foreground
@@ -169,7 +152,7 @@ def _per_image(H, fg, bg_means, b, D_at, allowed) -> PerImage:
     n_fg, n_bg = concept_counts(concepts, fg)
     mhat = first_argmax(n_fg, allowed)
     fg = np.asarray(fg, dtype=bool)
-    return PerImage(baseline=baseline, n_fg=n_fg, n_bg=n_bg, lam=concept_ratio(n_fg[:, -1], n_bg[:, -1]),
+    return PerImage(baseline=baseline, n_fg=n_fg, n_bg=n_bg, fg_ratio=concept_ratio(n_fg[:, -1], n_bg[:, -1]),
                     mhat=mhat, D=np.asarray(D_at, dtype=np.float64)[mhat], rho=stability(concepts, fg),
                     rho_bg=stability(concepts, ~fg), rho_total=stability(concepts, np.ones_like(fg)))
 
@@ -177,7 +160,7 @@ def _per_image(H, fg, bg_means, b, D_at, allowed) -> PerImage:
 def summarise(p: PerImage) -> dict[str, float]:
     """The reported numbers of one net: means over images (std/var with ddof 0)."""
     return {"N_fg": float(p.n_fg[:, -1].mean()), "N_bg": float(p.n_bg[:, -1].mean()),
-            "lambda": float(p.lam.mean()), "D_mean": float(p.D.mean()), "D_std": float(p.D.std()),
+            "lambda": float(p.fg_ratio.mean()), "D_mean": float(p.D.mean()), "D_std": float(p.D.std()),
             "D_var": float(p.D.var()), "rho": float(p.rho.mean()), "rho_bg": float(p.rho_bg.mean()),
             "rho_total": float(p.rho_total.mean())}
 

@@ -1,10 +1,11 @@
 """Checkpoint files: SPEC §4 ``<run>/<e>.pth.tar`` and safe loading.
 
 Loading always uses ``torch.load(..., weights_only=True)``: a file that would need to execute code
-(an arbitrary pickle) is refused with a clear error.
+(an arbitrary pickle) is refused with a clear error, and it does not run.
 """
 from __future__ import annotations
 
+import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .atomic import save_torch
-from .cli import UserError
-from models import MODELS, load_safely
+from kdq.function.cli import UserError
+from kdq.function.io.atomic import save_torch
+from kdq.models import MODELS
 
 EPOCH_FILE = re.compile(r"^(\d+)\.pth\.tar$")
 
@@ -26,6 +27,30 @@ def checkpoint_path(run: Path, epoch: int) -> Path:
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write ``state`` atomically (temporary file + ``os.replace``)."""
     save_torch(Path(path), state)
+
+
+def load_safely(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU.  Any failure is a ValueError saying whether the
+    file was refused because it names code to run (``torch.serialization.get_unsafe_globals_in_checkpoint``
+    lists what) or is not a readable torch file at all."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - unpickling, zip, EOF, struct ...: any reading failure
+        reason = type(exc).__name__ if isinstance(exc, pickle.UnpicklingError) else _first_line(exc)
+    try:
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 - not even a torch.save archive
+        raise ValueError(f"{path} is not a torch checkpoint (not a file written by torch.save)") from None
+    if unsafe:
+        shown = ", ".join(unsafe[:3]) + (" ..." if len(unsafe) > 3 else "")
+        raise ValueError(f"{path} was refused by the safe loader (weights_only=True): it holds objects other "
+                         f"than tensors and plain containers ({shown}), which could run code")
+    raise ValueError(f"{path} is not a readable torch checkpoint, truncated or damaged ({reason})")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:120]}" if text else type(exc).__name__
 
 
 def load_checkpoint(path: Path, flag: str = "checkpoint") -> dict[str, Any]:

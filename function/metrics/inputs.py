@@ -14,16 +14,17 @@ from typing import Any
 
 import numpy as np
 
-from . import sigma_layout as layout
-from .cli import UserError
-from .datasets import MaskedImageFolder
-from .masks import central_square, mask_to_grid
-from .metrics import screen_sigma
+from kdq.function.sigma import layout
+from kdq.function.cli import UserError
+from kdq.function.data.folder import MaskedImageFolder
+from kdq.function.data.masks import central_square, mask_to_grid
+from kdq.function.io.rundir import read_run_json, recorded_path
+from kdq.function.metrics.measures import screen_sigma
+from kdq.function.train.schedules import paper_schedule
+from kdq.models.taps import LAYERS
 
-log = logging.getLogger("kdq")
+log = logging.getLogger(__name__)
 
-LAYERS = ("conv", "fc1", "fc2", "fc3")  # = models.LAYERS, the rows of weight_diff.npy (SPEC §1); kept here
-# so that reading results does not import the model registry
 EPOCH_KEYS = ("checkpoints", "epochs", "checkpoint_epochs")
 
 
@@ -44,6 +45,7 @@ class SigmaRun:
     full: list[str]
     effect: list[str]
     meta: dict[str, Any] = field(default_factory=dict)
+    index: dict[str, int] = field(default_factory=dict)  # name → position in full_name_list (first occurrence)
 
     @classmethod
     def open(cls, path: Path, flag: str) -> "SigmaRun":
@@ -66,7 +68,8 @@ class SigmaRun:
                 raise UserError(f"{flag}: {path / 'run.json'} is not valid JSON ({exc})") from None
             if not isinstance(meta, dict):
                 meta = {}
-        return cls(path, flag, full, effect, meta)
+        index = {n: i for i, n in reversed(list(enumerate(full)))}  # the first occurrence wins
+        return cls(path, flag, full, effect, meta, index)
 
     def recorded(self, *keys: str) -> Any:
         """The first of ``keys`` found at the top level of run.json, then under ``settings``."""
@@ -88,9 +91,7 @@ class SigmaRun:
 
     def sigma(self, name: str) -> np.ndarray:
         """σ* of one image as float64 (K, g, g); UserError when the file is missing or malformed."""
-        if not hasattr(self, "_index"):
-            self._index = {n: i for i, n in reversed(list(enumerate(self.full)))}  # first occurrence wins
-        index = self._index[name]
+        index = self.index[name]
         path = layout.array_path(self.path, index, "best_sigma_entropy")
         arr = load_npy(path, self.flag, f" (image {name})")
         if arr.ndim == 4 and arr.shape[1] == 1:
@@ -225,3 +226,176 @@ def foreground_cells(data: MaskedImageFolder, names: list[str], size: int, grid:
         else:
             out.append(mask_to_grid(mask, size, grid))
     return np.stack(out), fallback
+
+
+
+def pick_folder(folder: Path, layer: str, marker: str) -> Path:
+    sub = Path(folder) / layer
+    return sub if (sub / marker).is_file() else Path(folder)
+
+
+def _training_run(flag: str, given: Path | None, sigma: SigmaRun, layer: str) -> Path:
+    root = sigma.recorded("checkpoint_root")
+    if root is not None:
+        root = recorded_path(root, sigma.meta.get("cwd"))
+    if given is not None:
+        run = pick_folder(given, layer, "weight_diff.npy")
+        if root is not None and root.is_dir() and run.is_dir() and not root.samefile(run):
+            raise UserError(f"{flag}: {run} is not the training run that {sigma.flag} {sigma.path} was fitted on "
+                            f"({root}); pass that one (or leave {flag} out to use it)")
+        return run
+    if root is None:
+        raise UserError(f"{flag} is needed: {sigma.flag} {sigma.path} does not record its training run")
+    return Path(root)
+
+
+def _run_epochs(run: Path, flag: str) -> int:
+    path = run / "weight_diff.npy"
+    if not path.is_file():
+        raise UserError(f"{flag}: {path} is missing")
+    try:
+        return int(np.load(path, allow_pickle=False, mmap_mode="r").shape[-1]) - 1
+    except (ValueError, OSError) as exc:
+        raise UserError(f"{flag}: cannot read {path} ({exc})") from None
+
+
+def cli_epochs(spec: list[str] | None, label_run: Path, distil_run: Path) -> list[int] | None:
+    """The epochs ``--checkpoints`` gives (None without it); ``paper``: the schedule of the training runs."""
+    if spec is None:
+        return None
+    if spec == ["paper"]:
+        a = paper_schedule(_run_epochs(label_run, "--label-run"))
+        b = paper_schedule(_run_epochs(distil_run, "--distil-run"))
+        if a != b:
+            raise UserError(f"--checkpoints paper: the training runs differ in length, so their schedules differ "
+                            f"(label {a} vs distil {b}); give the epochs explicitly")
+        return a
+    try:
+        epochs = [int(e) for e in spec]
+    except ValueError:
+        raise UserError(f"--checkpoints takes epochs (integers) or 'paper', got {' '.join(spec)}") from None
+    if any(e < 0 for e in epochs) or epochs != sorted(set(epochs)):
+        raise UserError(f"--checkpoints must be distinct epochs ≥ 0 in increasing order, got {epochs}")
+    return epochs
+
+
+def _arch(args, *sources: SigmaRun | Path) -> str | None:
+    if args.arch:
+        return args.arch
+    for src in sources:
+        arch = src.recorded("arch") if isinstance(src, SigmaRun) else \
+            (read_run_json(src).get("settings") or {}).get("arch")
+        if arch:
+            return str(arch)
+    return None
+
+
+@dataclass
+class LayerInputs:
+    """Everything one layer's analysis needs, read and checked (nothing logged yet)."""
+    layer: str
+    lab: SigmaRun
+    dis: SigmaRun
+    label_run: Path
+    distil_run: Path
+    epochs: list[int]
+    epochs_source: str
+    pair: PairedSigma
+    wd: dict[str, np.ndarray]
+    size: int
+    skip0: bool
+    allowed: np.ndarray
+    fg: np.ndarray
+    fallback: list[str]
+    foreground: str  # "masks" or "central"
+    warnings: list[str]
+    notes: list[str]
+
+
+def load_layer(args, layer: str, data: MaskedImageFolder, label_sigma: Path, distil_sigma: Path) -> LayerInputs:
+    """Read and check one layer's inputs; every problem is a UserError, nothing is logged here."""
+    lab = SigmaRun.open(label_sigma, "--label-sigma")
+    dis = SigmaRun.open(distil_sigma, "--distil-sigma")
+    for sr in (lab, dis):
+        recorded = sr.recorded("layer")
+        if recorded is not None and recorded != layer:
+            raise UserError(f"{sr.flag}: {sr.path} was fitted at layer {recorded}, not {layer}")
+    check_recorded_grid(lab, dis)
+    label_run = _training_run("--label-run", args.label_run, lab, layer)
+    distil_run = _training_run("--distil-run", args.distil_run, dis, layer)
+    epochs, source = resolve_epochs(lab, dis, cli_epochs(args.checkpoints, label_run, distil_run))
+    if source == "--checkpoints" and args.checkpoints == ["paper"]:
+        source = f"--checkpoints paper, scaled to {_run_epochs(label_run, '--label-run')} epochs"
+    if epochs != sorted(set(epochs)) or min(epochs) < 0:
+        raise UserError(f"the sigma runs record checkpoint epochs {epochs}; expected distinct epochs ≥ 0, oldest first")
+    pair = load_pair(lab, dis, epochs, args.grid)
+    grid = pair.label.shape[-1]
+    row = LAYERS.index(layer)
+    wd = {"label": load_weight_diff(label_run, "--label-run", epochs, row),
+          "distil": load_weight_diff(distil_run, "--distil-run", epochs, row)}
+
+    warnings: list[str] = []
+    notes: list[str] = []
+    arch = _arch(args, lab, dis, label_run, distil_run)
+    info = None
+    if arch and not (args.image_size and args.mhat_skip_epoch0 != "auto"):
+        from kdq.models import ARCHS  # imported only when needed: building the registry takes seconds
+        info = ARCHS.get(arch)
+        if info is None:
+            warnings.append(f"architecture {arch!r} is not in the registry: pass --image-size and --mhat-skip-epoch0")
+    size = args.image_size or lab.recorded("image_size", "input_size") or (info.input_size if info else None)
+    if size is None:
+        size = 224
+        notes.append("input size S unknown (no --arch/--image-size, nothing recorded): S = 224 assumed for the masks")
+        warnings.append(notes[-1])
+    skip0 = {"yes": True, "no": False}.get(args.mhat_skip_epoch0, bool(info and info.family == "resnet"))
+    allowed = np.array([not (skip0 and e == 0) for e in epochs])
+    if not allowed.any():
+        allowed[:] = True
+        notes.append("m̂: epoch 0 is the only checkpoint, so it is kept")
+
+    foreground = args.foreground
+    if foreground == "auto":
+        recorded = {run.recorded("foreground") for run in (lab, dis)} - {None}
+        if len(recorded) > 1:
+            raise UserError(f"the sigma runs used different foregrounds ({' vs '.join(sorted(recorded))}); "
+                            "pass --foreground")
+        foreground = recorded.pop() if recorded else "masks"
+    if foreground == "central":
+        fg, fallback = np.stack([central_square(grid)] * len(pair.names)), []
+        notes.append("foreground: the central square [g/6, 5g/6] for every image")
+    else:
+        fg, fallback = foreground_cells(data, pair.names, int(size), grid, args.missing_mask)
+    if fallback:
+        notes.append(f"{len(fallback)} image(s) without a mask use the central square")
+    no_bg = int((fg.reshape(len(fg), -1).all(axis=1)).sum())
+    if no_bg:
+        notes.append(f"{no_bg} image(s) have no background cell and do not enter the baseline H̄_bg")
+    no_fg = int((~fg.reshape(len(fg), -1).any(axis=1)).sum())
+    if no_fg:
+        notes.append(f"{no_fg} image(s) have no foreground cell (N_fg = 0, ρ = 0 for them)")
+    if pair.skipped:
+        notes.append(f"{len(pair.skipped)} image(s) skipped for NaN/inf or σ* ≤ 0: "
+                     + ", ".join(f"{n} ({r})" for n, r in list(pair.skipped.items())[:5])
+                     + (" …" if len(pair.skipped) > 5 else ""))
+        warnings += [f"skipping {name}: σ* is {why}" for name, why in pair.skipped.items()]
+        warnings.append(f"skipped {len(pair.skipped)} of {pair.both} images effective in both runs "
+                        "(NaN/inf or σ* ≤ 0)")
+    return LayerInputs(layer, lab, dis, label_run, distil_run, epochs, source, pair, wd, int(size), skip0, allowed,
+                       fg, fallback, foreground, warnings, notes)
+
+
+def layer_dirs(layer: str, label_sigma: Path, distil_sigma: Path) -> list[tuple[str, Path, Path]]:
+    """``(layer, label sigma run, distil sigma run)`` for one layer, or for every layer with ``all``."""
+    if layer != "all":
+        return [(layer, pick_folder(label_sigma, layer, "full_name_list.txt"),
+                 pick_folder(distil_sigma, layer, "full_name_list.txt"))]
+    found = []
+    for layer in LAYERS:
+        a, b = label_sigma / layer, distil_sigma / layer
+        if (a / "full_name_list.txt").is_file() and (b / "full_name_list.txt").is_file():
+            found.append((layer, a, b))
+    if not found:
+        raise UserError(f"--layer all: no layer has sigma runs in both {label_sigma}/<layer> and "
+                        f"{distil_sigma}/<layer> (layers: {', '.join(LAYERS)})")
+    return found

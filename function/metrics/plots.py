@@ -19,6 +19,8 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
+from kdq.function.sigma.grid import upsample as upsample_cells
+
 COLORS = {"label": "#1f77b4", "distil": "#d62728"}
 NAMES = {"label": "label net", "distil": "distil net"}
 
@@ -66,7 +68,7 @@ def entropy_maps(images: list[tuple[str, np.ndarray, np.ndarray]], H_label: np.n
             for c, k in enumerate(cols):
                 ax = row[c + 1]
                 # the map upsampled (nearest) to the image, blended over its grey levels: one raster per panel
-                up = _upsample(H[r, k], S)
+                up = upsample_cells(H[r, k], S)
                 ax.imshow(0.8 * cmap(norm(up))[..., :3] + 0.2 * gray, interpolation="nearest")
                 _contour(ax, mask, 1.0)
                 if r == 0 and j == 0:
@@ -80,12 +82,6 @@ def entropy_maps(images: list[tuple[str, np.ndarray, np.ndarray]], H_label: np.n
     bar.set_label("entropy H = log σ* + ½ log 2πe  (low = concept)")
     fig.suptitle(title, fontsize=11, y=1 - 0.12 / height, va="top")
     return _png(fig)
-
-
-def _upsample(cells: np.ndarray, size: int) -> np.ndarray:
-    """Nearest upsampling of a g×g map to size×size (cell i covers pixels [i·size/g, (i+1)·size/g))."""
-    idx = (np.arange(size) * cells.shape[0]) // size
-    return cells[np.ix_(idx, idx)]
 
 
 def _contour(ax, mask: np.ndarray, width: float) -> None:

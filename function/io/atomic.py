@@ -7,8 +7,8 @@ import io
 import json
 import os
 import re
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -21,10 +21,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are shared like any other file
-    tmp_path = Path(tmp)
+    tmp_path = _make_temp(path, directory=False)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -47,8 +44,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
         path = path.resolve()  # write where the link points, keep the link
     path.parent.mkdir(parents=True, exist_ok=True)
     _recover_siblings(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the result is not
+    tmp = _make_temp(path, directory=True)
     old = tmp.with_name(tmp.name.removesuffix(".tmp") + ".old.tmp")
     try:
         yield tmp
@@ -66,9 +62,26 @@ def atomic_dir(path: Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def _make_temp(path: Path, directory: bool) -> Path:
+    """A new file or folder ``.<name>.XXXXXXXX.tmp`` beside ``path``, with the permissions the process's umask
+    gives a new file (0666) or folder (0777) — results are shared like any other file, not private."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            if directory:
+                os.mkdir(tmp, 0o777)
+            else:
+                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
+
+
 def _recover_siblings(path: Path) -> None:
     """Put back a previous folder that a killed or failed swap left aside; delete the other temporaries
-    of ``path`` (exactly mkdtemp's names for it, not those of a folder whose name merely starts alike)."""
+    of ``path`` (exactly :func:`_make_temp`'s names for it, not those of a folder whose name merely starts
+    alike)."""
     pattern = re.compile(rf"^\.{re.escape(path.name)}\.[A-Za-z0-9_]{{8}}(\.old)?\.tmp$")
     siblings = [p for p in path.parent.iterdir() if pattern.match(p.name)]
     for p in siblings:
@@ -91,12 +104,6 @@ def remove_stale_temps(folder: Path) -> int:
     for p in stale:
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     return len(stale)
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
 
 
 def write_bytes(path: Path, data: bytes) -> None:

@@ -1,0 +1,240 @@
+"""Run folders: refuse to overwrite results, record what produced them (``run.json``)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+
+from kdq.function.cli import UserError
+from kdq.function.io.atomic import is_temp, remove_stale_temps, write_json
+
+RUN_JSON = "run.json"
+
+
+NEW, RESUME, REPLACE = "new", "resume", "replace"
+DATASET_JSON = "dataset.json"
+
+
+def recorded_stage(folder: Path) -> str | None:
+    """The kdq stage that wrote ``folder``: the ``stage`` of its run.json, or for a dataset the writer its
+    dataset.json names (``make_dataset``, ``prepare_data``); None for a folder kdq did not write."""
+    stage = read_run_json(folder).get("stage")
+    if isinstance(stage, str):
+        return stage
+    manifest = read_json(Path(folder) / DATASET_JSON)
+    if manifest.get("generator") == "kdq.synthetic":
+        return "make_dataset"
+    if isinstance(manifest.get("preparer"), str):
+        return "prepare_data"
+    return None
+
+
+def check_out(out: Path, stage: str, resume: bool = False, overwrite: bool = False, flag: str = "--out",
+              resumable: bool = True) -> str:
+    """What a run of ``stage`` may do with ``out``, checked before anything is written or deleted:
+    ``NEW`` (absent or empty), ``RESUME`` (``--resume`` of a run of the same stage) or ``REPLACE``
+    (``--overwrite`` of a run of the same stage: kdq replaces only what it wrote itself, of the same kind).
+    Anything else is a UserError.  Temporary files a killed writer left (``.*.tmp``) do not count as files."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{flag}: {out} exists and is not a directory")
+    if not (out.is_dir() and any(not is_temp(p) for p in out.iterdir())):
+        return NEW
+    owner = recorded_stage(out)
+    held = f"a {owner} run" if owner else "files that are not a kdq run"
+    if resume:
+        if owner != stage:
+            raise UserError(f"--resume: {out} holds {held}, not a {stage} run; use another {flag}")
+        return RESUME
+    if overwrite:
+        if owner != stage:
+            raise UserError(f"{flag}: {out} holds {held}, not a {stage} run; --overwrite replaces only a {stage} "
+                            f"run (use another {flag}, or remove it yourself)")
+        return REPLACE
+    if owner is None:
+        raise UserError(f"{flag}: {out} is not empty and holds {held}; use another {flag}")
+    advice = "pass --resume to continue it or --overwrite to replace it" if resumable else \
+        "pass --overwrite to replace it"
+    status = read_run_json(out).get("status")
+    shown = f" (status: {status})" if isinstance(status, str) else ""
+    raise UserError(f"{flag}: {out} already holds {held}{shown}; {advice}")
+
+
+def prepare_out(out: Path, resume: bool, overwrite: bool, stage: str, flag: str = "--out") -> bool:
+    """Make ``out`` ready for a run of ``stage`` (:func:`check_out`, then create it, or empty it for
+    ``--overwrite``); True when an earlier run there is resumed.  Stale temporary files are removed."""
+    out = Path(out)
+    mode = check_out(out, stage, resume, overwrite, flag)
+    if mode == REPLACE:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)
+    return mode == RESUME
+
+
+def open_run(out: Path, stage: str, args: argparse.Namespace, ctx, device,
+             check: Callable[[], None] | None = None) -> bool:
+    """Claim ``out`` for a run of ``stage``: rank 0 runs :func:`prepare_out` (and ``check()`` when it resumes an
+    earlier run) while the other ranks wait, and every rank stops with rank 0's refusal.  True when an earlier
+    run is resumed (on ranks other than 0: when ``--resume`` was given)."""
+    from kdq.function.runtime import all_ok  # torch.distributed: only when a run starts
+
+    resume, error = bool(args.resume), None
+    if ctx.is_main:
+        try:
+            resume = prepare_out(out, args.resume, args.overwrite, stage)
+            if resume and check is not None:
+                check()
+        except UserError as exc:
+            error = exc
+    if not all_ok(error is None, device):
+        raise error or UserError(f"{stage}: rank 0 refused --out {out}")
+    return resume
+
+
+# Flags that change how a run executes but not what it computes: they may differ on --resume.
+RUNTIME_SETTINGS = frozenset({"out", "resume", "overwrite", "debug", "device", "workers", "progress",
+                              "no_progress", "log_interval", "batch_images", "sample_chunk", "compile",
+                              "cudnn_benchmark", "channels_last", "deterministic"})
+
+
+def check_resume_settings(out: Path, args: argparse.Namespace, resolved: dict[str, Any] | None = None,
+                          runtime: frozenset[str] = RUNTIME_SETTINGS) -> None:
+    """Refuse to ``--resume`` a run made with other result-defining settings (``prepare_out`` has checked
+    that it is a run of this stage): every recorded setting except the ``runtime`` ones must equal this
+    invocation's (``resolved`` replaces flags whose default depends on other inputs); the error lists each
+    difference."""
+    previous = read_run_json(out)
+    recorded = previous.get("settings", {})
+    diffs = setting_diffs(previous, args, sorted(k for k in recorded if k not in runtime), resolved)
+    if diffs:
+        raise UserError(f"--resume: {out} was made with other settings ({'; '.join(diffs)}); "
+                        "rerun with those or use another --out")
+
+
+def setting_diffs(previous: dict[str, Any], args: argparse.Namespace, keys: Iterable[str],
+                  resolved: dict[str, Any] | None = None) -> list[str]:
+    """``--flag: old → new`` for each of ``keys`` that the run.json ``previous`` records with another value than
+    this run records (:func:`describe`: tuples are lists; paths compared as the folders they name, each relative
+    to the working directory of its own command)."""
+    old = previous.get("settings", {})
+    new = json.loads(json.dumps(describe(args, resolved), default=str))
+    paths = {k for k, v in vars(args).items() if isinstance(v, Path)}
+    return [f"--{k.replace('_', '-')}: {old[k]!r} → {new.get(k)!r}" for k in keys
+            if k in old and not _same(old[k], new.get(k), k in paths, previous.get("cwd"))]
+
+
+def recorded_path(value: str, cwd: str | None) -> Path:
+    """A path recorded in a run.json, as the folder it named when it was recorded (from ``cwd``)."""
+    path = Path(value)
+    return (Path(cwd) / path if cwd and not path.is_absolute() else path).resolve()
+
+
+def _same(old: Any, new: Any, is_path: bool, old_cwd: str | None) -> bool:
+    if is_path and isinstance(old, str) and isinstance(new, str):
+        return recorded_path(old, old_cwd) == Path(new).resolve()  # the same folder, named from another cwd
+    return old == new
+
+
+SPEC_SPELLING = {"teacher_checkpoint": "--teacher_checkpoint", "checkpoint_root": "--checkpoint_root"}
+
+
+def check_out_apart(out: Path, args: argparse.Namespace, flag: str = "--out") -> None:
+    """Refuse an output folder that is an input, holds an input, or lies inside an input folder: a later
+    ``--overwrite`` there would delete inputs, and a run's files would mix with what it reads.  The inputs
+    are every ``Path``-valued setting of ``args`` other than ``flag``'s."""
+    target = Path(out).resolve()
+    for key, value in vars(args).items():
+        if not isinstance(value, Path) or f"--{key.replace('_', '-')}" == flag:
+            continue
+        source = value.resolve()
+        name = SPEC_SPELLING.get(key, f"--{key.replace('_', '-')}")
+        if source == target:
+            raise UserError(f"{flag}: {out} is also {name}; write results to another folder")
+        if source.is_relative_to(target):
+            raise UserError(f"{flag}: {out} holds {name} {value}; write results to another folder")
+        if target.is_relative_to(source) and source.is_dir():
+            raise UserError(f"{flag}: {out} lies inside {name} {value}; write results to another folder")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; {} when it is missing, unreadable or not an object."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def read_run_json(folder: Path) -> dict[str, Any]:
+    return read_json(Path(folder) / RUN_JSON)
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def describe(args: argparse.Namespace, resolved: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The settings a run records: every flag (paths as text), with ``resolved`` replacing the flags whose
+    value was derived from other inputs (e.g. a λ that defaults by architecture)."""
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    settings.update(resolved or {})
+    return settings
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and of the libraries that shape the results (those this process has imported)."""
+    found = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
+    for name in ("torchvision", "matplotlib", "PIL"):
+        module = sys.modules.get(name)
+        if module is not None and hasattr(module, "__version__"):
+            found[name] = module.__version__
+    return found
+
+
+class RunRecord:
+    """``run.json``: command line, settings, versions, git commit, status and wall time."""
+
+    def __init__(self, out: Path, stage: str, args: argparse.Namespace, extra: dict[str, Any] | None = None,
+                 resolved: dict[str, Any] | None = None, carry_wall_time: bool = True):
+        self.path = Path(out) / RUN_JSON
+        self.start = time.time()
+        previous = read_run_json(out) if carry_wall_time else {}  # a resumed run adds to its wall time
+        self.data: dict[str, Any] = {
+            "stage": stage,
+            "status": "running",
+            "command": [Path(sys.argv[0]).name] + sys.argv[1:],
+            "cwd": os.getcwd(),  # relative paths in the settings are relative to it
+            "settings": describe(args, resolved),
+            "versions": versions(),
+            "git_commit": git_commit(),
+            "wall_time_s": previous.get("wall_time_s", 0.0),
+            **(extra or {}),
+        }
+
+    def update(self, **fields: Any) -> None:
+        self.data.update(fields)
+
+    def save(self, status: str | None = None, folder: Path | None = None) -> None:
+        """Write run.json (into ``folder`` instead of the run folder: a report written whole elsewhere first)."""
+        if status:
+            self.data["status"] = status
+        now = time.time()
+        self.data["wall_time_s"] = round(self.data["wall_time_s"] + now - self.start, 3)
+        self.start = now
+        write_json(self.path if folder is None else Path(folder) / RUN_JSON, self.data)

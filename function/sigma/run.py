@@ -1,0 +1,358 @@
+"""A sigma run (stage 3): fit one σ map per (image, checkpoint) of a training run and write SPEC §4.
+
+* :func:`plan_run` checks and reads everything a run needs — the checkpoints (their weights up to the
+  layer), the dataset, the draw, the fit settings — and writes nothing.
+* :func:`fit_images` fits a batch of images at every checkpoint, last to first, applying the
+  effective-sample rule (:mod:`kdq.function.sigma.effective`) as it goes.
+* :func:`run_images` hands batches to the ranks (:mod:`kdq.function.sigma.selection`), writes each
+  finished image folder and keeps the name lists up to date, until ``effect_num`` effective images exist
+  or the draw is used up.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from kdq.function.archs import arch_or_error
+from kdq.function.cli import UserError, existing_dir
+from kdq.function.data.folder import MaskedImageFolder
+from kdq.function.data.masks import central_square, mask_to_grid
+from kdq.function.data.transforms import eval_transform
+from kdq.function.io.checkpoint import (check_fits, check_recorded_arch, list_checkpoints, load_checkpoint,
+                                        num_classes_of, state_dict_of)
+from kdq.function.io.rundir import read_run_json, setting_diffs
+from kdq.function.runtime import Dist, derive_seed
+from kdq.function.sigma import layout
+from kdq.function.sigma.effective import drop_reason, entropy_gap, rule_start
+from kdq.function.sigma.fit import SigmaConfig, SigmaFit, SigmaFitter
+from kdq.function.sigma.selection import EFFECTIVE, NON_EFFECTIVE, PENDING, draw_order, name_lists, next_round
+from kdq.models import ArchInfo, build_model, state_keys_up_to, truncated
+
+log = logging.getLogger(__name__)
+
+FAMILY_LAMBDA = {"vgg": 7.0, "alexnet": 7.0, "resnet": 6.0}  # SPEC §2: λ by architecture family
+# settings that change the numbers in the files: a resumed run must keep them
+RESULT_SETTINGS = ("arch", "layer", "split", "grid", "samples", "steps", "break_steps", "lr", "sigma0",
+                   "target_entropy", "lam", "seed", "foreground", "amp", "effective_rule", "effective_start",
+                   "uneven_grid", "pixel_input")
+STATE_CACHE_BYTES = 1 << 30  # keep every checkpoint's weights in memory when they total less
+
+
+@dataclass
+class Checkpoints:
+    """The checkpoints a run fits and their weights up to the layer (cached when small enough)."""
+    epochs: list[int]
+    paths: list[Path]
+    total_epochs: int
+    num_classes: int
+    keys: list[str]  # state_dict keys the truncated forward uses
+    cache: dict[int, dict[str, torch.Tensor]] | None
+
+    def state(self, epoch: int) -> dict[str, torch.Tensor]:
+        """The weights (up to the layer) of checkpoint ``epoch``, for ``load_state_dict(strict=False)``."""
+        if self.cache is not None:
+            return self.cache[epoch]
+        sd = state_dict_of(load_checkpoint(self.paths[self.epochs.index(epoch)], "--checkpoint_root"))
+        return {k: sd[k] for k in self.keys}
+
+
+@dataclass
+class SigmaPlan:
+    """Everything a sigma run needs, checked: nothing of it has been written yet."""
+    arch: str
+    info: ArchInfo
+    layer: str
+    config: SigmaConfig
+    checkpoints: Checkpoints
+    model: nn.Module  # the net, holding the first checkpoint's weights; only the layers up to --layer matter
+    dataset: MaskedImageFolder
+    draw: list[int]  # dataset indices in draw order
+    names: list[str]  # their names (full_name_list.txt)
+    foreground: str  # "masks" or "central"
+    rule_start: int | None  # first epoch of the fg/bg rule; None when it is off
+
+    @property
+    def epochs(self) -> list[int]:
+        return self.checkpoints.epochs
+
+    def resolved(self) -> dict:
+        """Settings whose value this plan derived (recorded and compared on --resume as the values used)."""
+        return {"lam": self.config.lam}
+
+
+def plan_run(args: argparse.Namespace) -> SigmaPlan:
+    """Check and read the inputs of a sigma run (every problem is a UserError; nothing is written)."""
+    info = arch_or_error(args.arch)
+    size = info.input_size
+    if args.grid > size:
+        raise UserError(f"--grid {args.grid} is larger than the input size {size} of {args.arch}")
+    if size % args.grid and not args.uneven_grid:
+        divisors = [g for g in range(2, 33) if size % g == 0]
+        raise UserError(f"--grid {args.grid} does not divide the input size {size} of {args.arch} "
+                        f"(divisors: {', '.join(map(str, divisors)) or 'none ≤ 32'}; --uneven-grid allows it)")
+    if args.deterministic and args.cudnn_benchmark:
+        raise UserError("--deterministic and --cudnn-benchmark exclude each other (autotuning picks "
+                        "algorithms by timing)")
+    if not 0 <= args.break_steps < args.steps:
+        raise UserError(f"--break-steps must be in 0..{args.steps - 1} (below --steps), got {args.break_steps}")
+    lam = args.lam if args.lam is not None else FAMILY_LAMBDA[info.family]
+    config = SigmaConfig(grid=args.grid, samples=args.samples, steps=args.steps, break_steps=args.break_steps,
+                         lr=args.lr, sigma0=args.sigma0, target_entropy=args.target_entropy, lam=lam,
+                         sample_chunk=args.sample_chunk, amp=args.amp, channels_last=args.channels_last,
+                         compile=args.compile)
+    checkpoints, model = read_checkpoints(args, info)
+    start = None
+    if args.effective_rule == "on":
+        start = args.effective_start if args.effective_start is not None else rule_start(checkpoints.total_epochs)
+    transform = pixel_transform(size) if args.pixel_input else eval_transform(size)
+    dataset = MaskedImageFolder(args.data, args.split, transform=transform, require_masks=args.foreground == "masks")
+    draw = draw_order(len(dataset), args.pic_num, args.seed)
+    return SigmaPlan(arch=args.arch, info=info, layer=args.layer, config=config, checkpoints=checkpoints,
+                     model=model, dataset=dataset, draw=draw, names=[dataset.names[i] for i in draw],
+                     foreground=args.foreground, rule_start=start)
+
+
+def pixel_transform(size: int):
+    from torchvision import transforms as T
+
+    return T.Compose([T.Resize((size, size)), T.ToTensor()])
+
+
+def read_checkpoints(args: argparse.Namespace, info: ArchInfo) -> tuple[Checkpoints, nn.Module]:
+    """The checkpoints of ``--checkpoint_root`` to fit, each checked against ``--arch``, with their weights
+    up to ``--layer``; and the model built for them."""
+    root = existing_dir("--checkpoint_root", args.checkpoint_root)
+    found = list_checkpoints(root)
+    if not found:
+        raise UserError(f"--checkpoint_root: {root} holds no <epoch>.pth.tar checkpoints")
+    if args.checkpoints is None:
+        epochs = list(found)
+    else:
+        epochs = sorted(set(args.checkpoints))
+        missing = [e for e in epochs if e not in found]
+        if missing:
+            raise UserError(f"--checkpoints: epoch(s) {', '.join(map(str, missing))} not in {root} "
+                            f"(it has {', '.join(map(str, found))})")
+    total = read_run_json(root).get("settings", {}).get("epochs")
+    total_epochs = int(total) if isinstance(total, int) and total > 0 else max(found)
+    fc3 = info.taps["fc3"].weight
+    model, keys, cache, cached = None, [], {}, 0
+    for e in epochs:
+        path = found[e]
+        ckpt = load_checkpoint(path, "--checkpoint_root")
+        check_recorded_arch(ckpt, args.arch, f"--checkpoint_root: {path}")
+        try:
+            sd = state_dict_of(ckpt)
+        except ValueError:
+            raise UserError(f"--checkpoint_root: {path} is not a model checkpoint (no state_dict)") from None
+        if fc3 not in sd:
+            raise UserError(f"--checkpoint_root: {path} does not fit --arch {args.arch} (no {fc3})")
+        if model is None:
+            num_classes = num_classes_of(sd, fc3)
+            model = build_model(args.arch, num_classes)
+            keys = state_keys_up_to(model, info.taps[args.layer])
+        check_fits(model, sd, args.arch, f"--checkpoint_root: {path}")
+        cache[e] = {k: sd[k] for k in keys}  # the layers above --layer are never run
+        cached += sum(t.numel() * t.element_size() for t in cache[e].values())
+    checkpoints = Checkpoints(epochs=epochs, paths=[found[e] for e in epochs], total_epochs=total_epochs,
+                              num_classes=num_classes, keys=keys, cache=cache if cached <= STATE_CACHE_BYTES else None)
+    return checkpoints, model
+
+
+def check_resumable(out: Path, args: argparse.Namespace, plan: SigmaPlan) -> None:
+    """A resumed run must have been made by this stage with the same result-defining settings and draw."""
+    previous = read_run_json(out)  # prepare_out has checked that it is a train_sigma run
+    diffs = setting_diffs(previous, args, (*RESULT_SETTINGS, "checkpoint_root", "data"), plan.resolved())
+    if previous.get("checkpoints") not in (None, plan.epochs):
+        diffs.append(f"checkpoints: {previous.get('checkpoints')} → {plan.epochs}")
+    if diffs:
+        raise UserError(f"--resume: {out} was made with other settings ({'; '.join(diffs)})")
+    names = layout.read_names(out / layout.FULL_LIST)
+    common = min(len(names), len(plan.names))
+    if names[:common] != plan.names[:common]:
+        raise UserError(f"--resume: the draw of {out} differs from this one (other --data or --split?)")
+
+
+# ---------------------------------------------------------------------------------------------
+# one batch of images over all checkpoints
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class ImageRecord:
+    """The SPEC §4 arrays of one image while its checkpoints are fitted (last to first)."""
+    pos: int  # position in the draw: the i of img_<i>_*
+    index: int  # dataset index
+    name: str
+    fg: np.ndarray  # (g, g) foreground cells
+    arrays: dict[str, np.ndarray]
+    fits: dict[int, dict] = field(default_factory=dict)
+    reason: str | None = None  # why it is non-effective; None while effective
+
+    @classmethod
+    def empty(cls, pos: int, index: int, name: str, fg: np.ndarray, K: int, T: int, g: int) -> "ImageRecord":
+        arrays = {"best_sigma_entropy": np.zeros((K, 1, g, g), dtype=np.float64),  # unfitted: 0 (≤ 0: no fit)
+                  "entropy": np.full((K, 1, T), np.nan),  # steps (and checkpoints) not run are NaN
+                  "feature_loss": np.full((K, 1, T), np.nan), "penalty_loss": np.full((K, 1, T), np.nan),
+                  "sigma_f_matrix": np.full((K, 1), np.nan)}
+        return cls(pos, index, name, fg, arrays)
+
+    @property
+    def effective(self) -> bool:
+        return self.reason is None
+
+    def store(self, k: int, epoch: int, fit: SigmaFit, gap: float) -> None:
+        a = self.arrays
+        a["best_sigma_entropy"][k, 0] = fit.sigma
+        a["entropy"][k, 0], a["feature_loss"][k, 0] = fit.entropy, fit.feature_loss
+        a["penalty_loss"][k, 0], a["sigma_f_matrix"][k, 0] = fit.penalty_loss, fit.sigma_f2
+        self.fits[epoch] = {"best_step": fit.best_step, "steps_run": fit.steps_run,
+                            "final_lambda": fit.final_lambda, "sigma_f2": fit.sigma_f2,
+                            "bg_minus_fg_entropy": None if math.isnan(gap) else gap}
+
+    def write(self, out: Path, epochs: list[int]) -> None:
+        info = {"name": self.name, "dataset_index": self.index, "effective": self.effective,
+                "reason": self.reason, "checkpoints": epochs,
+                "fits": {str(e): v for e, v in sorted(self.fits.items())}}
+        layout.write_image(out, self.pos, self.effective, self.arrays, info)
+
+
+def foreground_grid(plan: SigmaPlan, index: int) -> np.ndarray:
+    """The (g, g) foreground cells of dataset image ``index`` that the effective rule compares."""
+    grid = plan.config.grid
+    if plan.foreground == "central":
+        return central_square(grid)
+    return mask_to_grid(plan.dataset.mask(index), plan.info.input_size, grid)
+
+
+def fit_images(plan: SigmaPlan, fitter: SigmaFitter, model: nn.Module, positions: list[int], seed: int,
+               show: bool, stats: dict) -> list[ImageRecord]:
+    """Fit every checkpoint (last to first) for the images at ``positions`` of the draw."""
+    cfg, K = plan.config, len(plan.epochs)
+    records = [ImageRecord.empty(p, plan.draw[p], plan.names[p], foreground_grid(plan, plan.draw[p]), K,
+                                 cfg.steps, cfg.grid) for p in positions]
+    images = torch.stack([plan.dataset[plan.draw[p]][0] for p in positions])
+    alive = list(range(len(records)))
+    bar = tqdm(total=K, desc="checkpoints", leave=False, disable=not show, dynamic_ncols=True)
+    for k in reversed(range(K)):
+        if not alive:
+            break
+        epoch = plan.epochs[k]
+        bar.set_postfix_str(f"epoch {epoch}, {len(alive)} image(s)")
+        model.load_state_dict(plan.checkpoints.state(epoch), strict=False)  # only the weights up to --layer
+        seeds = [derive_seed(seed, records[j].index, epoch) for j in alive]
+        start = time.perf_counter()
+        fits = fit_or_error(fitter, images[alive], seeds)
+        stats["fit_seconds"] += time.perf_counter() - start
+        stats["fits"] += len(alive)
+        still = []
+        for j, fit in zip(alive, fits):
+            rec = records[j]
+            gap = entropy_gap(fit.sigma, rec.fg) if not fit.failed else float("nan")
+            rec.store(k, epoch, fit, gap)
+            rec.reason = drop_reason(fit.sigma_f2, gap, epoch, plan.rule_start)
+            if rec.effective:
+                still.append(j)
+        alive = still
+        bar.update()
+    bar.close()
+    return records
+
+
+def fit_or_error(fitter: SigmaFitter, images: torch.Tensor, seeds: list[int]) -> list[SigmaFit]:
+    """``fitter.fit``, with a torch.compile failure (no C++ compiler, an unsupported op) as one line."""
+    if not fitter.cfg.compile:
+        return fitter.fit(images, seeds)
+    try:
+        return fitter.fit(images, seeds)
+    except Exception as exc:  # noqa: BLE001 - only torch.compile's own errors are turned into one line
+        if type(exc).__module__.split(".")[:2] not in (["torch", "_dynamo"], ["torch", "_inductor"]):
+            raise
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"--compile: torch.compile failed ({reason}); run without --compile") from None
+
+
+def prepare_model(plan: SigmaPlan, device: torch.device) -> tuple[nn.Module, SigmaFitter]:
+    """The net on ``device`` in eval mode without gradients, and the fitter of its truncated forward."""
+    model = plan.model.to(device).eval().requires_grad_(False)
+    if plan.config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    try:
+        fitter = SigmaFitter(truncated(model, plan.info.taps[plan.layer]).eval(), plan.config, device)
+    except RuntimeError as exc:  # only torch.compile raises here: it refuses some Python builds
+        raise UserError(f"--compile: {exc}; run without --compile") from None
+    return model, fitter
+
+
+# ---------------------------------------------------------------------------------------------
+# the run: rounds of batches over the ranks
+# ---------------------------------------------------------------------------------------------
+def write_lists(out: Path, names: list[str], status: list[int], effect_num: int) -> tuple[int, int, bool]:
+    effect, non_effect, done = name_lists(status, effect_num)
+    layout.write_names(out / layout.EFFECT_LIST, [names[p] for p in effect])
+    layout.write_names(out / layout.NON_EFFECT_LIST, [names[p] for p in non_effect])
+    return len(effect), len(non_effect), done
+
+
+@dataclass
+class RunSummary:
+    effective: int
+    non_effective: int
+    processed: int
+    fits: int  # fits of this session, all ranks
+    fit_seconds: float
+    wall_s: float  # the fitting loop, all ranks done
+
+
+def run_images(plan: SigmaPlan, fitter: SigmaFitter, model: nn.Module, out: Path, ctx: Dist,
+               device: torch.device, effect_num: int, batch_images: int, seed: int,
+               show: bool) -> RunSummary:
+    """Fit the draw in rounds (one batch per rank) until ``effect_num`` effective images are listed or the
+    draw is used up; images already in ``out`` (a resumed run) are kept.  Rank 0 writes the name lists."""
+    status = [PENDING] * len(plan.names)
+    for pos, eff in layout.finished_images(out).items():
+        if pos < len(status):
+            status[pos] = EFFECTIVE if eff else NON_EFFECTIVE
+    stats = {"fits": 0, "fit_seconds": 0.0}
+    bar = tqdm(total=len(status), desc="images", disable=not show, dynamic_ncols=True,
+               initial=sum(s != PENDING for s in status))
+    started = time.time()
+    while True:
+        effect, non_effect, finished = name_lists(status, effect_num)
+        bar.set_postfix(effective=len(effect), non_effective=len(non_effect))
+        if finished:
+            break
+        mine = next_round(status, batch_images, ctx.world_size)[ctx.rank]
+        records = fit_images(plan, fitter, model, mine, seed, show, stats) if mine else []
+        for rec in records:
+            rec.write(out, plan.epochs)
+        update = torch.zeros(len(status), dtype=torch.int32, device=device)
+        for rec in records:
+            update[rec.pos] = EFFECTIVE if rec.effective else NON_EFFECTIVE
+        if dist.is_initialized():
+            dist.all_reduce(update)
+        resolved = 0
+        for pos, st in enumerate(update.cpu().tolist()):
+            if st != PENDING and status[pos] == PENDING:
+                status[pos], resolved = st, resolved + 1
+        bar.update(resolved)
+        if ctx.is_main:
+            write_lists(out, plan.names, status, effect_num)
+    bar.close()
+
+    totals = torch.tensor([stats["fits"], stats["fit_seconds"]], dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(totals)
+    n_eff = n_non = 0
+    if ctx.is_main:
+        n_eff, n_non, _ = write_lists(out, plan.names, status, effect_num)
+    return RunSummary(effective=n_eff, non_effective=n_non, processed=sum(s != PENDING for s in status),
+                      fits=int(totals[0].item()), fit_seconds=float(totals[1].item()), wall_s=time.time() - started)
