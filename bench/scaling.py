@@ -137,7 +137,7 @@ def scaling_lines(rates: dict[Launch, list[float]], unit: str) -> list[str]:
     return lines
 
 
-def compare(launches: list[Launch], repeats: int, run_one: Callable[[Launch, int], float], unit: str,
+def compare_launches(launches: list[Launch], repeats: int, run_one: Callable[[Launch, int], float], unit: str,
             header: str) -> dict[Launch, list[float]]:
     """Print ``header``, :func:`measure` (a line a run) and print :func:`scaling_lines`."""
     print(f"{header}; {len(launches)} launches x {repeats} runs", flush=True)

@@ -20,7 +20,7 @@ import numpy as np
 from kdq.function.cli import Parser, UserError, existing_dir, run
 from kdq.function.data.folder import MaskedImageFolder
 from kdq.function.data.masks import central_square, mask_to_grid
-from kdq.function.sigma.fit import entropy_map
+from kdq.function.sigma.entropy import entropy_map
 from kdq.function.sigma.layout import EFFECT_LIST, FULL_LIST, NON_EFFECT_LIST, image_folder, read_names, run_epochs
 
 

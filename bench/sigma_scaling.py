@@ -30,8 +30,8 @@ import torch
 
 from kdq.function.io.checkpoint import save_checkpoint
 from kdq.function.cli import Parser, UserError, positive_float, positive_int, run
-from kdq.function.make_dataset import write_dataset
-from scaling import Launch, add_scaling_args, compare, plan_launches, torchrun, work_dir
+from kdq.function.data.synthetic import write_dataset
+from scaling import Launch, add_scaling_args, compare_launches, plan_launches, torchrun, work_dir
 from kdq.function.archs import arch_or_error
 from kdq.models import LAYERS, MODELS, build_model
 
@@ -97,7 +97,7 @@ def main(args: argparse.Namespace) -> None:
                 raise UserError(f"{out}: {record['fits_this_session']} fits, expected {expected}")
             return record["fits_this_session"] / record["loop_wall_s"]
 
-        compare(launches, args.repeats, run_one, "image-checkpoints/s",
+        compare_launches(launches, args.repeats, run_one, "image-checkpoints/s",
                 f"train_sigma {args.arch} {args.layer}: {args.pic_num} images x {args.checkpoints} checkpoints = "
                 f"{expected} fits per run (n={args.samples}, T={args.steps}, grid {args.grid}, batch "
                 f"{args.batch_images}{', --compile' if args.compile else ''}), --device {args.device}")

@@ -30,7 +30,8 @@ from kdq.function.io.checkpoint import load_checkpoint, num_classes_of, state_di
 from kdq.function.cli import Parser, UserError, positive_int, run
 from kdq.function.data.folder import MaskedImageFolder
 from kdq.function.data.transforms import eval_transform
-from kdq.function.sigma.fit import SigmaConfig, SigmaFitter, mean_entropy, select_step
+from kdq.function.sigma.entropy import mean_entropy
+from kdq.function.sigma.fit import SigmaConfig, SigmaFitter, select_step
 from kdq.models import arch_info, build_model, feature_fn
 
 

@@ -25,8 +25,8 @@ import math
 from pathlib import Path
 
 from kdq.function.cli import Parser, UserError, positive_int, run
-from kdq.function.make_dataset import write_dataset
-from scaling import Launch, add_scaling_args, compare, plan_launches, torchrun, work_dir
+from kdq.function.data.synthetic import write_dataset
+from scaling import Launch, add_scaling_args, compare_launches, plan_launches, torchrun, work_dir
 from kdq.function.archs import arch_or_error
 from kdq.models import MODELS
 
@@ -89,7 +89,7 @@ def main(args: argparse.Namespace) -> None:
                               "--seed", 0, "--out", out, "--overwrite"], launch, args.timeout)
             return steady_rate(out, images, launch.world_size)
 
-        compare(launches, args.repeats, run_one, "samples/s",
+        compare_launches(launches, args.repeats, run_one, "samples/s",
                 f"train_net {args.arch}: {images} training images of {args.image_size} px, global batch "
                 f"{args.batch_size}, {args.epochs} epochs (timed: 2..{args.epochs}), --device {args.device}")
 

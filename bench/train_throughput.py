@@ -13,6 +13,7 @@ import time
 import torch
 from torch import nn
 
+from kdq.function.cli import Parser, positive_int, run
 from kdq.function.runtime import resolve_device
 from kdq.function.train.weight_distance import WeightDistance
 from kdq.models import arch_info, build_model
@@ -35,20 +36,23 @@ def timed_steps(model, opt, tracker, images, labels, steps: int, device) -> floa
     return time.perf_counter() - tic
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--arch", default="vgg_tiny")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--steps", type=int, default=20, help="optimizer steps per timed round")
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--device", default="auto")
-    args = p.parse_args()
+def get_args_parser() -> argparse.ArgumentParser:
+    p = Parser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--arch", default="vgg_tiny", help="registry architecture to time")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="samples per optimizer step")
+    p.add_argument("--steps", type=positive_int, default=20, help="optimizer steps per timed round")
+    p.add_argument("--rounds", type=positive_int, default=5, help="rounds, each timing both variants")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    return p
+
+
+def main(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     size = arch_info(args.arch).input_size
     torch.manual_seed(0)
     model = build_model(args.arch, num_classes=10).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
-    tracker = WeightDistance(model, args.arch, epochs=1)
+    tracker = WeightDistance(model, {layer: tap.weight for layer, tap in arch_info(args.arch).taps.items()})
     images = torch.randn(args.batch_size, 3, size, size, device=device)
     labels = torch.randint(0, 10, (args.batch_size,), device=device)
     timed_steps(model, opt, tracker, images, labels, 3, device)  # warm-up
@@ -64,4 +68,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run(get_args_parser, main))

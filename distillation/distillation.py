@@ -30,7 +30,8 @@ from kdq.function.runtime import cleanup_distributed
 from kdq.function.train.engine import EpochLoop, evaluate
 from kdq.function.train.schedules import lr_schedule, parse_epochs
 from kdq.function.archs import arch_or_error
-from kdq.function.train.stage import add_common_training_args, add_sgd_args, load_splits, make_loaders, setup
+from kdq.function.train.stage import (add_common_training_args, add_sgd_args, load_splits, make_loaders,
+                                      resolved_augment, setup)
 from kdq.function.train.weight_distance import WeightDistance
 from kdq.models import LAYERS, MODELS, build_model, feature_fn
 
@@ -49,9 +50,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     t.add_argument("--teacher-format", choices=TEACHER_FORMATS, default="kdq",
                    help="kdq: a train_net / original-code checkpoint (net.* keys); torchvision: a torchvision "
                         "state dict of the whole model (features.*, classifier.*)")
-    t.add_argument("--teacher-mode", choices=("train", "eval"), default=None,
-                   help="mode of the frozen teacher: train (SPEC §1; dropout on, BatchNorm on batch statistics "
-                        "without updating them) or eval; default train for feature KD, eval for hinton")
+    t.add_argument("--teacher-mode", choices=("eval", "train"), default="eval",
+                   help="mode of the frozen teacher: eval (the original calls teacher_model.eval()) or train "
+                        "(dropout on, BatchNorm on batch statistics without updating them)")
     s = p.add_argument_group("student")
     s.add_argument("--arch", required=True, help=f"the student's architecture: {', '.join(MODELS)}")
     s.add_argument("--layer", choices=LAYERS, default=None,
@@ -69,36 +70,37 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="hinton: weight of the soft term: α·T²·KL(teacher‖student) + (1−α)·CE")
     o = p.add_argument_group("phase 1: distillation")
     o.add_argument("--epochs", type=positive_int, default=150, help="distillation epochs")
-    add_sgd_args(o, batch_help="global batch size of both phases", scope=" of both phases")
+    add_sgd_args(o, schedule="constant", batch_help="global batch size of both phases", scope=" of both phases")
     f = p.add_argument_group("phase 2: fine-tuning the layers above --layer on labels")
     f.add_argument("--finetune-epochs", type=int, default=100, help="fine-tuning epochs (0: none)")
     f.add_argument("--finetune-lr", type=positive_float, default=None,
                    help="learning rate (default by family: 1e-3 vgg/alexnet, 1e-2 resnet)")
     f.add_argument("--finetune-factor", type=positive_float, default=0.3, help="ReduceLROnPlateau factor")
     f.add_argument("--finetune-patience", type=int, default=10, help="ReduceLROnPlateau patience (epochs)")
-    f.add_argument("--frozen-mode", choices=("eval", "train"), default="eval",
-                   help="mode of the frozen layers in phase 2: eval keeps them (BatchNorm statistics "
-                        "included) exactly as phase 1 left them; train lets BatchNorm statistics and dropout run")
+    f.add_argument("--frozen-mode", choices=("train", "eval"), default="train",
+                   help="mode of the frozen layers in phase 2: train (the original's model.train(): dropout and "
+                        "BatchNorm batch statistics run there, their weights stay fixed) or eval (they compute "
+                        "exactly what phase 1 left, BatchNorm statistics included)")
     add_common_training_args(p)
     return p
 
 
-def check_args(args: argparse.Namespace) -> None:
-    """Validation that needs no file: one-line UserErrors."""
+def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Validation that needs no file (one-line UserErrors), and a copy of ``args`` with the value that depends
+    on other flags filled in (``--layer`` of hinton): what the run records."""
     if args.method == "feature" and args.layer is None:
         raise UserError("--layer is required with --method feature (one of conv, fc1, fc2, fc3)")
-    if args.method == "hinton":
-        if args.layer not in (None, "fc3"):
-            raise UserError(f"--method hinton distils the logits (fc3); --layer {args.layer} does not apply")
-        args.layer = "fc3"
+    if args.method == "hinton" and args.layer not in (None, "fc3"):
+        raise UserError(f"--method hinton distils the logits (fc3); --layer {args.layer} does not apply")
     if not 0.0 <= args.alpha <= 1.0:
         raise UserError(f"--alpha must be in [0, 1], got {args.alpha}")
     if args.adapter and args.method != "feature":
         raise UserError("--adapter applies to --method feature only")
     if args.finetune_epochs < 0:
         raise UserError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
-    if args.teacher_mode is None:
-        args.teacher_mode = "train" if args.method == "feature" else "eval"
+    resolved = argparse.Namespace(**vars(args))
+    resolved.layer = "fc3" if args.method == "hinton" else args.layer
+    return resolved
 
 
 def prepare_teacher(args: argparse.Namespace, input_size: int, classes: list[str]):
@@ -134,7 +136,7 @@ def prepare_teacher(args: argparse.Namespace, input_size: int, classes: list[str
 
 
 def main(args: argparse.Namespace) -> None:
-    check_args(args)
+    args = resolve_args(args)  # a resolved copy: the caller's namespace is left as parsed
     info = arch_or_error(args.arch)
     arch_or_error(args.teacher_arch, "--teacher-arch")
     try:
@@ -146,7 +148,7 @@ def main(args: argparse.Namespace) -> None:
     teacher, teacher_fn, teacher_meta, student_shape, teacher_shape = prepare_teacher(
         args, info.input_size, train_set.classes)
 
-    ctx, device, record = setup(args, "distillation")
+    ctx, device, record = setup(args, "distillation", {"augment": resolved_augment(args)})
     if record is None:
         return
     # the student is built first after seeding, as in train_net: same --arch/--seed → same initialisation
@@ -154,7 +156,7 @@ def main(args: argparse.Namespace) -> None:
     adapter = make_adapter(student_shape, teacher_shape).to(device) if args.adapter else None
     teacher.to(device)
 
-    loader, val_loader = make_loaders(args, train_set, val_set, info.input_size, ctx, device)
+    loader, val_loader = make_loaders(args, train_set, val_set, info, ctx, device)
     meta = {"classes": train_set.classes, "num_classes": num_classes, "method": args.method,
             "layer": args.layer, "teacher_arch": args.teacher_arch}
 
@@ -190,7 +192,7 @@ def main(args: argparse.Namespace) -> None:
                         device=device, ctx=ctx, seed=args.seed, epochs=args.epochs, arch=args.arch,
                         checkpoints=set(checkpoints),
                         tracker=WeightDistance(student, {layer: tap.weight for layer, tap in info.taps.items()}),
-                        lr_at=lr_schedule("logspace", args.lr, args.epochs), validate=validate, name="distill",
+                        lr_at=lr_schedule(args.lr_schedule, args.lr, args.epochs, args.lr_down), validate=validate, name="distill",
                         meta={**meta, "phase": "distill"},
                         extra_modules={"adapter": adapter} if adapter is not None else {})
     if args.resume:

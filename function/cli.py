@@ -23,7 +23,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable, Sequence
 
-log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]  # the repository root: the stage scripts live below it
 

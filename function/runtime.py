@@ -6,7 +6,6 @@ Backend: NCCL on CUDA, gloo on CPU.  Rank 0 is the only writer (:attr:`Dist.is_m
 """
 from __future__ import annotations
 
-import logging
 import os
 import random
 from dataclasses import dataclass
@@ -17,7 +16,6 @@ import torch.distributed as dist
 
 from kdq.function.cli import UserError
 
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,14 @@ class ArchInfo:
     family: str  # "vgg", "alexnet" or "resnet": picks the SPEC defaults (λ, fine-tune lr, m̂ rule)
     input_size: int  # S: the side of the square input
     taps: dict[str, Tap]
-    new_head: tuple[str, ...]  # state_dict prefixes a pretrained torchvision backbone does not provide
+    head: tuple[str, ...]  # state_dict prefixes (of ``net``) a pretrained backbone does not set: fresh weights
+    output: tuple[str, ...]  # the prefixes still fresh with --keep-pretrained-head (the output layer)
+
+    @property
+    def train_resize(self) -> int:
+        """The side of the square the training transform resizes to before its random crop of S: 256 for the
+        paper's 224 and 227 px (as the original code), scaled as 256/224 for other sizes."""
+        return 256 if self.input_size in (224, 227) else round(self.input_size * 256 / 224)
 
 
 _TV_VGG_CFG = {"vgg11": ("A", False), "vgg16": ("D", False), "vgg16_bn": ("D", True), "vgg19": ("E", False)}
@@ -44,8 +51,11 @@ def _tv_vgg_taps(arch: str) -> dict[str, Tap]:
     return vgg_taps(feature_layout(tv_vgg.cfgs[cfg], bn), (0, 3, 6))
 
 
-_VGG_HEAD = ("classifier.6.",)
-_RESNET_HEAD = ("fc.", "features.")
+# The original code re-initialises a pretrained VGG/AlexNet's whole classifier (fc1, fc2 and fc3), and a
+# ResNet's extra block and 3-layer head (which ImageNet weights do not have)
+_VGG_HEAD, _VGG_OUTPUT = ("classifier.",), ("classifier.6.",)
+_RESNET_HEAD = _RESNET_OUTPUT = ("fc.", "features.")
+_RESNET_WIDTH = {"resnet18": 4096, "resnet50": 2048, "resnet101": 2048, "resnet152": 2048}  # the head's W
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "alexnet": partial(build_torchvision_vgg, "alexnet"),
@@ -53,23 +63,22 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "vgg16": partial(build_torchvision_vgg, "vgg16"),
     "vgg16_bn": partial(build_torchvision_vgg, "vgg16_bn"),
     "vgg19": partial(build_torchvision_vgg, "vgg19"),
-    "resnet18": partial(build_torchvision_resnet, "resnet18"),
-    "resnet50": partial(build_torchvision_resnet, "resnet50"),
-    "resnet101": partial(build_torchvision_resnet, "resnet101"),
-    "resnet152": partial(build_torchvision_resnet, "resnet152"),
+    **{a: partial(build_torchvision_resnet, a, hidden=w) for a, w in _RESNET_WIDTH.items()},
     "vgg_tiny": build_vgg_tiny,
     "vgg_tiny_bn": partial(build_vgg_tiny, batch_norm=True),
     "resnet_tiny": build_resnet_tiny,
 }
 
 ARCHS: dict[str, ArchInfo] = {
-    "alexnet": ArchInfo("alexnet", 227, vgg_taps(_ALEXNET_LAYOUT, (1, 4, 6)), _VGG_HEAD),
-    **{a: ArchInfo("vgg", 224, _tv_vgg_taps(a), _VGG_HEAD) for a in ("vgg11", "vgg16", "vgg16_bn", "vgg19")},
-    **{a: ArchInfo("resnet", 224, RESNET_TAPS, _RESNET_HEAD)
-       for a in ("resnet18", "resnet50", "resnet101", "resnet152")},
-    "vgg_tiny": ArchInfo("vgg", 64, vgg_taps(feature_layout(tiny_cfg(), False), (0, 3, 6)), _VGG_HEAD),
-    "vgg_tiny_bn": ArchInfo("vgg", 64, vgg_taps(feature_layout(tiny_cfg(), True), (0, 3, 6)), _VGG_HEAD),
-    "resnet_tiny": ArchInfo("resnet", 64, RESNET_TAPS, _RESNET_HEAD),
+    "alexnet": ArchInfo("alexnet", 227, vgg_taps(_ALEXNET_LAYOUT, (1, 4, 6)), _VGG_HEAD, _VGG_OUTPUT),
+    **{a: ArchInfo("vgg", 224, _tv_vgg_taps(a), _VGG_HEAD, _VGG_OUTPUT)
+       for a in ("vgg11", "vgg16", "vgg16_bn", "vgg19")},
+    **{a: ArchInfo("resnet", 224, RESNET_TAPS, _RESNET_HEAD, _RESNET_OUTPUT) for a in _RESNET_WIDTH},
+    "vgg_tiny": ArchInfo("vgg", 64, vgg_taps(feature_layout(tiny_cfg(), False), (0, 3, 6)), _VGG_HEAD,
+                         _VGG_OUTPUT),
+    "vgg_tiny_bn": ArchInfo("vgg", 64, vgg_taps(feature_layout(tiny_cfg(), True), (0, 3, 6)), _VGG_HEAD,
+                            _VGG_OUTPUT),
+    "resnet_tiny": ArchInfo("resnet", 64, RESNET_TAPS, _RESNET_HEAD, _RESNET_OUTPUT),
 }
 
 TAPS: dict[str, dict[str, Tap]] = {name: info.taps for name, info in ARCHS.items()}
@@ -87,7 +96,7 @@ def arch_info(name: str) -> ArchInfo:
 
 
 def build_model(name: str, num_classes: int, pretrained: dict[str, Any] | None = None,
-                dropout: float | None = None) -> nn.Module:
+                dropout: float | None = None, keep_head: bool = False) -> nn.Module:
     """Build a registered architecture with fresh SPEC §0 weights (seed torch before calling).
 
     ``pretrained`` is a torchvision-format state dict of the backbone (read from a local file by the caller;
@@ -97,32 +106,36 @@ def build_model(name: str, num_classes: int, pretrained: dict[str, Any] | None =
     kwargs = {} if dropout is None else {"dropout": dropout}
     model = MODELS[name](num_classes=num_classes, **kwargs)
     if pretrained is not None:
-        load_pretrained(model, name, pretrained)
+        load_pretrained(model, name, pretrained, keep_head=keep_head)
     return model
 
 
-def load_pretrained(model: nn.Module, name: str, state: dict[str, Any], where: str = "the pretrained weights") -> None:
-    """Load a torchvision-format state dict into ``model.net``; the parts a pretrained backbone does not
-    provide (``ArchInfo.new_head``) keep their fresh initialisation.  A ValueError names bad keys/shapes."""
+def load_pretrained(model: nn.Module, name: str, state: dict[str, Any], where: str = "the pretrained weights",
+                    keep_head: bool = False) -> None:
+    """Load a torchvision-format state dict into ``model.net``.  As the original code, the head keeps its fresh
+    initialisation (VGG/AlexNet: the whole classifier, fc1-fc3; ResNets: the extra block and the head);
+    ``keep_head`` takes fc1/fc2 from the file too (only the output layer is fresh).  A ValueError names bad
+    keys/shapes."""
     own = {k: v.shape for k, v in model.net.state_dict().items()}
-    model.net.load_state_dict(_pretrained_subset(own, name, state, where), strict=False)
+    model.net.load_state_dict(_pretrained_subset(own, name, state, where, keep_head), strict=False)
 
 
 def check_pretrained(name: str, num_classes: int, state: dict[str, Any], where: str = "the pretrained weights",
-                     dropout: float | None = None) -> None:
+                     dropout: float | None = None, keep_head: bool = False) -> None:
     """The checks of :func:`load_pretrained` without building the model's weights (it is built on the meta
     device): a ValueError naming bad keys/shapes, before a stage writes anything."""
     with torch.device("meta"):
         net = build_model(name, num_classes, dropout=dropout).net
-    _pretrained_subset({k: v.shape for k, v in net.state_dict().items()}, name, state, where)
+    _pretrained_subset({k: v.shape for k, v in net.state_dict().items()}, name, state, where, keep_head)
 
 
-def _pretrained_subset(own: dict[str, torch.Size], name: str, state: Any, where: str) -> dict[str, torch.Tensor]:
+def _pretrained_subset(own: dict[str, torch.Size], name: str, state: Any, where: str,
+                       keep_head: bool) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict):
         raise ValueError(f"{where} hold a {type(state).__name__}, not a state dict")
     if isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
-    new = ARCHS[name].new_head
+    new = ARCHS[name].output if keep_head else ARCHS[name].head
     usable, problems = {}, []
     for key, value in state.items():
         key = str(key).removeprefix("module.")

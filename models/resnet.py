@@ -48,10 +48,12 @@ class ResNetKD(nn.Module):
         return n.fc(torch.flatten(n.avgpool(x), 1))
 
 
-def build_torchvision_resnet(arch: str, num_classes: int, dropout: float = 0.5) -> ResNetKD:
+def build_torchvision_resnet(arch: str, num_classes: int, hidden: int, dropout: float = 0.5) -> ResNetKD:
+    """torchvision's ``arch`` with the paper's extra block and head of width ``hidden`` (4096 for resnet18,
+    2048 for resnet50/101/152, as the original code)."""
     net = getattr(tvm, arch)(weights=None)
     channels = net.fc.in_features
-    model = ResNetKD(net, channels, channels, num_classes, dropout)
+    model = ResNetKD(net, channels, hidden, num_classes, dropout)
     init_weights(model)
     return disable_inplace(model)
 

@@ -15,7 +15,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from kdq.function.cli import Parser, UserError, finite_float, positive_int, run
+from kdq.function.cli import Parser, UserError, finite_float, nonnegative_int, positive_int, run
+from kdq.function.data.options import add_foreground_args
 from kdq.models.taps import LAYERS
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,15 @@ folders:
 
   --label-run/--distil-run default to the training run a kdq sigma run records (checkpoint_root
   in its run.json).  --checkpoints is needed only when the sigma runs do not record their
-  epochs (runs of the original code); 'paper' means SPEC's schedule scaled to the training run.
+  epochs (runs of the original code); 'paper' is each net's schedule from its training run's
+  length (0 2 5 ... 150, and 170 ... 400 for a 400-epoch run), as the original picks it.  The
+  two nets may have different schedules (--label-checkpoints / --distil-checkpoints).
+
+  --compat original reproduces the original code's printed figures: for ResNets (epoch 0 left
+  out of m-hat) D and the slope are read at the checkpoint before m-hat, each net drops its own
+  images with a sigma <= 0 (so the nets may use different images), an image without background
+  cells turns the baseline into NaN, and slopes where D(m-hat) = 0 stay inf.  The default
+  corrects these.
 
 exit status: 0 ok, 2 bad input (one line on stderr; --debug shows the traceback)."""
 
@@ -57,26 +66,29 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="layer analysed; 'all' = one table over the four layers (see folders below); "
                         "default: the layer the sigma run records")
     i.add_argument("--checkpoints", nargs="+", default=None, metavar="E",
-                   help="epochs of the sigma files' K entries, oldest first, or 'paper'; "
-                        "default: recorded in the sigma runs' run.json")
+                   help="epochs of the sigma files' K entries, oldest first, or 'paper' (each net's schedule from "
+                        "its training run); default: recorded in the sigma runs' run.json")
+    i.add_argument("--label-checkpoints", nargs="+", default=None, metavar="E",
+                   help="the label net's epochs when its schedule differs from the distil net's")
+    i.add_argument("--distil-checkpoints", nargs="+", default=None, metavar="E",
+                   help="the distil net's epochs when its schedule differs from the label net's")
     i.add_argument("--grid", metavar="G", type=positive_int, default=None,
                    help="expected sigma grid g (checked against the files; default: read from them)")
     i.add_argument("--arch", metavar="ARCH", default=None,
                    help="architecture, for the input size S and the ResNet m̂ rule; default: recorded in the runs")
     i.add_argument("--image-size", metavar="S", type=positive_int, default=None,
                    help="input side S the masks are resized to before the grid; default: the arch's (224 if unknown)")
-    i.add_argument("--foreground", choices=["auto", "masks", "central"], default="auto",
-                   help="foreground cells: the dataset's masks, or the central square [g/6, 5g/6] for every image; "
-                        "auto = what the sigma run records (its --foreground), else masks")
-    i.add_argument("--missing-mask", choices=["error", "central"], default="error",
-                   help="an image without a mask: refuse (error) or use the central square [g/6, 5g/6] (ILSVRC)")
+    add_foreground_args(i, recorded=True)
     m = p.add_argument_group("metrics (SPEC §3)")
     m.add_argument("--b", type=finite_float, default=0.2, help="concept threshold: H̄_bg(k) − H_i(k) > b")
     m.add_argument("--mhat-skip-epoch0", choices=["auto", "yes", "no"], default="auto",
-                   help="leave epoch 0 out of m̂ = argmax_k N_fg; auto = yes for ResNets (original code)")
+                   help="leave epoch 0 out of m̂ = argmax_k N_fg; auto = yes for ResNets, as the original code "
+                        "(whose off-by-one reading of D there kdq corrects: --compat original keeps it)")
+    m.add_argument("--compat", choices=["kdq", "original"], default="kdq",
+                   help="original: reproduce the original code's arithmetic where it differs (see folders below)")
     m.add_argument("--bootstrap", metavar="N", type=positive_int, default=1000, help="bootstrap resamples over images")
     m.add_argument("--level", metavar="P", type=finite_float, default=0.95, help="interval level")
-    m.add_argument("--seed", metavar="SEED", type=int, default=0, help="bootstrap seed")
+    m.add_argument("--seed", metavar="SEED", type=nonnegative_int, default=0, help="bootstrap seed")
     f = p.add_argument_group("output")
     f.add_argument("--out", metavar="DIR", type=Path, required=True, help="folder for metrics.json, metrics.csv, report.md, figures/")
     f.add_argument("--overwrite", action="store_true", help="replace a report already in --out")
@@ -84,6 +96,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     f.add_argument("--show-images", metavar="N", type=positive_int, default=3, help="images in the entropy-map figure")
     f.add_argument("--max-columns", metavar="N", type=positive_int, default=8, help="checkpoints shown in the entropy-map figure")
     return p
+
+
+def make_request(args: argparse.Namespace):
+    """The flags that shape each layer's inputs, as a :class:`~kdq.function.metrics.inputs.Request`."""
+    from kdq.function.metrics.inputs import Request
+
+    checkpoints = {}
+    for net in ("label", "distil"):
+        own = getattr(args, f"{net}_checkpoints")
+        if own is not None and args.checkpoints is not None:
+            raise UserError(f"--checkpoints and --{net}-checkpoints exclude each other")
+        checkpoints[net] = (own, f"--{net}-checkpoints") if own is not None else (args.checkpoints, "--checkpoints")
+    return Request(label_run=args.label_run, distil_run=args.distil_run, checkpoints=checkpoints, grid=args.grid,
+                   arch=args.arch, image_size=args.image_size, foreground=args.foreground,
+                   missing_mask=args.missing_mask, exact_masks=args.exact_masks, mask_pad=args.mask_pad,
+                   mhat_skip_epoch0=args.mhat_skip_epoch0, compat=args.compat)
 
 
 def main(args: argparse.Namespace) -> None:
@@ -105,7 +133,8 @@ def main(args: argparse.Namespace) -> None:
             raise UserError("--layer is needed: the label sigma run does not record its layer")
     record = RunRecord(args.out, STAGE, args, resolved={"layer": layer}, carry_wall_time=False)
     data = MaskedImageFolder(args.data, args.split)
-    inputs = [load_layer(args, name, data, a, b)  # every check before any output
+    request = make_request(args)
+    inputs = [load_layer(request, name, data, a, b)  # every check before any output
               for name, a, b in layer_dirs(layer, args.label_sigma, args.distil_sigma)]
     if layer == "all":
         missing = [name for name in LAYERS if name not in {i.layer for i in inputs}]

@@ -21,7 +21,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from kdq.function.cli import Parser, finite_float, positive_float, positive_int, run
+from kdq.function.cli import Parser, finite_float, nonnegative_int, positive_float, positive_int, run
+from kdq.function.data.options import add_foreground_args
 from kdq.models import LAYERS, MODELS
 
 log = logging.getLogger(__name__)
@@ -35,28 +36,28 @@ def get_args_parser() -> argparse.ArgumentParser:
     src.add_argument("--arch", required=True, help=f"architecture: {', '.join(MODELS)}")
     src.add_argument("--layer", required=True, choices=LAYERS, help="layer whose feature h = ReLU(layer(x)) is kept")
     src.add_argument("--checkpoints", nargs="+", type=int, default=None, metavar="E",
-                     help="epochs to fit (default: every checkpoint in the run), stored oldest first")
+                     help="epochs to fit, stored oldest first (default: the original's schedule 0 2 5 10 ... 150, "
+                          "and 170 ... 400 when the run has 400.pth.tar, when the run holds all of its epochs; "
+                          "otherwise every checkpoint in the run)")
     d = p.add_argument_group("images")
     d.add_argument("--data", type=Path, required=True, help="dataset root (<root>/<split>/<class>/<image>)")
     d.add_argument("--split", default="train", help="split to draw images from")
-    d.add_argument("--foreground", choices=("masks", "central"), default="masks",
-                   help="foreground cells: the dataset's masks, or the central square [g/6, 5g/6) when the "
-                        "data has no masks (SPEC §2, ILSVRC without boxes)")
-    d.add_argument("--pixel-input", action="store_true",
-                   help="feed [0, 1] pixels without the ImageNet normalisation, as the original train_sigma.py "
-                        "did (SPEC §2 and the training stages use normalised inputs)")
-    d.add_argument("--pic-num", type=positive_int, default=500, help="images drawn (seeded) from the split")
+    add_foreground_args(d)
+    d.add_argument("--pic-num", type=positive_int, default=500,
+                   help="images drawn from the split: random.seed(--pic-seed); random.sample(range(N), pic_num) "
+                        "over the split listed class by class (classes and files sorted), as the original")
+    d.add_argument("--pic-seed", type=nonnegative_int, default=0, help="seed of the draw (the original's --pic_seed)")
     d.add_argument("--effect-num", type=positive_int, default=50, help="stop once this many effective images exist")
     d.add_argument("--effective-rule", choices=("on", "off"), default="on",
                    help="off: keep every image with σ_f² > 0, skipping the fg/bg entropy rule (to look at all "
                         "drawn images; not SPEC)")
-    d.add_argument("--effective-start", type=int, default=None, metavar="E",
-                   help="first epoch at which the fg/bg rule applies (default: epoch 40 of 150 scaled to the "
-                        "run's length)")
+    d.add_argument("--effective-start", type=nonnegative_int, default=None, metavar="E",
+                   help="first epoch at which the fg/bg rule applies (default: 40, as the original, for runs of "
+                        "150 epochs or more; 40 of 150 scaled to a shorter run)")
     f = p.add_argument_group("the fit (SPEC §2 defaults)")
-    f.add_argument("--grid", type=positive_int, default=16, help="σ is grid×grid cells; must divide the input size")
-    f.add_argument("--uneven-grid", action="store_true",
-                   help="allow a grid that does not divide the input size (uneven cells, e.g. 227 px AlexNet)")
+    f.add_argument("--grid", type=positive_int, default=16,
+                   help="σ is grid×grid cells (a grid that does not divide the input size gives uneven cells, as "
+                        "the original's nearest upsampling: AlexNet's 227 px with 16 cells of 14 or 15 pixels)")
     f.add_argument("--samples", type=positive_int, default=96, help="noise samples per step (and for σ_f²)")
     f.add_argument("--steps", type=positive_int, default=80, help="SGD steps T")
     f.add_argument("--break-steps", type=int, default=20,
@@ -83,7 +84,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "accepts a run made with or without it")
     o = p.add_argument_group("run")
     o.add_argument("--out", type=Path, required=True, help="sigma run folder to write")
-    o.add_argument("--seed", type=int, default=0, help="seed of the draw and of every image's noise")
+    o.add_argument("--seed", type=nonnegative_int, default=0, help="seed of every image's noise (by image and epoch)")
     o.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (torchrun sets the local GPU)")
     o.add_argument("--deterministic", action="store_true",
                    help="deterministic algorithms (slower on CUDA): two runs write byte-identical files")

@@ -2,17 +2,20 @@
 
     python supplement/train_teacher.py --arch vgg16 --data ROOT --split train --val-split val --out runs/teacher_heavy
 
-This is ``train_net/train_net.py`` with two defaults changed — ``--augment heavy`` (random crop, horizontal
-and vertical flips, rotation ±30°, strong colour jitter) and ``--weight-decay 5e-4`` — so the line above is
-exactly ``train_net.py --augment heavy --weight-decay 5e-4 ...``; every train_net flag works and may
-override them.  The result is an ordinary train_net run, to pass to ``--teacher_checkpoint``.
+This is ``train_net/train_net.py`` with the defaults of the original's ``train_net_supplement.py`` (mode
+``_augment``): ``--augment heavy`` (256×256 resize, random crop, horizontal and vertical flips, rotation ±30°,
+``ColorJitter(brightness=1, contrast=1, saturation=1, hue=0.5)``), ``--weight-decay 5e-4``, ``--lr 0.01``
+log-spaced down one decade over ``--epochs 150``, from scratch — so the line above is exactly
+``train_net.py --augment heavy --weight-decay 5e-4 --lr 0.01 --epochs 150 ...``; every train_net flag works and
+may override them.  The result is an ordinary train_net run, to pass to ``--teacher_checkpoint``.
 """
 from __future__ import annotations
 
 from kdq.function.cli import run
 from kdq.function.train.stage import with_defaults
 
-HEAVY_TEACHER_DEFAULTS = {"augment": "heavy", "weight_decay": 5e-4}
+HEAVY_TEACHER_DEFAULTS = {"augment": "heavy", "weight_decay": 5e-4, "lr": 0.01, "lr_schedule": "logspace",
+                          "epochs": 150}
 
 get_args_parser, main = with_defaults("train_net/train_net.py", __doc__.split("\n\n")[0], **HEAVY_TEACHER_DEFAULTS)
 

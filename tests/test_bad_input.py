@@ -151,7 +151,7 @@ CASES = {
                                    "--checkpoint_root"),
     "sigma_arch_does_not_fit": (lambda r, o: sigma(r, o, **{"--arch": "resnet_tiny"}), "--arch"),
     "sigma_arch_recorded_otherwise": (lambda r, o: sigma(r, o, **{"--arch": "vgg_tiny_bn"}), "trained as vgg_tiny"),
-    "sigma_grid_not_a_divisor": (lambda r, o: sigma(r, o, **{"--grid": 7}), "--grid"),
+    "sigma_grid_above_the_input_size": (lambda r, o: sigma(r, o, **{"--grid": 65}), "--grid"),
     "sigma_break_not_below_steps": (lambda r, o: sigma(r, o, **{"--break-steps": 3}), "--break-steps"),
     "sigma_target_entropy_nan": (lambda r, o: sigma(r, o, **{"--target-entropy": "nan"}), "--target-entropy"),
     "sigma_out_is_the_checkpoints": (lambda r, o: sigma(r, r.label, **{"--resume": None}), "is also --checkpoint_root"),

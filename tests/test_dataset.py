@@ -81,18 +81,70 @@ def test_folder_dataset_errors(tiny_data, tmp_path):
         MaskedImageFolder(root, "train", require_masks=True)
 
 
-def test_mask_to_grid_nearest():
+def test_exact_mask_to_grid_is_nearest_of_the_thresholded_mask():
     mask = np.zeros((8, 8), dtype=bool)
     mask[0:4, 0:4] = True
-    grid = mask_to_grid(mask, size=16, grid=4)
+    grid = mask_to_grid(mask, size=16, grid=4, exact=True)
     expected = np.zeros((4, 4), dtype=bool)
     expected[0:2, 0:2] = True
     assert np.array_equal(grid, expected)
     # a mask of another size is first resized to S×S
     big = np.kron(mask, np.ones((3, 3), dtype=bool))
-    assert np.array_equal(mask_to_grid(big, size=16, grid=4), expected)
+    assert np.array_equal(mask_to_grid(big, size=16, grid=4, exact=True), expected)
 
 
-def test_central_square():
-    m = central_square(12)
-    assert m[2:10, 2:10].all() and m.sum() == 64
+def test_default_mask_rule_widens_the_mask_by_the_bilinear_resize():
+    mask = np.zeros((32, 32), dtype=bool)
+    mask[8:24, 0:8] = True
+    # by hand: doubled to 64 px bilinearly, rows 15..48 and columns 0..16 get a value > 0 (row 48 samples
+    # source row 23.75: 0.25 × 255 ≈ 64); the 4×4 grid samples pixels 0, 16, 32, 48 → rows 1..3, columns 0..1
+    expected = np.zeros((4, 4), dtype=bool)
+    expected[1:4, 0:2] = True
+    assert np.array_equal(mask_to_grid(mask, 64, 4), expected)
+    exact = np.zeros((4, 4), dtype=bool)
+    exact[1:3, 0] = True
+    assert np.array_equal(mask_to_grid(mask, 64, 4, exact=True), exact)
+
+
+def original_cells(values: np.ndarray, S: int, g: int, pad: float = 1.0) -> np.ndarray:
+    """The original code's foreground cells through its own calls (train_sigma.py / find_knowledge_new.py):
+    [VOC: pad into a float64 array, Image.fromarray], transforms.Resize((S, S)), ToTensor,
+    F.interpolate(size=g, mode='nearest'), > 0."""
+    import torch.nn.functional as F
+    from PIL import Image
+    from torchvision import transforms as T
+
+    if pad != 1.0:
+        h, w = values.shape
+        seg = np.zeros((int(h * pad), int(w * pad)))
+        a, b = int((seg.shape[0] - h) / 2), int((seg.shape[1] - w) / 2)
+        seg[a:a + h, b:b + w] = values
+        image = Image.fromarray(seg)
+    else:
+        image = Image.fromarray(values).convert("L")
+    t = T.Compose([T.Resize((S, S)), T.ToTensor()])(image).squeeze()
+    return (F.interpolate(t[None, None].float(), size=g, mode="nearest").squeeze() > 0).numpy()
+
+
+def test_mask_rule_matches_the_original_pipeline_on_many_masks():
+    rng = np.random.default_rng(0)
+    differ = 0
+    for i in range(60):
+        h, w = rng.integers(20, 90, size=2)
+        values = np.zeros((h, w), dtype=np.uint8)
+        y0, x0 = rng.integers(0, h // 2), rng.integers(0, w // 2)
+        values[y0:y0 + rng.integers(3, h // 2), x0:x0 + rng.integers(3, w // 2)] = rng.choice([51, 255])
+        for S, g, pad in ((64, 16, 1.0), (224, 16, 1.0), (227, 16, 1.0), (64, 16, 1.2)):
+            ours = mask_to_grid(values, S, g, pad=pad)
+            assert np.array_equal(ours, original_cells(values, S, g, pad)), (i, S, g, pad)
+        differ += not np.array_equal(mask_to_grid(values, 64, 16), mask_to_grid(values, 64, 16, exact=True))
+    assert differ >= 20  # the bilinear step widens many of these masks by a cell
+
+
+@pytest.mark.parametrize("g, first, last", [(12, 2, 10), (16, 2, 13), (18, 3, 15), (24, 4, 20)])
+def test_central_square_is_the_originals(g, first, last):
+    m = central_square(g)
+    rows = np.flatnonzero(m.any(axis=1))
+    cols = np.flatnonzero(m.any(axis=0))
+    assert rows.tolist() == cols.tolist() == list(range(first, last + 1))
+    assert m.sum() == (last - first + 1) ** 2 and m[first:last + 1, first:last + 1].all()

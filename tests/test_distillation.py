@@ -82,6 +82,11 @@ def test_layout_and_weight_distance(conv_run):
     assert [r["epoch"] for r in ft] == [1, 2] and "val_acc1" in ft[0] and ft[0]["lr"] == pytest.approx(1e-3)
     record = json.loads((out / "run.json").read_text())
     assert record["status"] == "complete" and record["layer"] == "conv"
+    # the original's defaults: the teacher in eval mode, a constant learning rate in phase 1
+    assert record["teacher"]["mode"] == "eval" and record["settings"]["teacher_mode"] == "eval"
+    assert record["settings"]["lr_schedule"] == "constant"
+    assert [r["lr"] for r in log] == pytest.approx([0.01] * 3)
+    assert record["settings"]["frozen_mode"] == "train"
     final = load_checkpoint(out / "final.pth.tar")
     assert final["phase"] == "finetune" and record["final_val_acc1"] == pytest.approx(final["val_acc1"])
 
@@ -106,19 +111,27 @@ def test_phase1_only_moves_layers_up_to_layer(conv_run):
     assert not torch.equal(w0["net.features.0.weight"], w3["net.features.0.weight"])
 
 
-def test_phase2_only_moves_layers_above_layer(conv_run):
+def test_phase2_only_moves_layers_above_layer(conv_run, tiny_data, teacher, tmp_path):
     out, _ = conv_run
     model = build_model("vgg_tiny_bn", 4)
     below = set(params_up_to(model, TAPS["vgg_tiny_bn"]["conv"]))
     w3, wf = weights(out / "3.pth.tar"), weights(out / "final.pth.tar")
     frozen = [k for k in w3 if k.rsplit(".", 1)[0] + ".weight" in below]  # params + BN buffers up to conv
-    assert all(torch.equal(w3[k], wf[k]) for k in frozen)
+    buffers = [k for k in frozen if k not in below and "num_batches" not in k]
+    assert buffers and all(torch.equal(w3[k], wf[k]) for k in below)  # frozen weights stay
+    # the original's phase 2 runs model.train(): BatchNorm of the frozen layers uses and updates its statistics
+    assert not all(torch.equal(w3[k], wf[k]) for k in buffers)
     assert not torch.equal(w3["net.classifier.0.weight"], wf["net.classifier.0.weight"])
     assert load_checkpoint(out / "3.pth.tar")["phase"] == "distill"  # phase 2 left phase-1 files alone
+    # --frozen-mode eval: the frozen layers compute exactly what phase 1 left, their statistics included
+    still = tmp_path / "still"
+    assert distil(tiny_data, teacher, still, "--frozen-mode", "eval", "--checkpoints", 1, epochs=1, finetune=1) == 0
+    w1, wf = weights(still / "1.pth.tar"), weights(still / "final.pth.tar")
+    assert all(torch.equal(w1[k], wf[k]) for k in frozen)
 
 
 def test_phase1_lowers_feature_mse(conv_run, tiny_data):
-    out, teacher = conv_run  # the run's teacher: train mode, BatchNorm on batch statistics
+    out, teacher = conv_run  # the run's teacher (eval mode, as the original)
     images = torch.stack([x for x, _ in MaskedImageFolder(tiny_data, "train", transform=eval_transform(64))])
     with torch.no_grad():
         target = feature_fn(teacher, TEACHER_ARCH, "conv")(images)

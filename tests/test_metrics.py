@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from kdq.function.metrics.bootstrap import mean_interval, paired_bootstrap, percentile_interval
+from kdq.function.metrics.bootstrap import bootstrap, mean_interval, percentile_interval
 from kdq.function.sigma.entropy import HALF_LOG_2PIE, entropy_map
 from kdq.function.metrics.measures import (NetInput, background_baseline, background_means, compare,
                               concept_counts, concept_masks, concept_ratio, first_argmax,
@@ -105,7 +105,7 @@ def test_per_image_metrics_by_hand():
     H = np.zeros((2, 2, 2, 2))
     H[0, 1] = cells([-1.0, 0.0], [0.0, 0.0])  # k=1: image 0 bg mean 0
     H[1, 1] = cells([0.0, -1.0], [0.0, 1.0])  # k=1: image 1 bg mean 0 → baseline 0, concepts: H < -0.2
-    p = per_image_metrics(H, fg, 0.2, D_at=np.array([0.0, 4.0]))
+    p = per_image_metrics(NetInput(H, fg, D_at=np.array([0.0, 4.0]), allowed=np.ones(2, bool)), 0.2)
     assert p.baseline.tolist() == [0.0, 0.0]
     assert p.n_fg.tolist() == [[0, 1], [0, 0]] and p.n_bg.tolist() == [[0, 0], [0, 1]]
     assert p.fg_ratio.tolist() == [1.0, 0.0]
@@ -115,18 +115,25 @@ def test_per_image_metrics_by_hand():
     assert s["N_fg"] == 0.5 and s["N_bg"] == 0.5 and s["lambda"] == 0.5
     assert s["D_mean"] == 2.0 and s["D_std"] == 2.0 and s["D_var"] == 4.0  # ddof 0
     assert s["rho"] == 0.5 and s["rho_bg"] == 0.5 and s["rho_total"] == 1.0
+    # background peaks: image 0 has none (first max = checkpoint 0, D 0), image 1 at checkpoint 1 (D 4)
+    assert p.mhat_bg.tolist() == [0, 1] and p.D_bg.tolist() == [0.0, 4.0]
+    assert s["D_mean_bg"] == 2.0 and s["D_var_bg"] == 4.0
+    # slopes N(m̂)/D(m̂): image 0: 1/4; image 1 peaks at epoch 0 with D = 0 → left out by default
+    assert p.slope[0] == 0.25 and math.isnan(p.slope[1])  # 0/0
+    assert s["slope"] == 0.25 and p.slope_left_out == (1, 1)
+    assert s["slope_bg"] == 0.25  # image 1: 1/4; image 0 (0/0) left out
 
 
 def test_bootstrap_is_reproducible_and_contains_the_point_estimate():
     rng = np.random.default_rng(3)
     a, b = rng.normal(0, 1, 40), rng.normal(0.5, 1, 40)
 
-    def stat(idx):
-        return np.array([b[idx].mean() - a[idx].mean()])
+    def stat(idx_a, idx_b):
+        return np.array([b[idx_b].mean() - a[idx_a].mean()])
 
-    p1, r1 = paired_bootstrap(stat, 40, 300, seed=7)
-    p2, r2 = paired_bootstrap(stat, 40, 300, seed=7)
-    _, r3 = paired_bootstrap(stat, 40, 300, seed=8)
+    p1, r1 = bootstrap(stat, 40, 40, 300, seed=7)
+    p2, r2 = bootstrap(stat, 40, 40, 300, seed=7)
+    _, r3 = bootstrap(stat, 40, 40, 300, seed=8)
     assert np.array_equal(r1, r2) and not np.array_equal(r1, r3)
     lo, hi = percentile_interval(r1)
     assert lo[0] < p1[0] < hi[0]
@@ -135,6 +142,15 @@ def test_bootstrap_is_reproducible_and_contains_the_point_estimate():
     assert mlo < point < mhi
     with pytest.raises(ValueError):
         percentile_interval(r1, 1.5)
+    # paired: one resample for both; unpaired: each side on its own (other sizes allowed)
+    seen = []
+    bootstrap(lambda i, j: seen.append((i.copy(), j.copy())) or np.zeros(1), 5, 5, 3, seed=0)
+    assert all(np.array_equal(i, j) for i, j in seen[1:])
+    seen.clear()
+    bootstrap(lambda i, j: seen.append((i.copy(), j.copy())) or np.zeros(1), 5, 7, 3, seed=0, paired=False)
+    assert all(len(i) == 5 and len(j) == 7 for i, j in seen)
+    with pytest.raises(ValueError, match="as many images"):
+        bootstrap(lambda i, j: np.zeros(1), 5, 7, 3, seed=0)
 
 
 def test_compare_rows_intervals_and_directions():
@@ -147,21 +163,26 @@ def test_compare_rows_intervals_and_directions():
     H_distil[:, :, 1:3, 1:3] -= 1.0  # the distil net discards less on the foreground: more fg concepts
     D = np.array([0.0, 1.0, 3.0])
     allowed = np.ones(K, dtype=bool)
-    c1 = compare(NetInput(H_label, D, allowed), NetInput(H_distil, D, allowed), fg, 0.2, 200, seed=5)
-    c2 = compare(NetInput(H_label, D, allowed), NetInput(H_distil, D, allowed), fg, 0.2, 200, seed=5)
-    assert c1.rows == c2.rows
+    c1 = compare(NetInput(H_label, fg, D, allowed), NetInput(H_distil, fg, D, allowed), 0.2, 200, seed=5)
+    c2 = compare(NetInput(H_label, fg, D, allowed), NetInput(H_distil, fg, D, allowed), 0.2, 200, seed=5)
+    assert repr(c1.rows) == repr(c2.rows)  # NaN-safe equality
     rows = {r["metric"]: r for r in c1.rows}
     assert list(rows)[:6] == ["N_fg", "N_bg", "lambda", "D_mean", "D_std", "rho"]
     assert rows["N_fg"]["difference"] > 0 and rows["N_fg"]["holds"] is True
     assert rows["rho_bg"]["predicted"] is None and rows["rho_bg"]["holds"] is None
     for r in c1.rows:
+        if not math.isfinite(r["difference"]):
+            continue
         assert r["difference"] == pytest.approx(r["distil"] - r["label"])
         lo, hi = r["difference_ci"]
         assert lo <= r["difference"] + 1e-12 and r["difference"] - 1e-12 <= hi, r
     # point values equal the plain per-net computation
-    p = per_image_metrics(H_distil, fg, 0.2, D, allowed)
+    p = per_image_metrics(NetInput(H_distil, fg, D, allowed), 0.2)
     assert rows["N_fg"]["distil"] == pytest.approx(summarise(p)["N_fg"])
     assert len(c1.curves["label"]["n_fg_mean"]) == K
+    # a schedule of its own for one net: its curves have its length
+    c3 = compare(NetInput(H_label[:, :2], fg, D[:2], allowed[:2]), NetInput(H_distil, fg, D, allowed), 0.2, 20, 5)
+    assert len(c3.curves["label"]["n_fg_mean"]) == 2 and len(c3.curves["distil"]["n_fg_mean"]) == K
 
 
 def test_metrics_json_has_no_nan():

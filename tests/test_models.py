@@ -143,18 +143,37 @@ def test_seeded_builds_are_identical():
         assert ka == kb and torch.equal(va, vb)
 
 
-def test_original_code_checkpoint_loads(tmp_path):
-    """A state dict in the original naming (DataParallel ``module.`` prefix) loads strictly."""
-    torch.manual_seed(1)
-    source = build_model("resnet18", num_classes=7)
-    sd = {f"module.{k}": v for k, v in source.state_dict().items()}
-    assert any(k.startswith("module.features.3.") for k in sd) and "module.net.fc.6.weight" in sd
+def original_resnet_state(arch: str, classes: int) -> dict[str, torch.Tensor]:
+    """The state dict of the original code's ResNet<arch>_without_pretrained, from its documented shapes (not from
+    kdq's model): torchvision's backbone as ``net.*`` without its fc; ``features`` = Conv(C, C, 3)-BN-ReLU-Conv-BN-ReLU;
+    ``net.fc`` = Linear(C, W)-ReLU-Dropout-Linear(W, W)-ReLU-Dropout-Linear(W, classes), W = 4096 for resnet18 and
+    2048 for resnet50/101/152 (C = 512 or 2048)."""
+    C, W = (512, 4096) if arch == "resnet18" else (2048, 2048)
+    g = torch.Generator().manual_seed(0)
+    backbone = {f"net.{k}": torch.randn(v.shape, generator=g) if v.is_floating_point() else v
+                for k, v in getattr(tvm, arch)(weights=None).state_dict().items() if not k.startswith("fc.")}
+    shapes = {"features.0.weight": (C, C, 3, 3), "features.0.bias": (C,), "features.3.weight": (C, C, 3, 3),
+              "features.3.bias": (C,), "net.fc.0.weight": (W, C), "net.fc.0.bias": (W,), "net.fc.3.weight": (W, W),
+              "net.fc.3.bias": (W,), "net.fc.6.weight": (classes, W), "net.fc.6.bias": (classes,)}
+    for bn in ("features.1", "features.4"):
+        shapes.update({f"{bn}.weight": (C,), f"{bn}.bias": (C,), f"{bn}.running_mean": (C,), f"{bn}.running_var": (C,)})
+    state = {**backbone, **{k: torch.randn(v, generator=g) for k, v in shapes.items()}}
+    state.update({f"{bn}.num_batches_tracked": torch.tensor(0) for bn in ("features.1", "features.4")})
+    return state
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_original_code_checkpoint_loads(arch, tmp_path):
+    """A checkpoint of the original code (DataParallel ``module.`` prefix) loads strictly, every tensor in place."""
+    original = original_resnet_state(arch, classes=7)
+    sd = {f"module.{k}": v for k, v in original.items()}
     torch.save({"epoch": 3, "state_dict": sd, "best_acc1": 12.5, "optimizer": {}}, tmp_path / "3.pth.tar")
-    torch.manual_seed(2)
-    target = build_model("resnet18", num_classes=7)
-    load_weights(target, tmp_path / "3.pth.tar", "resnet18")
-    for k, v in source.state_dict().items():
-        assert torch.equal(target.state_dict()[k], v)
+    target = build_model(arch, num_classes=7)
+    load_weights(target, tmp_path / "3.pth.tar", arch)
+    loaded = target.state_dict()
+    assert set(loaded) == set(original)
+    for k, v in original.items():
+        assert torch.equal(loaded[k], v), k
 
 
 def test_checkpoint_of_another_arch_is_refused(tmp_path):
@@ -169,8 +188,15 @@ def test_pretrained_backbone_keeps_weights_and_fresh_head():
     torch.manual_seed(6)
     model = build_model("vgg11", num_classes=4, pretrained=tv.state_dict())
     assert torch.equal(model.net.features[0].weight, tv.features[0].weight)
-    assert torch.equal(model.net.classifier[0].weight, tv.classifier[0].weight)
+    # as the original: the whole classifier (fc1, fc2 and fc3) starts fresh, N(0, 0.01)
+    for i in (0, 3):
+        assert not torch.equal(model.net.classifier[i].weight, tv.classifier[i].weight)
+        assert abs(model.net.classifier[i].weight.std().item() - 0.01) < 1e-3
     assert model.net.classifier[6].weight.shape == (4, 4096)
+    kept = build_model("vgg11", num_classes=4, pretrained=tv.state_dict(), keep_head=True)  # --keep-pretrained-head
+    assert torch.equal(kept.net.classifier[0].weight, tv.classifier[0].weight)
+    assert torch.equal(kept.net.classifier[3].weight, tv.classifier[3].weight)
+    assert kept.net.classifier[6].weight.shape == (4, 4096)
 
 
 def test_pretrained_with_wrong_keys_is_refused():

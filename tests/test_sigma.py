@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from kdq.function.data.masks import mask_to_grid
 from kdq.function.sigma.effective import drop_reason, entropy_gap, keeps_image
 from kdq.function.sigma.entropy import mean_entropy
 from kdq.function.sigma.fit import SigmaConfig, SigmaFitter, reached_target, select_step
@@ -225,20 +224,14 @@ def test_drop_reason_applies_the_rule_from_its_start_epoch():
     assert drop_reason(0.5, -5.0, epoch=90, start=None) is None  # --effective-rule off
 
 
-def test_mask_downsampling_to_the_grid():
-    mask = np.zeros((32, 32), bool)
-    mask[8:24, 0:8] = True  # resized to 64, then cells of 16 px
-    grid = mask_to_grid(mask, 64, 4)
-    expected = np.zeros((4, 4), bool)
-    expected[1:3, 0] = True
-    np.testing.assert_array_equal(grid, expected)
+def test_draw_is_the_originals_random_sample():
+    import random
 
-
-def test_draw_is_seeded_and_prefix_stable():
-    a = draw_order(100, 10, seed=0)
-    assert a == draw_order(100, 10, seed=0) and a != draw_order(100, 10, seed=1)
-    assert draw_order(100, 20, seed=0)[:10] == a and len(set(a)) == 10
-    assert sorted(draw_order(5, 500, seed=0)) == list(range(5))
+    random.seed(0)
+    assert draw_order(100, 10, pic_seed=0) == random.sample(list(range(100)), 10)
+    a = draw_order(100, 10, pic_seed=3)
+    assert a == draw_order(100, 10, pic_seed=3) and a != draw_order(100, 10, pic_seed=4) and len(set(a)) == 10
+    assert sorted(draw_order(5, 500, pic_seed=0)) == list(range(5))  # the whole split when pic_num ≥ N
 
 
 def test_name_lists_are_a_prefix_of_the_draw():

@@ -11,8 +11,9 @@ from tests.helpers import load_script, run_script
 def test_heavy_teacher_defaults():
     args = load_script("supplement/train_teacher.py").get_args_parser().parse_args(
         ["--arch", "vgg_tiny", "--data", "d", "--out", "o"])
-    assert args.augment == "heavy" and args.weight_decay == 5e-4
-    assert args.epochs == 150  # everything else is train_net's
+    # the original's train_net_supplement.py (mode _augment): heavy augmentation, wd 5e-4, lr 1e-2 log-spaced
+    assert args.augment == "heavy" and args.weight_decay == 5e-4 and args.lr == 0.01
+    assert args.lr_schedule == "logspace" and args.epochs == 150 and args.pretrained is None
 
 
 def test_long_distillation_defaults():
@@ -22,6 +23,9 @@ def test_long_distillation_defaults():
     assert args.epochs == 400 and args.checkpoints == ["paper"]
     assert parse_epochs(args.checkpoints, args.epochs) == list(PAPER_400)
     assert args.finetune_epochs == 100 and args.method == "feature"
+    # the original's distillation_supplement.py: lr 1e-3 constant, wd 5e-4, no augmentation
+    assert args.lr == 1e-3 and args.lr_schedule == "constant" and args.weight_decay == 5e-4
+    assert args.augment == "none"
 
 
 def test_heavy_teacher_then_long_distillation_run(tiny_data, tmp_path):

@@ -40,6 +40,40 @@ def test_run_writes_spec_layout(tiny_data, tmp_path):
     assert not torch.equal(w0["net.classifier.0.weight"], ckpt["state_dict"]["net.classifier.0.weight"])
 
 
+def test_learning_rate_schedules(tiny_data, tmp_path):
+    # the original's np.logspace(log10(lr), log10(lr) − decades, E): by hand for lr 0.02, E = 3
+    runs = {"log1": (("--lr", "0.02"), [0.02, 0.02 * 10 ** -0.5, 0.002]),
+            "log2": (("--lr", "0.02", "--lr-down", "2"), [0.02, 0.002, 0.0002]),
+            "const": (("--lr", "0.02", "--lr-schedule", "constant"), [0.02, 0.02, 0.02])}
+    for name, (flags, expected) in runs.items():
+        out = tmp_path / name
+        assert train(tiny_data, out, *flags, "--checkpoints", "3", "--val-split", "none", epochs=3) == 0
+        lrs = [row["lr"] for row in json.loads((out / "train_log.json").read_text())]
+        assert lrs == pytest.approx(expected, rel=1e-12), name
+    record = json.loads((tmp_path / "log1" / "run.json").read_text())
+    assert record["settings"]["lr_schedule"] == "logspace" and record["settings"]["augment"] == "standard"
+
+
+def test_training_transforms_are_the_originals():
+    from PIL import Image
+
+    from kdq.function.data.transforms import TRAIN_TRANSFORMS, resolve_augment
+    from kdq.models import arch_info
+
+    assert arch_info("vgg16").train_resize == 256 and arch_info("alexnet").train_resize == 256
+    assert arch_info("vgg_tiny").train_resize == 73  # 64 · 256/224, rounded
+    wide = Image.new("RGB", (400, 100))  # a 4:1 image is squashed to a square, not cut from its shorter side
+    standard = TRAIN_TRANSFORMS["standard"](224, 256)
+    assert standard.transforms[0](wide).size == (256, 256) and standard(wide).shape == (3, 224, 224)
+    assert TRAIN_TRANSFORMS["none"](224, 256)(wide).shape == (3, 224, 224)
+    jitter = TRAIN_TRANSFORMS["heavy"](227, 256).transforms[5]
+    assert (jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue) == ((0, 2), (0, 2), (0, 2), (-0.5, 0.5))
+    # --augment auto: CUB trains without augmentation, VOC and ILSVRC with crop + flip, as the original
+    assert [resolve_augment("auto", k) for k in ("cub", "voc", "ilsvrc", "embedded", None)] == \
+        ["none", "standard", "standard", "standard", "standard"]
+    assert resolve_augment("heavy", "cub") == "heavy"
+
+
 def interrupted_at_epoch_2(monkeypatch, data, out, *extra, epochs) -> int:
     """``train`` with a Ctrl-C at the start of epoch 2; returns its exit status."""
     original = EpochLoop._one_epoch

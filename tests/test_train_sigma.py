@@ -52,9 +52,9 @@ def files_of(run: Path) -> dict[str, bytes]:
 
 def test_layout_names_and_shapes(ckpt_run, tiny_data, tmp_path):
     out = tmp_path / "s"
-    assert sigma(ckpt_run, tiny_data, out, "--pic-num", "6", "--effect-num", "2") == 0
+    assert sigma(ckpt_run, tiny_data, out, "--pic-num", "12", "--effect-num", "2") == 0
     full, eff, non = (read_names(out / n) for n in (FULL_LIST, EFFECT_LIST, NON_EFFECT_LIST))
-    assert len(full) == 6 and len(eff) == 2 and set(eff) | set(non) <= set(full)
+    assert len(full) == 12 and len(eff) == 2 and set(eff) | set(non) <= set(full)
     assert all("/" in n and (tiny_data / "train" / n).is_file() for n in full)
     record = json.loads((out / "run.json").read_text())
     assert record["status"] == "complete" and record["checkpoints"] == list(EPOCHS)
@@ -170,7 +170,7 @@ def test_bad_input_is_one_line_exit_2(case, ckpt_run, tiny_data, tmp_path, capsy
     elif case == "epoch":
         extra = ["--checkpoints", "0", "3"]
     elif case == "grid":
-        extra = ["--grid", "7"]
+        extra = ["--grid", "65"]
     elif case == "masks":
         data = _no_masks(tiny_data, tmp_path)
     elif case == "samples":
@@ -197,7 +197,7 @@ def test_bad_input_is_one_line_exit_2(case, ckpt_run, tiny_data, tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "error" in err[0], err
     expected = {"empty_root": "no <epoch>.pth.tar", "arch": "does not fit --arch resnet_tiny",
-                "epoch": "it has 0, 2, 4", "grid": "does not divide", "masks": "no mask",
+                "epoch": "it has 0, 2, 4", "grid": "larger than the input size 64", "masks": "no mask",
                 "samples": "positive", "steps": "positive", "break": "--break-steps", "occupied": "--resume",
                 "layer": "fc9", "resume_other_stage": "not a train_sigma run",
                 "resume_other_settings": "steps: 4 → 5"}[case]
@@ -243,14 +243,69 @@ def test_torchrun_two_ranks_write_the_same_files_and_resume_with_one(ckpt_run, t
     assert listed(two) == listed(one)
 
 
-def test_pixel_input_feeds_unnormalised_images(ckpt_run, tiny_data, tmp_path):
-    """--pixel-input reproduces the original train_sigma.py's input (ToTensor only): other maps."""
-    norm, pix = tmp_path / "norm", tmp_path / "pix"
-    assert sigma(ckpt_run, tiny_data, norm, "--pic-num", "1", "--effective-rule", "off") == 0
-    assert sigma(ckpt_run, tiny_data, pix, "--pic-num", "1", "--effective-rule", "off", "--pixel-input") == 0
-    assert json.loads((pix / "run.json").read_text())["settings"]["pixel_input"] is True
-    a, b = (np.load(array_path(r, 0, "sigma_f_matrix")) for r in (norm, pix))
-    assert np.isfinite(a).all() and np.isfinite(b).all() and not np.allclose(a, b)
+def test_draw_is_the_originals_name_for_name(ckpt_run, tiny_data, tmp_path):
+    """full_name_list.txt is what the original's SelectDataSet picks: the split listed class by class (os.listdir,
+    sorted), then random.seed(pic_seed); random.sample(range(N), pic_num)."""
+    import os
+    import random
+
+    root = tiny_data / "train"
+    listing = [f"{cls}/{im}" for cls in sorted(os.listdir(root)) for im in sorted(os.listdir(root / cls))]
+    for pic_seed in (0, 5):
+        out = tmp_path / f"draw{pic_seed}"
+        assert sigma(ckpt_run, tiny_data, out, "--pic-num", "7", "--effect-num", "1", "--steps", "1",
+                     "--break-steps", "0", "--pic-seed", pic_seed) == 0
+        random.seed(pic_seed)
+        assert read_names(out / FULL_LIST) == [listing[i] for i in random.sample(range(len(listing)), 7)]
+
+
+def test_uneven_grid_runs_as_the_originals_nearest_upsampling(ckpt_run, tiny_data, tmp_path):
+    out = tmp_path / "g5"  # 64 px with 5 cells: cells of 12 or 13 pixels (AlexNet's 227 with 16, likewise)
+    assert sigma(ckpt_run, tiny_data, out, "--pic-num", "1", "--grid", "5", "--effective-rule", "off") == 0
+    assert np.load(array_path(out, 0, "best_sigma_entropy")).shape[-2:] == (5, 5)
+
+
+def test_default_checkpoints_are_the_originals_schedule(ckpt_run, tiny_data, tmp_path):
+    """A run holding every epoch (as the original's train_net writes) is fitted on 0 2 5 … 150 only; one holding
+    400.pth.tar on the 400-epoch list; a run without all of them on every checkpoint it has."""
+    from kdq.function.io.checkpoint import list_checkpoints
+    from kdq.function.sigma.run import default_epochs
+
+    one = next(iter(list_checkpoints(ckpt_run).values()))
+    every = tmp_path / "every"
+    every.mkdir()
+    for e in range(151):
+        (every / f"{e}.pth.tar").symlink_to(one)
+    assert default_epochs(list_checkpoints(every)) == [0, 2, 5, 10, 15, 20, 25, 30, 40, 50, 70, 90, 110, 130, 150]
+    for e in range(151, 401):
+        (every / f"{e}.pth.tar").symlink_to(one)
+    assert default_epochs(list_checkpoints(every))[-7:] == [170, 190, 240, 280, 320, 360, 400]
+    (every / "90.pth.tar").unlink()
+    assert default_epochs(list_checkpoints(every)) == sorted(e for e in range(401) if e != 90)
+    # the stage itself: an every-epoch run of 150 epochs fits the 15 epochs of the schedule
+    run = tmp_path / "run150"
+    run.mkdir()
+    for e in range(151):
+        (run / f"{e}.pth.tar").symlink_to(one)
+    out = tmp_path / "s150"
+    assert sigma(run, tiny_data, out, "--pic-num", "1", "--effective-rule", "off", "--steps", "1",
+                 "--break-steps", "0") == 0
+    record = json.loads((out / "run.json").read_text())
+    assert record["checkpoints"] == [0, 2, 5, 10, 15, 20, 25, 30, 40, 50, 70, 90, 110, 130, 150]
+    assert record["effective_rule_start"] is None and record["total_epochs"] == 150
+
+
+def test_ilsvrc_data_default_to_the_central_square(ckpt_run, tiny_data, tmp_path):
+    data = _no_masks(tiny_data, tmp_path)
+    write_json(data / "dataset.json", {"preparer": "ilsvrc", "status": "complete"})
+    out = tmp_path / "ilsvrc"
+    assert sigma(ckpt_run, data, out, "--pic-num", "2") == 0  # no mask anywhere: the central square
+    settings = json.loads((out / "run.json").read_text())["settings"]
+    assert settings["foreground"] == "central" and settings["missing_mask"] == "central"
+    # box masks where they exist, the central square for the images without one
+    assert sigma(ckpt_run, data, tmp_path / "boxes", "--pic-num", "2", "--foreground", "masks") == 0
+    assert sigma(ckpt_run, data, tmp_path / "strict", "--pic-num", "2", "--foreground", "masks",
+                 "--missing-mask", "error") == 2
 
 
 # demo-like fit settings (Makefile SIGMA_FLAGS): with only 4 noise samples a ReLU kink crossed by a float-rounding

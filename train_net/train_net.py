@@ -21,7 +21,8 @@ from kdq.function.runtime import cleanup_distributed
 from kdq.function.train.engine import EpochLoop, evaluate
 from kdq.function.train.schedules import lr_schedule, parse_epochs
 from kdq.function.archs import arch_or_error
-from kdq.function.train.stage import add_common_training_args, add_sgd_args, load_splits, make_loaders, setup
+from kdq.function.train.stage import (add_common_training_args, add_sgd_args, load_splits, make_loaders,
+                                      resolved_augment, setup)
 from kdq.function.train.weight_distance import WeightDistance
 from kdq.models import MODELS, build_model, check_pretrained
 
@@ -33,11 +34,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     m = p.add_argument_group("model")
     m.add_argument("--arch", required=True, help=f"architecture: {', '.join(MODELS)}")
     m.add_argument("--pretrained", type=Path, default=None,
-                   help="local torchvision-format state dict for the backbone (never downloaded)")
+                   help="local torchvision-format state dict for the backbone (never downloaded); the head starts "
+                        "fresh (VGG/AlexNet: fc1, fc2 and fc3; ResNets: the extra block and the head), as the "
+                        "original code")
+    m.add_argument("--keep-pretrained-head", action="store_true",
+                   help="with --pretrained, take fc1 and fc2 from the file too (only fc3 starts fresh)")
     m.add_argument("--dropout", type=finite_float, default=None, help="dropout of the fc head (default: the arch's 0.5)")
     o = p.add_argument_group("optimisation (SPEC §1 defaults)")
     o.add_argument("--epochs", type=positive_int, default=150, help="training epochs")
-    add_sgd_args(o)
+    add_sgd_args(o, schedule="logspace")
     add_common_training_args(p)
     return p
 
@@ -45,10 +50,12 @@ def get_args_parser() -> argparse.ArgumentParser:
 def read_pretrained(args: argparse.Namespace, num_classes: int) -> dict | None:
     """The ``--pretrained`` state dict, checked against the arch before anything is written."""
     if args.pretrained is None:
+        if args.keep_pretrained_head:
+            raise UserError("--keep-pretrained-head needs --pretrained")
         return None
     state = load_checkpoint(args.pretrained, "--pretrained")
     try:
-        check_pretrained(args.arch, num_classes, state, str(args.pretrained), args.dropout)
+        check_pretrained(args.arch, num_classes, state, str(args.pretrained), args.dropout, args.keep_pretrained_head)
     except ValueError as exc:
         raise UserError(f"--pretrained: {exc}") from None
     return state
@@ -62,15 +69,15 @@ def main(args: argparse.Namespace) -> None:
         raise UserError(str(exc)) from None
     train_set, val_set = load_splits(args, info.input_size)
     pretrained = read_pretrained(args, len(train_set.classes))
-    ctx, device, record = setup(args, "train_net")
+    ctx, device, record = setup(args, "train_net", {"augment": resolved_augment(args)})
     if record is None:
         return
-    model = build_model(args.arch, len(train_set.classes), pretrained, args.dropout)
+    model = build_model(args.arch, len(train_set.classes), pretrained, args.dropout, args.keep_pretrained_head)
     model.to(device)
     net = nn.parallel.DistributedDataParallel(model) if ctx.enabled else model
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
-    loader, val_loader = make_loaders(args, train_set, val_set, info.input_size, ctx, device)
+    loader, val_loader = make_loaders(args, train_set, val_set, info, ctx, device)
 
     def step(images, labels):
         logits = net(images)
@@ -80,7 +87,7 @@ def main(args: argparse.Namespace) -> None:
                      device=device, ctx=ctx, seed=args.seed, epochs=args.epochs, arch=args.arch,
                      checkpoints=set(checkpoints),
                      tracker=WeightDistance(model, {layer: tap.weight for layer, tap in info.taps.items()}),
-                     lr_at=lr_schedule("logspace", args.lr, args.epochs),
+                     lr_at=lr_schedule(args.lr_schedule, args.lr, args.epochs, args.lr_down),
                      validate=(lambda: evaluate(model, val_loader, device)) if val_loader else None,
                      meta={"classes": train_set.classes, "num_classes": len(train_set.classes)})
     if args.resume:

@@ -11,9 +11,22 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from kdq.function.cli import UserError
+from kdq.function.io.rundir import DATASET_JSON, read_json
 from kdq.function.runtime import derive_seed
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
+DATASET_KINDS = ("embedded", "cub", "voc", "ilsvrc")
+
+
+def dataset_kind(root: Path) -> str | None:
+    """What a dataset root holds, from its ``dataset.json``: ``embedded`` (make_dataset), ``cub``, ``voc`` or
+    ``ilsvrc`` (prepare_data); None for a folder kdq did not write (the defaults that depend on the kind then
+    take their general value)."""
+    manifest = read_json(Path(root) / DATASET_JSON)
+    if manifest.get("generator") == "kdq.synthetic":
+        return "embedded"
+    kind = manifest.get("preparer")
+    return kind if kind in DATASET_KINDS else None
 
 
 class MaskedImageFolder(Dataset):
@@ -67,12 +80,18 @@ class MaskedImageFolder(Dataset):
         img = self.load_image(i)
         return (self.transform(img) if self.transform else img), self.samples[i][1]
 
-    def mask(self, i: int) -> np.ndarray | None:
+    def mask_values(self, i: int) -> np.ndarray | None:
+        """The mask of image ``i`` as grey values (uint8 (H, W); > 0 is foreground), None without a mask file."""
         path = self.mask_path(i)
         if not path.is_file():
             return None
         with Image.open(path) as m:
-            return np.asarray(m.convert("L")) > 0
+            return np.asarray(m.convert("L"))
+
+    def mask(self, i: int) -> np.ndarray | None:
+        """The mask of image ``i`` as a bool (H, W) array (value > 0), None without a mask file."""
+        values = self.mask_values(i)
+        return None if values is None else values > 0
 
     def check_masks(self) -> None:
         missing = [self.names[i] for i in range(len(self)) if not self.mask_path(i).is_file()]

@@ -1,9 +1,10 @@
-"""Paired percentile bootstrap over images: seeded, reproducible.
+"""Percentile bootstrap over images: seeded, reproducible.
 
-``paired_bootstrap(statistic, n, n_boot, seed)`` draws ``n_boot`` resamples of the ``n`` image indices
-(with replacement) from ``numpy.random.default_rng(seed)`` and evaluates ``statistic(indices)`` — a
-vector — on each.  "Paired" because the statistic sees the same indices for both nets, so a
-difference (distil − label) is resampled image by image.
+``bootstrap(statistic, n_label, n_distil, n_boot, seed, paired)`` evaluates ``statistic(idx_label, idx_distil)``
+— a vector — on all images and on ``n_boot`` resamples drawn from ``numpy.random.default_rng(seed)``.
+*Paired* (the nets share their images, ``n_label == n_distil``): one resample of the image indices (with
+replacement) serves both nets, so a difference distil − label is resampled image by image.  Unpaired (the
+original's per-net image sets): each net's images are resampled on their own.
 """
 from __future__ import annotations
 
@@ -12,17 +13,22 @@ from typing import Callable
 
 import numpy as np
 
+Statistic = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
-def paired_bootstrap(statistic: Callable[[np.ndarray], np.ndarray], n: int, n_boot: int,
-                     seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(point, replicates)``: the statistic on all images and on ``n_boot`` resamples (n_boot, m)."""
-    if n <= 0:
-        raise ValueError("bootstrap needs at least one image")
+
+def bootstrap(statistic: Statistic, n_label: int, n_distil: int, n_boot: int, seed: int,
+              paired: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """``(point, replicates)``: the statistic on all images and on ``n_boot`` resamples, (n_boot, m)."""
+    if n_label <= 0 or n_distil <= 0:
+        raise ValueError("bootstrap needs at least one image per net")
+    if paired and n_label != n_distil:
+        raise ValueError(f"a paired bootstrap needs as many images for both nets ({n_label} vs {n_distil})")
     rng = np.random.default_rng(seed)
-    point = np.asarray(statistic(np.arange(n)), dtype=np.float64)
+    point = np.asarray(statistic(np.arange(n_label), np.arange(n_distil)), dtype=np.float64)
     reps = np.empty((n_boot, point.size), dtype=np.float64)
     for r in range(n_boot):
-        reps[r] = statistic(rng.integers(0, n, size=n))
+        idx = rng.integers(0, n_label, size=n_label)
+        reps[r] = statistic(idx, idx if paired else rng.integers(0, n_distil, size=n_distil))
     return point, reps
 
 
@@ -44,6 +50,6 @@ def percentile_interval(replicates: np.ndarray, level: float = 0.95) -> tuple[np
 def mean_interval(values: np.ndarray, n_boot: int, seed: int, level: float = 0.95) -> tuple[float, float, float]:
     """Mean of ``values`` with its bootstrap interval (a convenience for one sample)."""
     values = np.asarray(values, dtype=np.float64)
-    point, reps = paired_bootstrap(lambda idx: values[idx].mean(keepdims=True), len(values), n_boot, seed)
+    point, reps = bootstrap(lambda idx, _: values[idx].mean(keepdims=True), len(values), len(values), n_boot, seed)
     lo, hi = percentile_interval(reps, level)
     return float(point[0]), float(lo[0]), float(hi[0])

@@ -1,31 +1,36 @@
-"""Reading what the metrics stage compares: two sigma runs (SPEC §4 layout, kdq's or the original
-code's), the training runs' ``weight_diff.npy`` and the foreground masks at cell resolution.
+"""Reading what the metrics stage compares, for one layer: two sigma runs (SPEC §4 layout, kdq's or the original
+code's), the training runs' ``weight_diff.npy`` and the foreground cells of the images.
 
-Every problem with the inputs is a :class:`~function.cli.UserError` that names the flag and the file;
-an image whose σ* holds NaN/inf or a value ≤ 0 is not an error but is skipped and counted.
+Each net keeps its own checkpoint schedule (a 400-epoch student may be compared with a 150-epoch label net).
+The images are those effective in both sigma runs (duplicate names counted once, as the original's set
+intersection).  kdq then pairs them: an image whose σ* is unusable (NaN/inf or ≤ 0) in either run is left out
+of both.  With ``compat="original"`` each net filters its own images (``min σ* ≤ 0`` out), as the original
+does, so the two nets may be measured on different images.
+
+Every problem with the inputs is a :class:`~kdq.function.cli.UserError` that names the flag and the file;
+unusable images are not errors but are counted and reported.
 """
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from kdq.function.sigma import layout
 from kdq.function.cli import UserError
-from kdq.function.data.folder import MaskedImageFolder
-from kdq.function.data.masks import central_square, mask_to_grid
+from kdq.function.data.folder import MaskedImageFolder, dataset_kind
+from kdq.function.data.masks import Foreground, resolve_foreground
 from kdq.function.io.rundir import read_run_json, recorded_path
 from kdq.function.metrics.measures import screen_sigma
-from kdq.function.train.schedules import paper_schedule
+from kdq.function.sigma import layout
+from kdq.function.train.schedules import paper_schedule, parse_epochs
 from kdq.models.taps import LAYERS
 
-log = logging.getLogger(__name__)
-
 EPOCH_KEYS = ("checkpoints", "epochs", "checkpoint_epochs")
+NETS = ("label", "distil")
+COMPAT = ("kdq", "original")
 
 
 def _epoch_list(value: Any) -> list[int] | None:
@@ -91,97 +96,13 @@ class SigmaRun:
 
     def sigma(self, name: str) -> np.ndarray:
         """σ* of one image as float64 (K, g, g); UserError when the file is missing or malformed."""
-        index = self.index[name]
-        path = layout.array_path(self.path, index, "best_sigma_entropy")
+        path = layout.array_path(self.path, self.index[name], "best_sigma_entropy")
         arr = load_npy(path, self.flag, f" (image {name})")
         if arr.ndim == 4 and arr.shape[1] == 1:
             arr = arr[:, 0]
         if arr.ndim != 3 or arr.shape[1] != arr.shape[2] or not np.issubdtype(arr.dtype, np.number):
             raise UserError(f"{self.flag}: {path} has shape {arr.shape} ({arr.dtype}); expected (K, 1, g, g)")
         return arr.astype(np.float64)
-
-
-def resolve_epochs(label: SigmaRun, distil: SigmaRun, cli: list[int] | None) -> tuple[list[int], str]:
-    """The checkpoint epochs of the K entries and where they came from; the runs must agree."""
-    rec = {run.flag: run.recorded_epochs() for run in (label, distil)}
-    a, b = rec[label.flag], rec[distil.flag]
-    if a is not None and b is not None and a != b:
-        raise UserError(f"the sigma runs were fitted on different checkpoint schedules: {label.flag} {a} vs "
-                        f"{distil.flag} {b}")
-    recorded = a if a is not None else b
-    if cli is not None:
-        if recorded is not None and recorded != cli:
-            raise UserError(f"--checkpoints {cli} disagrees with the epochs the sigma run records: {recorded}")
-        return list(cli), "--checkpoints"
-    if recorded is None:
-        raise UserError("the sigma runs do not record their checkpoint epochs (no run.json): pass --checkpoints "
-                        "E1 E2 ... (one per sigma entry, oldest first) or --checkpoints paper")
-    return recorded, "run.json"
-
-
-def check_recorded_grid(label: SigmaRun, distil: SigmaRun) -> None:
-    ga, gb = label.recorded("grid"), distil.recorded("grid")
-    if ga is not None and gb is not None and int(ga) != int(gb):
-        raise UserError(f"the sigma runs were fitted with different grids: {label.flag} {ga}x{ga} vs "
-                        f"{distil.flag} {gb}x{gb}")
-
-
-@dataclass
-class PairedSigma:
-    names: list[str]  # images effective in both runs and usable in both
-    label: np.ndarray  # (N, K, g, g) σ*
-    distil: np.ndarray
-    both: int  # images effective in both runs (before screening)
-    skipped: dict[str, str]  # name → "label: non-finite" etc.
-
-
-def load_pair(label: SigmaRun, distil: SigmaRun, epochs: list[int], grid: int | None) -> PairedSigma:
-    """σ* of the images effective in both runs, with shape checks and NaN/inf/≤0 screening.
-
-    Skipped images are returned (``skipped``), not logged: the caller warns once the other inputs are
-    checked, so that a bad input still gives exactly one line on stderr."""
-    in_distil = set(distil.effect)
-    names = [n for n in label.effect if n in in_distil]
-    if not names:
-        raise UserError(f"no image is effective in both sigma runs ({label.flag}: {len(label.effect)} effective, "
-                        f"{distil.flag}: {len(distil.effect)} effective, none in common)")
-    kept, a_list, b_list, skipped = [], [], [], {}
-    shapes: dict[str, tuple] = {}
-    for name in names:
-        arrays = {}
-        for run, key in ((label, "label"), (distil, "distil")):
-            arr = run.sigma(name)
-            shape = shapes.setdefault(key, arr.shape)
-            if arr.shape != shape:
-                raise UserError(f"{run.flag}: image {name} has σ* of shape {arr.shape}, others {shape}")
-            arrays[key] = arr
-        if not kept and not skipped:
-            _check_shapes(label, distil, shapes, epochs, grid)
-        reasons = [f"{k}: {r}" for k, r in ((k, screen_sigma(v)) for k, v in arrays.items()) if r]
-        if reasons:
-            skipped[name] = "; ".join(reasons)
-            continue
-        kept.append(name)
-        a_list.append(arrays["label"])
-        b_list.append(arrays["distil"])
-    if not kept:
-        raise UserError(f"none of the {len(names)} image(s) effective in both runs has a usable σ* "
-                        f"(all hold NaN/inf or values ≤ 0)")
-    return PairedSigma(kept, np.stack(a_list), np.stack(b_list), len(names), skipped)
-
-
-def _check_shapes(label: SigmaRun, distil: SigmaRun, shapes: dict, epochs: list[int], grid: int | None) -> None:
-    (ka, ga, _), (kb, gb, _) = shapes["label"], shapes["distil"]
-    if ga != gb:
-        raise UserError(f"the sigma runs were fitted with different grids: {label.flag} {ga}x{ga} vs "
-                        f"{distil.flag} {gb}x{gb}")
-    if ka != kb:
-        raise UserError(f"the sigma runs were fitted on different checkpoint schedules: {label.flag} has {ka} "
-                        f"checkpoints, {distil.flag} has {kb}")
-    if grid is not None and grid != ga:
-        raise UserError(f"--grid {grid} but the sigma files hold a {ga}x{ga} grid")
-    if len(epochs) != ka:
-        raise UserError(f"the sigma files hold {ka} checkpoints but the epochs given are {len(epochs)}: {epochs}")
 
 
 def load_npy(path: Path, flag: str, context: str = "") -> np.ndarray:
@@ -210,31 +131,15 @@ def load_weight_diff(run: Path, flag: str, epochs: list[int], row: int) -> np.nd
     return wd[row].astype(np.float64)
 
 
-def foreground_cells(data: MaskedImageFolder, names: list[str], size: int, grid: int,
-                     missing: str = "error") -> tuple[np.ndarray, list[str]]:
-    """(N, g, g) foreground cells of ``names`` (SPEC §2); ``missing='central'`` uses the central square
-    for an image without a mask (returned in the second value), ``'error'`` refuses it."""
-    out, fallback = [], []
-    for name in names:
-        i = data.index_of(name)
-        mask = data.mask(i)
-        if mask is None:
-            if missing != "central":
-                raise UserError(f"--data: missing mask for image {name} (expected {data.mask_path(i)})")
-            fallback.append(name)
-            out.append(central_square(grid))
-        else:
-            out.append(mask_to_grid(mask, size, grid))
-    return np.stack(out), fallback
-
-
-
 def pick_folder(folder: Path, layer: str, marker: str) -> Path:
+    """``<folder>/<layer>`` when it holds ``marker`` (one run per layer), else ``folder`` itself."""
     sub = Path(folder) / layer
     return sub if (sub / marker).is_file() else Path(folder)
 
 
-def _training_run(flag: str, given: Path | None, sigma: SigmaRun, layer: str) -> Path:
+def training_run(flag: str, given: Path | None, sigma: SigmaRun, layer: str) -> Path:
+    """The training run a net's weight distances come from: ``given`` (checked against what the sigma run
+    records) or the one the sigma run records."""
     root = sigma.recorded("checkpoint_root")
     if root is not None:
         root = recorded_path(root, sigma.meta.get("cwd"))
@@ -249,7 +154,8 @@ def _training_run(flag: str, given: Path | None, sigma: SigmaRun, layer: str) ->
     return Path(root)
 
 
-def _run_epochs(run: Path, flag: str) -> int:
+def run_length(run: Path, flag: str) -> int:
+    """The number of epochs a training run holds (its ``weight_diff.npy`` columns − 1)."""
     path = run / "weight_diff.npy"
     if not path.is_file():
         raise UserError(f"{flag}: {path} is missing")
@@ -259,29 +165,95 @@ def _run_epochs(run: Path, flag: str) -> int:
         raise UserError(f"{flag}: cannot read {path} ({exc})") from None
 
 
-def cli_epochs(spec: list[str] | None, label_run: Path, distil_run: Path) -> list[int] | None:
-    """The epochs ``--checkpoints`` gives (None without it); ``paper``: the schedule of the training runs."""
+def net_epochs(sigma: SigmaRun, run: Path, spec: list[str] | None, spec_flag: str,
+               run_flag: str) -> tuple[list[int], str]:
+    """The epochs of one sigma run's K entries and where they came from: ``spec`` (``--checkpoints E…`` or
+    ``paper``: the schedule of that net's training run, 0 2 5 … 150 or … 400, as the original's
+    ``choose_ckpt_list``), else what its run.json records."""
+    recorded = sigma.recorded_epochs()
     if spec is None:
-        return None
+        if recorded is None:
+            raise UserError(f"{sigma.flag}: {sigma.path} does not record its checkpoint epochs (no run.json): pass "
+                            f"{spec_flag} E1 E2 ... (one per sigma entry, oldest first) or {spec_flag} paper")
+        return recorded, "run.json"
     if spec == ["paper"]:
-        a = paper_schedule(_run_epochs(label_run, "--label-run"))
-        b = paper_schedule(_run_epochs(distil_run, "--distil-run"))
-        if a != b:
-            raise UserError(f"--checkpoints paper: the training runs differ in length, so their schedules differ "
-                            f"(label {a} vs distil {b}); give the epochs explicitly")
-        return a
-    try:
-        epochs = [int(e) for e in spec]
-    except ValueError:
-        raise UserError(f"--checkpoints takes epochs (integers) or 'paper', got {' '.join(spec)}") from None
-    if any(e < 0 for e in epochs) or epochs != sorted(set(epochs)):
-        raise UserError(f"--checkpoints must be distinct epochs ≥ 0 in increasing order, got {epochs}")
-    return epochs
+        total = run_length(run, run_flag)
+        epochs, source = paper_schedule(total), f"{spec_flag} paper ({total} epochs)"
+    else:
+        try:
+            epochs, source = parse_epochs(spec, None, spec_flag), spec_flag
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        if [int(e) for e in spec] != epochs:
+            raise UserError(f"{spec_flag} must be distinct epochs ≥ 0 in increasing order, got {' '.join(spec)}")
+    if recorded is not None and recorded != epochs:
+        raise UserError(f"{spec_flag} {epochs} disagrees with the epochs {sigma.flag} records: {recorded}")
+    return epochs, source
 
 
-def _arch(args, *sources: SigmaRun | Path) -> str | None:
-    if args.arch:
-        return args.arch
+def common_effective(label: SigmaRun, distil: SigmaRun) -> list[str]:
+    """The images effective in both runs, each once, in the label run's order."""
+    in_distil = set(distil.effect)
+    return list(dict.fromkeys(n for n in label.effect if n in in_distil))
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the metrics stage was asked for one analysis (its flags), to be resolved per layer."""
+    label_run: Path | None = None
+    distil_run: Path | None = None
+    # net → (its --checkpoints words or None, the flag they came from)
+    checkpoints: dict[str, tuple[list[str] | None, str]] = field(
+        default_factory=lambda: {net: (None, "--checkpoints") for net in NETS})
+    grid: int | None = None
+    arch: str | None = None
+    image_size: int | None = None
+    foreground: str = "auto"
+    missing_mask: str = "auto"
+    exact_masks: bool = False
+    mask_pad: float | None = None
+    mhat_skip_epoch0: str = "auto"
+    compat: str = "kdq"
+
+
+@dataclass
+class NetData:
+    """One net's inputs at one layer, read and checked."""
+    key: str  # "label" or "distil"
+    sigma: SigmaRun
+    run: Path  # the training run
+    epochs: list[int]
+    epochs_source: str
+    wd_row: np.ndarray  # the layer's row of weight_diff.npy
+    names: list[str]  # the images this net is measured on
+    maps: np.ndarray  # (N, K, g, g) σ*
+    fg: np.ndarray  # (N, g, g) foreground cells
+    allowed: np.ndarray  # (K,) bool: checkpoints m̂ may pick
+
+
+@dataclass
+class LayerInputs:
+    """Everything one layer's analysis needs, read and checked (nothing logged yet)."""
+    layer: str
+    nets: dict[str, NetData]
+    both: int  # images effective in both runs
+    skipped: dict[str, str]  # image → why it is left out (of both nets, or of one in compat mode)
+    paired: bool  # both nets are measured on the same images
+    size: int
+    grid: int
+    skip0: bool
+    compat: str
+    foreground: Foreground
+    fallback: list[str]  # images without a mask that use the central square
+    data_root: str
+    split: str
+    warnings: list[str]
+    notes: list[str]
+
+
+def _arch(req: Request, *sources: SigmaRun | Path) -> str | None:
+    if req.arch:
+        return req.arch
     for src in sources:
         arch = src.recorded("arch") if isinstance(src, SigmaRun) else \
             (read_run_json(src).get("settings") or {}).get("arch")
@@ -290,99 +262,173 @@ def _arch(args, *sources: SigmaRun | Path) -> str | None:
     return None
 
 
-@dataclass
-class LayerInputs:
-    """Everything one layer's analysis needs, read and checked (nothing logged yet)."""
-    layer: str
-    lab: SigmaRun
-    dis: SigmaRun
-    label_run: Path
-    distil_run: Path
-    epochs: list[int]
-    epochs_source: str
-    pair: PairedSigma
-    wd: dict[str, np.ndarray]
-    size: int
-    skip0: bool
-    allowed: np.ndarray
-    fg: np.ndarray
-    fallback: list[str]
-    foreground: str  # "masks" or "central"
-    warnings: list[str]
-    notes: list[str]
+def _foreground(req: Request, runs: list[SigmaRun], data: MaskedImageFolder) -> Foreground:
+    """The foreground rule: each flag's value, or for ``auto``/unset what the sigma runs recorded (they must
+    agree), else what the dataset's kind implies."""
+    def recorded(key):
+        values = {json.dumps(run.recorded(key)) for run in runs} - {"null"}
+        if len(values) > 1:
+            flag = "--" + key.replace("_", "-")
+            raise UserError(f"the sigma runs used different {flag} ({' vs '.join(sorted(values))}); pass {flag}")
+        return json.loads(values.pop()) if values else None
+
+    source = req.foreground if req.foreground != "auto" else (recorded("foreground") or "auto")
+    missing = req.missing_mask if req.missing_mask != "auto" else (recorded("missing_mask") or "auto")
+    exact = req.exact_masks or bool(recorded("exact_masks"))
+    pad = req.mask_pad if req.mask_pad is not None else float(recorded("mask_pad") or 1.0)
+    return resolve_foreground(source, missing, dataset_kind(data.root), exact, pad)
 
 
-def load_layer(args, layer: str, data: MaskedImageFolder, label_sigma: Path, distil_sigma: Path) -> LayerInputs:
+def foreground_cells(data: MaskedImageFolder, names: list[str], rule: Foreground, size: int,
+                     grid: int) -> tuple[dict[str, np.ndarray], list[str]]:
+    """(g, g) foreground cells of every image of ``names`` by the rule, and the images that got the central
+    square for a missing mask."""
+    cells, fallback = {}, []
+    for name in names:
+        i = data.index_of(name)
+        values = None if rule.source == "central" else data.mask_values(i)
+        try:
+            cells[name], central = rule.cells(values, size, grid)
+        except ValueError:
+            raise UserError(f"--data: missing mask for image {name} (expected {data.mask_path(i)}; "
+                            "--missing-mask central uses the central square)") from None
+        if central:
+            fallback.append(name)
+    return cells, fallback
+
+
+def load_layer(req: Request, layer: str, data: MaskedImageFolder, label_sigma: Path,
+               distil_sigma: Path) -> LayerInputs:
     """Read and check one layer's inputs; every problem is a UserError, nothing is logged here."""
-    lab = SigmaRun.open(label_sigma, "--label-sigma")
-    dis = SigmaRun.open(distil_sigma, "--distil-sigma")
-    for sr in (lab, dis):
+    if req.compat not in COMPAT:
+        raise UserError(f"--compat must be one of {', '.join(COMPAT)}, got {req.compat!r}")
+    sigmas = {"label": SigmaRun.open(label_sigma, "--label-sigma"), "distil": SigmaRun.open(distil_sigma,
+                                                                                             "--distil-sigma")}
+    for sr in sigmas.values():
         recorded = sr.recorded("layer")
         if recorded is not None and recorded != layer:
             raise UserError(f"{sr.flag}: {sr.path} was fitted at layer {recorded}, not {layer}")
-    check_recorded_grid(lab, dis)
-    label_run = _training_run("--label-run", args.label_run, lab, layer)
-    distil_run = _training_run("--distil-run", args.distil_run, dis, layer)
-    epochs, source = resolve_epochs(lab, dis, cli_epochs(args.checkpoints, label_run, distil_run))
-    if source == "--checkpoints" and args.checkpoints == ["paper"]:
-        source = f"--checkpoints paper, scaled to {_run_epochs(label_run, '--label-run')} epochs"
-    if epochs != sorted(set(epochs)) or min(epochs) < 0:
-        raise UserError(f"the sigma runs record checkpoint epochs {epochs}; expected distinct epochs ≥ 0, oldest first")
-    pair = load_pair(lab, dis, epochs, args.grid)
-    grid = pair.label.shape[-1]
+    grids = {sr.flag: sr.recorded("grid") for sr in sigmas.values()}
+    if None not in grids.values() and len({int(g) for g in grids.values()}) > 1:
+        (fa, ga), (fb, gb) = grids.items()
+        raise UserError(f"the sigma runs were fitted with different grids: {fa} {ga}x{ga} vs {fb} {gb}x{gb}")
+    given = {"label": req.label_run, "distil": req.distil_run}
+    runs = {net: training_run(f"--{net}-run", given[net], sigmas[net], layer) for net in NETS}
+    epochs = {net: net_epochs(sigmas[net], runs[net], *req.checkpoints[net], f"--{net}-run") for net in NETS}
+    names = common_effective(sigmas["label"], sigmas["distil"])
+    if not names:
+        raise UserError(f"no image is effective in both sigma runs (--label-sigma: {len(sigmas['label'].effect)} "
+                        f"effective, --distil-sigma: {len(sigmas['distil'].effect)} effective, none in common)")
+    maps = {net: _read_maps(sigmas[net], names, epochs[net][0], req.grid) for net in NETS}
+    grid = next(iter(maps["label"].values())).shape[-1]
+    other = next(iter(maps["distil"].values())).shape[-1]
+    if grid != other:
+        raise UserError(f"the sigma runs were fitted with different grids: --label-sigma {grid}x{grid} vs "
+                        f"--distil-sigma {other}x{other}")
     row = LAYERS.index(layer)
-    wd = {"label": load_weight_diff(label_run, "--label-run", epochs, row),
-          "distil": load_weight_diff(distil_run, "--distil-run", epochs, row)}
+    wd = {net: load_weight_diff(runs[net], f"--{net}-run", epochs[net][0], row) for net in NETS}
 
     warnings: list[str] = []
     notes: list[str] = []
-    arch = _arch(args, lab, dis, label_run, distil_run)
+    arch = _arch(req, sigmas["label"], sigmas["distil"], runs["label"], runs["distil"])
     info = None
-    if arch and not (args.image_size and args.mhat_skip_epoch0 != "auto"):
+    if arch and not (req.image_size and req.mhat_skip_epoch0 != "auto"):
         from kdq.models import ARCHS  # imported only when needed: building the registry takes seconds
         info = ARCHS.get(arch)
         if info is None:
             warnings.append(f"architecture {arch!r} is not in the registry: pass --image-size and --mhat-skip-epoch0")
-    size = args.image_size or lab.recorded("image_size", "input_size") or (info.input_size if info else None)
+    size = req.image_size or sigmas["label"].recorded("image_size", "input_size") or (info.input_size if info else None)
     if size is None:
         size = 224
         notes.append("input size S unknown (no --arch/--image-size, nothing recorded): S = 224 assumed for the masks")
         warnings.append(notes[-1])
-    skip0 = {"yes": True, "no": False}.get(args.mhat_skip_epoch0, bool(info and info.family == "resnet"))
-    allowed = np.array([not (skip0 and e == 0) for e in epochs])
-    if not allowed.any():
-        allowed[:] = True
-        notes.append("m̂: epoch 0 is the only checkpoint, so it is kept")
+    skip0 = {"yes": True, "no": False}.get(req.mhat_skip_epoch0, bool(info and info.family == "resnet"))
 
-    foreground = args.foreground
-    if foreground == "auto":
-        recorded = {run.recorded("foreground") for run in (lab, dis)} - {None}
-        if len(recorded) > 1:
-            raise UserError(f"the sigma runs used different foregrounds ({' vs '.join(sorted(recorded))}); "
-                            "pass --foreground")
-        foreground = recorded.pop() if recorded else "masks"
-    if foreground == "central":
-        fg, fallback = np.stack([central_square(grid)] * len(pair.names)), []
-        notes.append("foreground: the central square [g/6, 5g/6] for every image")
-    else:
-        fg, fallback = foreground_cells(data, pair.names, int(size), grid, args.missing_mask)
+    # which images each net is measured on
+    skipped: dict[str, str] = {}
+    kept = {net: [] for net in NETS}
+    for name in names:
+        reasons = {net: screen_sigma(maps[net][name]) for net in NETS}
+        if req.compat == "original":
+            for net in NETS:  # the original drops, per net, an image whose min σ* is ≤ 0
+                if reasons[net] is None:
+                    kept[net].append(name)
+                else:
+                    skipped[name] = "; ".join(f"{n}: {r}" for n, r in reasons.items() if r)
+        elif any(reasons.values()):
+            skipped[name] = "; ".join(f"{n}: {r}" for n, r in reasons.items() if r)
+        else:
+            for net in NETS:
+                kept[net].append(name)
+    for net in NETS:
+        if not kept[net]:
+            raise UserError(f"none of the {len(names)} image(s) effective in both runs has a usable σ* in the "
+                            f"{net} run (all hold NaN/inf or values ≤ 0)")
+    rule = _foreground(req, list(sigmas.values()), data)
+    cells, fallback = foreground_cells(data, list(dict.fromkeys(kept["label"] + kept["distil"])), rule, int(size),
+                                       grid)
+    nets = {}
+    for net in NETS:
+        net_epochs_, source = epochs[net]
+        allowed = np.array([not (skip0 and e == 0) for e in net_epochs_])
+        if not allowed.any():
+            allowed[:] = True
+            notes.append(f"{net} net: m̂: epoch 0 is the only checkpoint, so it is kept")
+        nets[net] = NetData(net, sigmas[net], runs[net], net_epochs_, source, wd[net], kept[net],
+                            np.stack([maps[net][n] for n in kept[net]]), np.stack([cells[n] for n in kept[net]]),
+                            allowed)
+    paired = kept["label"] == kept["distil"]
+    _describe(nets, names, skipped, fallback, rule, req.compat, paired, notes, warnings)
+    return LayerInputs(layer, nets, len(names), skipped, paired, int(size), grid, skip0, req.compat, rule, fallback,
+                       str(data.root), data.split, warnings, notes)
+
+
+def _read_maps(run: SigmaRun, names: list[str], epochs: list[int], grid: int | None) -> dict[str, np.ndarray]:
+    """σ* of every image of ``names`` in one run, checked against the run's epochs and ``--grid``."""
+    maps, shape = {}, None
+    for name in names:
+        arr = run.sigma(name)
+        if shape is None:
+            shape = arr.shape
+            K, g = shape[0], shape[-1]
+            if grid is not None and grid != g:
+                raise UserError(f"--grid {grid} but {run.flag} {run.path} holds a {g}x{g} grid")
+            if len(epochs) != K:
+                raise UserError(f"{run.flag}: the sigma files hold {K} checkpoints but the epochs given are "
+                                f"{len(epochs)}: {epochs}")
+        elif arr.shape != shape:
+            raise UserError(f"{run.flag}: image {name} has σ* of shape {arr.shape}, others {shape}")
+        maps[name] = arr
+    return maps
+
+
+def _describe(nets: dict[str, NetData], names: list[str], skipped: dict[str, str], fallback: list[str],
+              rule: Foreground, compat: str, paired: bool, notes: list[str], warnings: list[str]) -> None:
+    """The notes and warnings of a layer's inputs (what was left out, and why)."""
+    if rule.source == "central":
+        notes.append("foreground: the central square (rows and columns int(g/6)..int(5g/6)) for every image")
     if fallback:
         notes.append(f"{len(fallback)} image(s) without a mask use the central square")
-    no_bg = int((fg.reshape(len(fg), -1).all(axis=1)).sum())
-    if no_bg:
-        notes.append(f"{no_bg} image(s) have no background cell and do not enter the baseline H̄_bg")
-    no_fg = int((~fg.reshape(len(fg), -1).any(axis=1)).sum())
-    if no_fg:
-        notes.append(f"{no_fg} image(s) have no foreground cell (N_fg = 0, ρ = 0 for them)")
-    if pair.skipped:
-        notes.append(f"{len(pair.skipped)} image(s) skipped for NaN/inf or σ* ≤ 0: "
-                     + ", ".join(f"{n} ({r})" for n, r in list(pair.skipped.items())[:5])
-                     + (" …" if len(pair.skipped) > 5 else ""))
-        warnings += [f"skipping {name}: σ* is {why}" for name, why in pair.skipped.items()]
-        warnings.append(f"skipped {len(pair.skipped)} of {pair.both} images effective in both runs "
-                        "(NaN/inf or σ* ≤ 0)")
-    return LayerInputs(layer, lab, dis, label_run, distil_run, epochs, source, pair, wd, int(size), skip0, allowed,
-                       fg, fallback, foreground, warnings, notes)
+    for net, d in nets.items():
+        flat = d.fg.reshape(len(d.fg), -1)
+        if int(flat.all(axis=1).sum()):
+            notes.append(f"{net} net: {int(flat.all(axis=1).sum())} image(s) have no background cell and do not "
+                         "enter the baseline H̄_bg" + (" (the original's mean turns it into NaN)"
+                                                     if compat == "original" else ""))
+        if int((~flat.any(axis=1)).sum()):
+            notes.append(f"{net} net: {int((~flat.any(axis=1)).sum())} image(s) have no foreground cell "
+                         "(N_fg = 0, ρ = 0 for them)")
+    if skipped:
+        scope = "of the net whose σ* it is (the original's per-net filter)" if compat == "original" else \
+            "of both nets"
+        notes.append(f"{len(skipped)} image(s) left out {scope} for NaN/inf or σ* ≤ 0: "
+                     + ", ".join(f"{n} ({r})" for n, r in list(skipped.items())[:5])
+                     + (" …" if len(skipped) > 5 else ""))
+        warnings += [f"leaving out {name}: σ* is {why}" for name, why in skipped.items()]
+        warnings.append(f"left out {len(skipped)} of {len(names)} images effective in both runs (NaN/inf or σ* ≤ 0)")
+    if not paired:
+        notes.append(f"the nets are measured on different images (label {len(nets['label'].names)}, distil "
+                     f"{len(nets['distil'].names)}): their bootstrap resamples each net's images on its own")
 
 
 def layer_dirs(layer: str, label_sigma: Path, distil_sigma: Path) -> list[tuple[str, Path, Path]]:
@@ -391,10 +437,10 @@ def layer_dirs(layer: str, label_sigma: Path, distil_sigma: Path) -> list[tuple[
         return [(layer, pick_folder(label_sigma, layer, "full_name_list.txt"),
                  pick_folder(distil_sigma, layer, "full_name_list.txt"))]
     found = []
-    for layer in LAYERS:
-        a, b = label_sigma / layer, distil_sigma / layer
+    for name in LAYERS:
+        a, b = label_sigma / name, distil_sigma / name
         if (a / "full_name_list.txt").is_file() and (b / "full_name_list.txt").is_file():
-            found.append((layer, a, b))
+            found.append((name, a, b))
     if not found:
         raise UserError(f"--layer all: no layer has sigma runs in both {label_sigma}/<layer> and "
                         f"{distil_sigma}/<layer> (layers: {', '.join(LAYERS)})")

@@ -10,16 +10,19 @@ Shapes: ``N`` images, ``K`` checkpoints (oldest first), a ``g×g`` cell grid.
     m   = first_argmax(n_fg, allowed)             # (N,)  m̂(x), first maximum
     rho = stability(C, fg)                        # (N,)  |S_last| / |∪_k S_k|, 0 for an empty union
 
-:func:`per_image_metrics` runs them all for one net; :func:`summarise` turns the per-image values
-into the reported numbers; :func:`compare` adds the paired bootstrap of (distil − label).
+:func:`per_image_metrics` runs them all for one net (:class:`NetInput`: its maps, masks, checkpoints and
+weight distances); :func:`summarise` turns the per-image values into the reported numbers; :func:`compare`
+adds the bootstrap of (distil − label).  Each net is measured on its own checkpoints, so the two may have
+different schedules.  ``NetInput.original`` reproduces the original code's arithmetic where it differs
+(the README's "Differences from the original code").
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from kdq.function.metrics.bootstrap import paired_bootstrap, percentile_interval
+from kdq.function.metrics.bootstrap import bootstrap, percentile_interval
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,10 @@ SECONDARY: tuple[Metric, ...] = (
     Metric("D_var", "D_var", -1, "variance over images (ddof 0) of D(x), as the original code printed"),
     Metric("rho_bg", "ρ_bg", 0, "ρ over background concept cells"),
     Metric("rho_total", "ρ_total", 0, "ρ over all concept cells"),
+    Metric("slope", "slope", 0, "mean over images of N_fg(m̂) / D(m̂), as the original printed it"),
+    Metric("D_mean_bg", "D_mean_bg", 0, "D_mean for background concepts: D at m̂_bg = argmax_k N_bg"),
+    Metric("D_var_bg", "D_var_bg", 0, "variance over images of D at m̂_bg"),
+    Metric("slope_bg", "slope_bg", 0, "mean over images of N_bg(m̂_bg) / D(m̂_bg)"),
 )
 ALL_METRICS = METRICS + SECONDARY
 SCALARS = tuple(m.key for m in ALL_METRICS)
@@ -68,13 +75,16 @@ def background_means(H: np.ndarray, fg: np.ndarray) -> np.ndarray:
         return np.where(n_bg[:, None] > 0, total / np.maximum(n_bg, 1)[:, None], np.nan)
 
 
-def background_baseline(H: np.ndarray, fg: np.ndarray) -> np.ndarray:
-    """(K,): ``H̄_bg(k)`` = mean over images of each image's background mean (images without
-    background cells do not take part; NaN if no image has any)."""
-    return _nanmean0(background_means(H, fg))
+def background_baseline(H: np.ndarray, fg: np.ndarray, skip_nan: bool = True) -> np.ndarray:
+    """(K,): ``H̄_bg(k)`` = mean over images of each image's background mean.  Images without background cells
+    do not take part (NaN if no image has any); ``skip_nan=False`` is the original's plain mean, which an image
+    without background turns into NaN."""
+    return _mean_over_images(background_means(H, fg), skip_nan)
 
 
-def _nanmean0(values: np.ndarray) -> np.ndarray:
+def _mean_over_images(values: np.ndarray, skip_nan: bool) -> np.ndarray:
+    if not skip_nan:
+        return values.mean(axis=0)
     ok = ~np.isnan(values)
     count = ok.sum(axis=0)
     total = np.where(ok, values, 0.0).sum(axis=0)
@@ -120,7 +130,35 @@ def stability(concepts: np.ndarray, region: np.ndarray) -> np.ndarray:
     return np.where(union > 0, last / np.maximum(union, 1), 0.0)
 
 
+def distance_index(mhat: np.ndarray, shift: int) -> np.ndarray:
+    """The checkpoint index whose D is read for an image whose peak is at checkpoint ``mhat``: ``mhat`` itself;
+    ``mhat − 1`` with ``shift=1``, the original's ResNet off-by-one (its argmax runs over a list that starts at
+    checkpoint 1 and then indexes the whole schedule)."""
+    return np.asarray(mhat) - shift
+
+
+def peak_slopes(peak_counts: np.ndarray, D: np.ndarray) -> np.ndarray:
+    """Per image ``count(m̂) / D(m̂)``: inf (or NaN for 0/0) where D is 0, as numpy divides."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.asarray(peak_counts, dtype=np.float64) / np.asarray(D, dtype=np.float64)
+
+
 # ---- one net, all images ---------------------------------------------------------------------------
+
+@dataclass
+class NetInput:
+    """One net's inputs to SPEC §3 at one layer."""
+    H: np.ndarray  # (N, K, g, g) entropy maps, K = this net's checkpoints
+    fg: np.ndarray  # (N, g, g) foreground cells
+    D_at: np.ndarray  # (K,) cumulative weight distance at each checkpoint
+    allowed: np.ndarray  # (K,) bool: checkpoints m̂ may pick
+    original: bool = False  # the original's arithmetic: off-by-one D for ResNets, NaN baseline, inf slopes
+
+    @property
+    def shift(self) -> int:
+        """1 when the original's off-by-one applies (epoch 0 is left out of m̂), else 0."""
+        return int(self.original and not bool(self.allowed[0]))
+
 
 @dataclass
 class PerImage:
@@ -129,32 +167,56 @@ class PerImage:
     n_fg: np.ndarray  # (N, K)
     n_bg: np.ndarray  # (N, K)
     fg_ratio: np.ndarray  # (N,) N_fg / (N_fg + N_bg) at the last checkpoint (the per-image λ of H1)
-    mhat: np.ndarray  # (N,) checkpoint index of m̂
+    mhat: np.ndarray  # (N,) checkpoint index of m̂ (first maximum of N_fg)
     D: np.ndarray  # (N,) D at m̂
+    slope: np.ndarray  # (N,) N_fg(m̂) / D(m̂)
+    mhat_bg: np.ndarray  # (N,) checkpoint index of m̂_bg (first maximum of N_bg)
+    D_bg: np.ndarray  # (N,) D at m̂_bg
+    slope_bg: np.ndarray  # (N,) N_bg(m̂_bg) / D(m̂_bg)
     rho: np.ndarray  # (N,) foreground
     rho_bg: np.ndarray
     rho_total: np.ndarray
+    keep_inf_slopes: bool = False
+
+    @property
+    def slope_left_out(self) -> tuple[int, int]:
+        """Images left out of the mean slope and of the mean background slope because D is 0 at their peak
+        (none when the original's inf is kept)."""
+        if self.keep_inf_slopes:
+            return 0, 0
+        return int(np.count_nonzero(self.D == 0)), int(np.count_nonzero(self.D_bg == 0))
 
 
-def per_image_metrics(H: np.ndarray, fg: np.ndarray, b: float, D_at: np.ndarray,
-                      allowed: np.ndarray | None = None) -> PerImage:
-    """All per-image values of SPEC §3 for one net.
-
-    ``H`` (N, K, g, g) entropy maps, ``fg`` (N, g, g) foreground cells, ``D_at`` (K,) the cumulative
-    weight distance at each checkpoint, ``allowed`` (K,) the checkpoints m̂ may pick.
-    """
-    return _per_image(H, fg, background_means(H, fg), b, D_at, allowed)
+def per_image_metrics(net: NetInput, b: float) -> PerImage:
+    """All per-image values of SPEC §3 for one net."""
+    return _per_image(net, background_means(net.H, net.fg), b, np.arange(net.H.shape[0]))
 
 
-def _per_image(H, fg, bg_means, b, D_at, allowed) -> PerImage:
-    baseline = _nanmean0(bg_means)
+def _per_image(net: NetInput, bg_means: np.ndarray, b: float, idx: np.ndarray) -> PerImage:
+    """:func:`per_image_metrics` of the images ``idx`` (a bootstrap resample) with their background means."""
+    H, fg = net.H[idx], np.asarray(net.fg, dtype=bool)[idx]
+    baseline = _mean_over_images(bg_means[idx], skip_nan=not net.original)
     concepts = concept_masks(H, baseline, b)
     n_fg, n_bg = concept_counts(concepts, fg)
-    mhat = first_argmax(n_fg, allowed)
-    fg = np.asarray(fg, dtype=bool)
+    D_at = np.asarray(net.D_at, dtype=np.float64)
+    rows = np.arange(len(idx))
+    mhat, mhat_bg = first_argmax(n_fg, net.allowed), first_argmax(n_bg, net.allowed)
+    D, D_bg = D_at[distance_index(mhat, net.shift)], D_at[distance_index(mhat_bg, net.shift)]
     return PerImage(baseline=baseline, n_fg=n_fg, n_bg=n_bg, fg_ratio=concept_ratio(n_fg[:, -1], n_bg[:, -1]),
-                    mhat=mhat, D=np.asarray(D_at, dtype=np.float64)[mhat], rho=stability(concepts, fg),
-                    rho_bg=stability(concepts, ~fg), rho_total=stability(concepts, np.ones_like(fg)))
+                    mhat=mhat, D=D, slope=peak_slopes(n_fg[rows, mhat], D),
+                    mhat_bg=mhat_bg, D_bg=D_bg, slope_bg=peak_slopes(n_bg[rows, mhat_bg], D_bg),
+                    rho=stability(concepts, fg), rho_bg=stability(concepts, ~fg),
+                    rho_total=stability(concepts, np.ones_like(fg)), keep_inf_slopes=net.original)
+
+
+def mean_slope(slopes: np.ndarray, D: np.ndarray, keep_inf: bool) -> float:
+    """The mean slope over images: the original's plain mean (inf/NaN where D = 0) with ``keep_inf``, else
+    the mean over the images whose D is not 0 (NaN when none is left)."""
+    if keep_inf:
+        with np.errstate(invalid="ignore"):
+            return float(np.mean(slopes))
+    kept = np.asarray(slopes)[np.asarray(D) != 0]
+    return float(kept.mean()) if kept.size else float("nan")
 
 
 def summarise(p: PerImage) -> dict[str, float]:
@@ -162,7 +224,9 @@ def summarise(p: PerImage) -> dict[str, float]:
     return {"N_fg": float(p.n_fg[:, -1].mean()), "N_bg": float(p.n_bg[:, -1].mean()),
             "lambda": float(p.fg_ratio.mean()), "D_mean": float(p.D.mean()), "D_std": float(p.D.std()),
             "D_var": float(p.D.var()), "rho": float(p.rho.mean()), "rho_bg": float(p.rho_bg.mean()),
-            "rho_total": float(p.rho_total.mean())}
+            "rho_total": float(p.rho_total.mean()), "slope": mean_slope(p.slope, p.D, p.keep_inf_slopes),
+            "D_mean_bg": float(p.D_bg.mean()), "D_var_bg": float(p.D_bg.var()),
+            "slope_bg": mean_slope(p.slope_bg, p.D_bg, p.keep_inf_slopes)}
 
 
 def _stat_vector(p: PerImage) -> np.ndarray:
@@ -171,13 +235,6 @@ def _stat_vector(p: PerImage) -> np.ndarray:
 
 
 # ---- label vs distil ------------------------------------------------------------------------------
-
-@dataclass
-class NetInput:
-    H: np.ndarray  # (N, K, g, g)
-    D_at: np.ndarray  # (K,)
-    allowed: np.ndarray  # (K,) bool: checkpoints m̂ may pick
-
 
 @dataclass
 class Comparison:
@@ -189,48 +246,61 @@ class Comparison:
     n_boot: int
     seed: int
     level: float
+    paired: bool = True  # one resample of the images for both nets (they share their images)
+    notes: list[str] = field(default_factory=list)
 
 
-def compare(label: NetInput, distil: NetInput, fg: np.ndarray, b: float, n_boot: int, seed: int,
-            level: float = 0.95) -> Comparison:
-    """SPEC §3 for both nets on the same images, with a paired percentile bootstrap over images.
+def compare(label: NetInput, distil: NetInput, b: float, n_boot: int, seed: int, level: float = 0.95,
+            paired: bool = True) -> Comparison:
+    """SPEC §3 for both nets, with a percentile bootstrap over images.
 
-    A bootstrap replicate resamples the images (the same draw for both nets) and recomputes
-    everything from the maps, the baseline ``H̄_bg(k)`` included.
+    ``paired``: the nets were measured on the same images and a replicate resamples them once for both (the
+    difference distil − label is resampled image by image); otherwise each net's images are resampled on their
+    own.  Every replicate recomputes everything from the maps, the baseline ``H̄_bg(k)`` included.
     """
-    fg = np.asarray(fg, dtype=bool)
-    n = fg.shape[0]
     nets = {"label": label, "distil": distil}
-    bgm = {k: background_means(v.H, fg) for k, v in nets.items()}
-    per = {k: _per_image(v.H, fg, bgm[k], b, v.D_at, v.allowed) for k, v in nets.items()}
+    if paired and label.H.shape[0] != distil.H.shape[0]:
+        raise ValueError("a paired comparison needs the same images for both nets")
+    bgm = {k: background_means(v.H, v.fg) for k, v in nets.items()}
+    sizes = {k: v.H.shape[0] for k, v in nets.items()}
+    per = {k: _per_image(v, bgm[k], b, np.arange(sizes[k])) for k, v in nets.items()}
 
-    def statistic(idx: np.ndarray) -> np.ndarray:
-        return np.concatenate([_stat_vector(_per_image(v.H[idx], fg[idx], bgm[k][idx], b, v.D_at, v.allowed))
-                               for k, v in nets.items()])
+    def statistic(idx_label: np.ndarray, idx_distil: np.ndarray) -> np.ndarray:
+        return np.concatenate([_stat_vector(_per_image(nets[k], bgm[k], b, idx))
+                               for k, idx in (("label", idx_label), ("distil", idx_distil))])
 
-    point, reps = paired_bootstrap(statistic, n, n_boot, seed)
-    K = label.H.shape[1]
-    width = len(SCALARS) + 2 * K
+    point, reps = bootstrap(statistic, sizes["label"], sizes["distil"], n_boot, seed, paired)
+    widths = {k: len(SCALARS) + 2 * v.H.shape[1] for k, v in nets.items()}
+    off = {"label": 0, "distil": widths["label"]}
     lo, hi = percentile_interval(reps, level)
-    dlo, dhi = percentile_interval(reps[:, width:] - reps[:, :width], level)
+    n = len(SCALARS)
+    with np.errstate(invalid="ignore"):  # inf − inf (the original's slopes) is NaN, which the interval skips
+        dlo, dhi = percentile_interval(reps[:, off["distil"]:off["distil"] + n] - reps[:, :n], level)
     summary = {net: summarise(per[net]) for net in nets}
     rows = []
     for j, m in enumerate(ALL_METRICS):
-        lv, dv = point[j], point[width + j]
-        diff = dv - lv
+        lv, dv = point[j], point[off["distil"] + j]
+        with np.errstate(invalid="ignore"):
+            diff = dv - lv
         holds = None if m.direction == 0 else bool(diff * m.direction > 0)
         excl = None if m.direction == 0 else bool(
             (dlo[j] > 0 and m.direction > 0) or (dhi[j] < 0 and m.direction < 0))
         rows.append({"metric": m.key, "label": float(lv), "distil": float(dv), "difference": float(diff),
                      "difference_ci": [float(dlo[j]), float(dhi[j])],
                      "label_ci": [float(lo[j]), float(hi[j])],
-                     "distil_ci": [float(lo[width + j]), float(hi[width + j])],
+                     "distil_ci": [float(lo[off["distil"] + j]), float(hi[off["distil"] + j])],
                      "predicted": {1: "distil > label", -1: "distil < label", 0: None}[m.direction],
                      "holds": holds, "ci_excludes_zero_in_predicted_direction": excl})
     curves = {}
-    for net, off in (("label", 0), ("distil", width)):
-        s = off + len(SCALARS)
+    for net in nets:
+        K, s = nets[net].H.shape[1], off[net] + n
         curves[net] = {"n_fg_mean": point[s:s + K].tolist(), "n_fg_ci": [lo[s:s + K].tolist(), hi[s:s + K].tolist()],
                        "n_bg_mean": point[s + K:s + 2 * K].tolist(),
                        "n_bg_ci": [lo[s + K:s + 2 * K].tolist(), hi[s + K:s + 2 * K].tolist()]}
-    return Comparison(per["label"], per["distil"], summary, rows, curves, n_boot, seed, level)
+    notes = []
+    for net in nets:
+        fg_out, bg_out = per[net].slope_left_out
+        if fg_out or bg_out:
+            notes.append(f"{net} net: D is 0 at the peak of {fg_out} image(s) (m̂) and {bg_out} (m̂_bg); they are "
+                         "left out of slope and slope_bg (--compat original keeps the original's inf)")
+    return Comparison(per["label"], per["distil"], summary, rows, curves, n_boot, seed, level, paired, notes)

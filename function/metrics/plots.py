@@ -40,18 +40,20 @@ def pick_columns(k: int, max_cols: int) -> list[int]:
 
 
 def entropy_maps(images: list[tuple[str, np.ndarray, np.ndarray]], H_label: np.ndarray, H_distil: np.ndarray,
-                 epochs: list[int], title: str, max_cols: int = 8) -> bytes:
-    """``images``: (name, RGB uint8 (S, S, 3), mask bool (S, S)); ``H_*`` (n, K, g, g) of those images."""
-    cols = pick_columns(len(epochs), max_cols)
+                 epochs: dict[str, list[int]], title: str, max_cols: int = 8) -> bytes:
+    """``images``: (name, RGB uint8 (S, S, 3), mask bool (S, S)); ``H_*`` (n, K, g, g) of those images;
+    ``epochs[net]`` the net's checkpoint epochs (the nets may have different schedules)."""
+    cols = {net: pick_columns(len(epochs[net]), max_cols) for net in ("label", "distil")}
+    same = epochs["label"] == epochs["distil"]
     n = len(images)
-    shown = np.concatenate([H_label[:, cols].ravel(), H_distil[:, cols].ravel()])
+    shown = np.concatenate([H_label[:, cols["label"]].ravel(), H_distil[:, cols["distil"]].ravel()])
     vmin, vmax = float(np.min(shown)), float(np.max(shown))
     if vmin == vmax:
         vmin, vmax = vmin - 0.5, vmax + 0.5
     norm = Normalize(vmin, vmax)
     cmap = colormaps["viridis"]
     # a fixed layout (constrained layout costs seconds with this many panels)
-    panel, ncol, nrow = 1.45, len(cols) + 1, 2 * n
+    panel, ncol, nrow = 1.45, max(len(c) for c in cols.values()) + 1, 2 * n
     width, height = panel * ncol + 1.9, panel * nrow + 0.9
     fig = Figure(figsize=(width, height))
     fig.subplots_adjust(left=0.75 / width, right=1 - 1.15 / width, bottom=0.1 / height, top=1 - 0.75 / height,
@@ -65,14 +67,16 @@ def entropy_maps(images: list[tuple[str, np.ndarray, np.ndarray]], H_label: np.n
             row[0].imshow(rgb, interpolation="nearest")
             _contour(row[0], mask, 1.4)
             row[0].set_ylabel(f"{NAMES[net]}\n{_short(name)}", fontsize=8, color=COLORS[net])
-            for c, k in enumerate(cols):
+            for c, k in enumerate(cols[net]):
                 ax = row[c + 1]
                 # the map upsampled (nearest) to the image, blended over its grey levels: one raster per panel
                 up = upsample_cells(H[r, k], S)
                 ax.imshow(0.8 * cmap(norm(up))[..., :3] + 0.2 * gray, interpolation="nearest")
                 _contour(ax, mask, 1.0)
-                if r == 0 and j == 0:
-                    ax.set_title(f"epoch {epochs[k]}", fontsize=9)
+                if r == 0 and (j == 0 or not same):
+                    ax.set_title(f"epoch {epochs[net][k]}", fontsize=9 if same else 7)
+            for c in range(len(cols[net]) + 1, ncol):
+                row[c].set_axis_off()
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
@@ -95,13 +99,14 @@ def _short(name: str, width: int = 22) -> str:
     return name if len(name) <= width else "…" + name[-(width - 1):]
 
 
-def concept_curves(epochs: list[int], curves: dict, level: float, title: str) -> bytes:
-    """``curves[net]`` holds ``n_fg_mean``, ``n_fg_ci`` ([lo], [hi]), ``n_bg_mean``, ``n_bg_ci``."""
+def concept_curves(epochs: dict[str, list[int]], curves: dict, level: float, title: str) -> bytes:
+    """``curves[net]`` holds ``n_fg_mean``, ``n_fg_ci`` ([lo], [hi]), ``n_bg_mean``, ``n_bg_ci`` over the net's
+    checkpoints ``epochs[net]``."""
     fig = Figure(figsize=(10, 4), layout="constrained")
     axes = fig.subplots(1, 2)
-    x = np.asarray(epochs)
     for ax, key, what in ((axes[0], "n_fg", "foreground concepts N_fg"), (axes[1], "n_bg", "background concepts N_bg")):
         for net in ("label", "distil"):
+            x = np.asarray(epochs[net])
             mean = np.asarray(curves[net][f"{key}_mean"])
             lo, hi = (np.asarray(v) for v in curves[net][f"{key}_ci"])
             ax.plot(x, mean, marker="o", ms=3, color=COLORS[net], label=f"{NAMES[net]} (mean)")

@@ -32,9 +32,9 @@ FIGURE_ORDER = tuple(CAPTIONS)
 @dataclass
 class LayerResult:
     layer: str
-    names: list[str]  # the images used, in order
-    epochs: list[int]
-    epochs_source: str
+    names: dict[str, list[str]]  # net → the images it was measured on, in order
+    epochs: dict[str, list[int]]  # net → its checkpoint epochs
+    epochs_source: dict[str, str]
     grid: int
     image_size: int
     inputs: dict[str, str]  # flag → path
@@ -42,6 +42,8 @@ class LayerResult:
     skipped: dict[str, str]  # image → why
     mask_fallback: list[str]
     mhat_skips_epoch0: bool
+    compat: str  # "kdq" or "original"
+    foreground: dict[str, Any]
     comparison: Comparison
     figures: dict[str, str] = field(default_factory=dict)  # figure key → path relative to the output folder
     notes: list[str] = field(default_factory=list)
@@ -103,9 +105,11 @@ def terminal_table(results: list[LayerResult], level: float) -> str:
 
 # ---- files ---------------------------------------------------------------------------------------
 
-def per_image_dict(p: PerImage, epochs: list[int]) -> dict[str, list]:
-    return {"n_fg": p.n_fg.tolist(), "n_bg": p.n_bg.tolist(), "lambda": p.fg_ratio.tolist(),
+def per_image_dict(p: PerImage, epochs: list[int], names: list[str]) -> dict[str, list]:
+    return {"names": names, "n_fg": p.n_fg.tolist(), "n_bg": p.n_bg.tolist(), "lambda": p.fg_ratio.tolist(),
             "mhat_index": p.mhat.tolist(), "mhat_epoch": [epochs[i] for i in p.mhat], "D": p.D.tolist(),
+            "slope": p.slope.tolist(), "mhat_bg_index": p.mhat_bg.tolist(),
+            "mhat_bg_epoch": [epochs[i] for i in p.mhat_bg], "D_bg": p.D_bg.tolist(), "slope_bg": p.slope_bg.tolist(),
             "rho": p.rho.tolist(), "rho_bg": p.rho_bg.tolist(), "rho_total": p.rho_total.tolist()}
 
 
@@ -114,21 +118,23 @@ def layer_json(res: LayerResult) -> dict[str, Any]:
     return {
         "layer": res.layer,
         "inputs": res.inputs,
+        "compat": res.compat,
         "checkpoints": res.epochs,
         "checkpoints_source": res.epochs_source,
         "grid": res.grid,
         "image_size": res.image_size,
         "mhat_skips_epoch0": res.mhat_skips_epoch0,
+        "foreground": res.foreground,
         "images": {**res.counts, "skipped_images": res.skipped, "central_square_masks": res.mask_fallback},
         "metrics": {row["metric"]: {k: v for k, v in row.items() if k != "metric"} for row in c.rows},
         "summary": c.summary,
-        "bootstrap": {"resamples": c.n_boot, "seed": c.seed, "level": c.level,
-                      "method": "paired percentile bootstrap over images; every replicate recomputes the "
-                                "baseline, the concepts, m̂ and all metrics"},
-        "curves": {"epochs": res.epochs, "baseline_label": c.label.baseline.tolist(),
-                   "baseline_distil": c.distil.baseline.tolist(), **{f"{net}": c.curves[net] for net in c.curves}},
-        "per_image": {"names": res.names, "label": per_image_dict(c.label, res.epochs),
-                      "distil": per_image_dict(c.distil, res.epochs)},
+        "bootstrap": {"resamples": c.n_boot, "seed": c.seed, "level": c.level, "paired": c.paired,
+                      "method": ("paired" if c.paired else "unpaired (each net's images resampled on their own)")
+                                + " percentile bootstrap over images; every replicate recomputes the baseline, the "
+                                  "concepts, m̂ and all metrics"},
+        "curves": {net: {"epochs": res.epochs[net], "baseline": getattr(c, net).baseline.tolist(), **c.curves[net]}
+                   for net in c.curves},
+        "per_image": {net: per_image_dict(getattr(c, net), res.epochs[net], res.names[net]) for net in c.curves},
         "figures": res.figures,
         "notes": res.notes,
     }
@@ -138,14 +144,17 @@ def metrics_csv(results: list[LayerResult]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["layer", "net", "image", "N_fg", "N_bg", "lambda", "mhat_index", "mhat_epoch", "D", "rho",
-                "rho_bg", "rho_total"])
+                "rho_bg", "rho_total", "slope", "mhat_bg_index", "mhat_bg_epoch", "D_bg", "slope_bg"])
     for res in results:
         for net in ("label", "distil"):
             p: PerImage = getattr(res.comparison, net)
-            for i, name in enumerate(res.names):
+            epochs = res.epochs[net]
+            for i, name in enumerate(res.names[net]):
                 w.writerow([res.layer, net, name, int(p.n_fg[i, -1]), int(p.n_bg[i, -1]), repr(float(p.fg_ratio[i])),
-                            int(p.mhat[i]), res.epochs[int(p.mhat[i])], repr(float(p.D[i])),
-                            repr(float(p.rho[i])), repr(float(p.rho_bg[i])), repr(float(p.rho_total[i]))])
+                            int(p.mhat[i]), epochs[int(p.mhat[i])], repr(float(p.D[i])),
+                            repr(float(p.rho[i])), repr(float(p.rho_bg[i])), repr(float(p.rho_total[i])),
+                            repr(float(p.slope[i])), int(p.mhat_bg[i]), epochs[int(p.mhat_bg[i])],
+                            repr(float(p.D_bg[i])), repr(float(p.slope_bg[i]))])
     return buf.getvalue()
 
 
@@ -166,14 +175,27 @@ def markdown(results: list[LayerResult], settings: dict[str, Any], level: float)
               "prediction).", "", "## Images and settings", ""]
     for res in results:
         c = res.counts
-        skipped = f", {len(res.skipped)} skipped for NaN/inf/σ* ≤ 0" if res.skipped else ""
-        lines.append(f"- **{res.layer}**: {c['used']} images used ({c['both']} effective in both runs{skipped}; "
+        skipped = f", {len(res.skipped)} left out for NaN/inf/σ* ≤ 0" if res.skipped else ""
+        used = (f"{c['used_label']} images used" if c["used_label"] == c["used_distil"] else
+                f"{c['used_label']} images used for the label net, {c['used_distil']} for the distil net")
+        schedules = (f"checkpoints {' '.join(map(str, res.epochs['label']))} ({res.epochs_source['label']})"
+                     if res.epochs["label"] == res.epochs["distil"] else
+                     "checkpoints: label " + " ".join(map(str, res.epochs["label"])) + f" ({res.epochs_source['label']}),"
+                     " distil " + " ".join(map(str, res.epochs["distil"])) + f" ({res.epochs_source['distil']})")
+        lines.append(f"- **{res.layer}**: {used} ({c['both']} effective in both runs{skipped}; "
                      f"label run {c['label_effective']}, distil run {c['distil_effective']} effective); "
-                     f"checkpoints {' '.join(map(str, res.epochs))} ({res.epochs_source}); grid {res.grid}×{res.grid}; "
-                     f"S = {res.image_size}; m̂ {'skips' if res.mhat_skips_epoch0 else 'includes'} epoch 0.")
-    lines += [f"- b = {settings['b']}; {pct} paired bootstrap over images, {settings['bootstrap']} resamples, "
-              f"seed {settings['seed']} (each resample recomputes the baseline H̄_bg, the concepts, m̂ and the "
-              "metrics); differences are distil − label.", "", "## Figures", ""]
+                     f"{schedules}; grid {res.grid}×{res.grid}; S = {res.image_size}; "
+                     f"m̂ {'skips' if res.mhat_skips_epoch0 else 'includes'} epoch 0.")
+    modes = {res.compat for res in results}
+    mode = ("the original code's arithmetic (--compat original: D read one checkpoint before m̂ when epoch 0 is "
+            "left out, per-net image filter, inf slopes kept)" if modes == {"original"} else
+            "kdq's (the original's off-by-one and per-net image filter corrected; see the README's Differences "
+            "from the original code)")
+    paired = all(res.comparison.paired for res in results)
+    lines += [f"- Computed with {mode}.",
+              f"- b = {settings['b']}; {pct} {'paired ' if paired else ''}bootstrap over images, "
+              f"{settings['bootstrap']} resamples, seed {settings['seed']} (each resample recomputes the baseline "
+              "H̄_bg, the concepts, m̂ and the metrics); differences are distil − label.", "", "## Figures", ""]
     n = 0
     if not any(res.figures for res in results):
         lines += ["(not drawn: --no-figures)", ""]

@@ -47,5 +47,6 @@ def drop_reason(sigma_f2: float, gap: float, epoch: int, start: int | None) -> s
 
 
 def rule_start(total_epochs: int) -> int:
-    """The first epoch at which the fg/bg rule applies: epoch 40 of 150, scaled to the run's length."""
-    return round(40 * total_epochs / 150)
+    """The first epoch at which the fg/bg rule applies: 40, as the original code (also for 400-epoch runs), for
+    runs of 150 epochs or more; 40 of 150 scaled to a shorter run."""
+    return 40 if total_epochs >= 150 else round(40 * total_epochs / 150)

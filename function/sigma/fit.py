@@ -19,9 +19,11 @@ What one fit does (SPEC §2, the original ``train_sigma.py``):
    not run), else ``λ ← 1.5·λ`` for the remaining steps.
 4. σ* is the recorded σ whose ``H̄`` is nearest ``H*`` (first one on ties).
 
-Batching: the B images of one call are fitted together (one forward over ``A·n`` inputs, A = images
-still running) with independent σ, noise, λ and stopping; an image that has stopped is dropped from
-the batch.  Each image's noise comes from its own ``torch.Generator`` (seeded by the caller, on the
+Batching: the B images of one call are fitted together with independent σ, noise, λ and stopping; an
+image that has stopped is dropped from the batch.  On a GPU one forward pass takes the ``A·n`` inputs of
+the A images still running; on the CPU each image's inputs are their own pass (a math library picks its
+kernels by the shape of the whole pass, so a shared pass would make an image's bits depend on its
+companions).  Each image's noise comes from its own ``torch.Generator`` (seeded by the caller, on the
 compute device), drawn as one ``(n, 3, S, S)`` block per step, so the noise an image sees does not
 depend on batching, ordering or ``sample_chunk``.  The gradient of the summed loss with respect to one
 image's σ is exactly that image's own gradient, and all per-image arithmetic runs on tensors whose
@@ -183,6 +185,7 @@ class SigmaFitter:
             self.chunk = config.sample_chunk
         else:
             self.chunk = min(CPU_CHUNK, config.samples) if self.device.type == "cpu" else None
+        self.batch_images = self.device.type != "cpu"  # one pass for all images of a batch (see _forward_blocks)
 
     # -- public -------------------------------------------------------------------------------
     def fit(self, images: torch.Tensor, seeds: Sequence[int],
@@ -266,6 +269,15 @@ class SigmaFitter:
             out = self._net(inputs)
         return out.float().reshape(inputs.shape[0], -1)
 
+    def _forward_blocks(self, blocks: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``h`` of each image's block of noisy inputs.  On the CPU every block is its own pass, so an
+        image's numbers never depend on the other images of its batch (math libraries pick their kernels by
+        the shape of the whole pass); elsewhere the blocks go through the net together (faster on a GPU)."""
+        if not self.batch_images or len(blocks) == 1:
+            return [self._forward(block) for block in blocks]
+        h = self._forward(torch.cat(blocks))
+        return list(h.split([block.shape[0] for block in blocks]))
+
     def _h(self, x: torch.Tensor) -> torch.Tensor:
         """Clean features, one image per pass (a batch of one is what any batching reduces to)."""
         return torch.cat([self._forward(x[j:j + 1]) for j in range(x.shape[0])])
@@ -289,10 +301,10 @@ class SigmaFitter:
                 torch.cuda.empty_cache()
 
     # Per-image arithmetic (noisy inputs, squared errors, their gradients) is done image by image, on
-    # tensors whose shapes do not depend on how many images share the batch; only the net's forward
-    # and backward see the whole batch.  On the CPU this makes an image's numbers bit-identical
-    # whatever the batch (for passes of ≥ 2 inputs), so resumed or differently sharded runs write the
-    # same bytes.  The extra cost is a handful of small ops per image and pass.
+    # tensors whose shapes do not depend on how many images share the batch; on a GPU only the net's
+    # forward and backward see the whole batch, on the CPU not even they (_forward_blocks).  On the CPU
+    # an image's numbers are then bit-identical whatever the batch, so resumed or differently sharded
+    # runs write the same bytes.
     def _sigma_f2(self, x: torch.Tensor, clean: torch.Tensor, gens) -> torch.Tensor:
         """σ_f² per image: MSE(h(x + σ₀ε), h(x)) over n samples and the feature elements."""
         cfg, B = self.cfg, x.shape[0]
@@ -304,11 +316,8 @@ class SigmaFitter:
             sse = [torch.zeros((), device=x.device) for _ in range(B)]
             for a, b in self._chunks(cfg.samples):
                 blocks = [torch.add(x[j], eps[j, a:b], alpha=cfg.sigma0) for j in range(B)]
-                noisy = blocks[0] if B == 1 else torch.cat(blocks)
-                h = self._forward(noisy)
-                c = b - a
-                for j in range(B):
-                    sse[j] = sse[j] + (h[j * c:(j + 1) * c] - clean[j]).square().sum()
+                for j, h in enumerate(self._forward_blocks(blocks)):
+                    sse[j] = sse[j] + (h - clean[j]).square().sum()
             return torch.stack(sse)
 
         sse = self._with_oom_retry(run)
@@ -329,10 +338,8 @@ class SigmaFitter:
             for a, b in self._chunks(n):
                 # the 3 channels share a cell's σ; each image's noisy block is built on its own
                 blocks = [torch.addcmul(x[j], upsample(leaves[j], S), eps[j, a:b]) for j in range(A)]
-                noisy = blocks[0] if A == 1 else torch.cat(blocks)
-                h = self._forward(noisy)
-                c = b - a
-                parts = [(h[j * c:(j + 1) * c] - clean[j]).square().sum() / denom[j] for j in range(A)]
+                parts = [(h - clean[j]).square().sum() / denom[j]
+                         for j, h in enumerate(self._forward_blocks(blocks))]
                 torch.stack(parts).sum().backward()
                 fl = [f + p.detach() for f, p in zip(fl, parts)]
             grad = torch.stack([leaf.grad for leaf in leaves])

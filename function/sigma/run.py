@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -25,8 +24,8 @@ from tqdm import tqdm
 
 from kdq.function.archs import arch_or_error
 from kdq.function.cli import UserError, existing_dir
-from kdq.function.data.folder import MaskedImageFolder
-from kdq.function.data.masks import central_square, mask_to_grid
+from kdq.function.data.folder import MaskedImageFolder, dataset_kind
+from kdq.function.data.masks import Foreground, resolve_foreground
 from kdq.function.data.transforms import eval_transform
 from kdq.function.io.checkpoint import (check_fits, check_recorded_arch, list_checkpoints, load_checkpoint,
                                         num_classes_of, state_dict_of)
@@ -36,15 +35,15 @@ from kdq.function.sigma import layout
 from kdq.function.sigma.effective import drop_reason, entropy_gap, rule_start
 from kdq.function.sigma.fit import SigmaConfig, SigmaFit, SigmaFitter
 from kdq.function.sigma.selection import EFFECTIVE, NON_EFFECTIVE, PENDING, draw_order, name_lists, next_round
+from kdq.function.train.schedules import PAPER_150, PAPER_400
 from kdq.models import ArchInfo, build_model, state_keys_up_to, truncated
 
-log = logging.getLogger(__name__)
 
 FAMILY_LAMBDA = {"vgg": 7.0, "alexnet": 7.0, "resnet": 6.0}  # SPEC §2: λ by architecture family
 # settings that change the numbers in the files: a resumed run must keep them
 RESULT_SETTINGS = ("arch", "layer", "split", "grid", "samples", "steps", "break_steps", "lr", "sigma0",
-                   "target_entropy", "lam", "seed", "foreground", "amp", "effective_rule", "effective_start",
-                   "uneven_grid", "pixel_input")
+                   "target_entropy", "lam", "seed", "pic_seed", "foreground", "missing_mask", "exact_masks",
+                   "mask_pad", "amp", "effective_rule", "effective_start")
 STATE_CACHE_BYTES = 1 << 30  # keep every checkpoint's weights in memory when they total less
 
 
@@ -78,7 +77,7 @@ class SigmaPlan:
     dataset: MaskedImageFolder
     draw: list[int]  # dataset indices in draw order
     names: list[str]  # their names (full_name_list.txt)
-    foreground: str  # "masks" or "central"
+    foreground: Foreground
     rule_start: int | None  # first epoch of the fg/bg rule; None when it is off
 
     @property
@@ -87,7 +86,7 @@ class SigmaPlan:
 
     def resolved(self) -> dict:
         """Settings whose value this plan derived (recorded and compared on --resume as the values used)."""
-        return {"lam": self.config.lam}
+        return {"lam": self.config.lam, **self.foreground.describe()}
 
 
 def plan_run(args: argparse.Namespace) -> SigmaPlan:
@@ -96,10 +95,6 @@ def plan_run(args: argparse.Namespace) -> SigmaPlan:
     size = info.input_size
     if args.grid > size:
         raise UserError(f"--grid {args.grid} is larger than the input size {size} of {args.arch}")
-    if size % args.grid and not args.uneven_grid:
-        divisors = [g for g in range(2, 33) if size % g == 0]
-        raise UserError(f"--grid {args.grid} does not divide the input size {size} of {args.arch} "
-                        f"(divisors: {', '.join(map(str, divisors)) or 'none ≤ 32'}; --uneven-grid allows it)")
     if args.deterministic and args.cudnn_benchmark:
         raise UserError("--deterministic and --cudnn-benchmark exclude each other (autotuning picks "
                         "algorithms by timing)")
@@ -114,18 +109,14 @@ def plan_run(args: argparse.Namespace) -> SigmaPlan:
     start = None
     if args.effective_rule == "on":
         start = args.effective_start if args.effective_start is not None else rule_start(checkpoints.total_epochs)
-    transform = pixel_transform(size) if args.pixel_input else eval_transform(size)
-    dataset = MaskedImageFolder(args.data, args.split, transform=transform, require_masks=args.foreground == "masks")
-    draw = draw_order(len(dataset), args.pic_num, args.seed)
+    foreground = resolve_foreground(args.foreground, args.missing_mask, dataset_kind(args.data), args.exact_masks,
+                                    args.mask_pad)
+    dataset = MaskedImageFolder(args.data, args.split, transform=eval_transform(size),
+                                require_masks=foreground.source == "masks" and foreground.missing == "error")
+    draw = draw_order(len(dataset), args.pic_num, args.pic_seed)
     return SigmaPlan(arch=args.arch, info=info, layer=args.layer, config=config, checkpoints=checkpoints,
                      model=model, dataset=dataset, draw=draw, names=[dataset.names[i] for i in draw],
-                     foreground=args.foreground, rule_start=start)
-
-
-def pixel_transform(size: int):
-    from torchvision import transforms as T
-
-    return T.Compose([T.Resize((size, size)), T.ToTensor()])
+                     foreground=foreground, rule_start=start)
 
 
 def read_checkpoints(args: argparse.Namespace, info: ArchInfo) -> tuple[Checkpoints, nn.Module]:
@@ -136,7 +127,7 @@ def read_checkpoints(args: argparse.Namespace, info: ArchInfo) -> tuple[Checkpoi
     if not found:
         raise UserError(f"--checkpoint_root: {root} holds no <epoch>.pth.tar checkpoints")
     if args.checkpoints is None:
-        epochs = list(found)
+        epochs = default_epochs(found)
     else:
         epochs = sorted(set(args.checkpoints))
         missing = [e for e in epochs if e not in found]
@@ -169,6 +160,13 @@ def read_checkpoints(args: argparse.Namespace, info: ArchInfo) -> tuple[Checkpoi
     return checkpoints, model
 
 
+def default_epochs(found: dict[int, Path]) -> list[int]:
+    """The checkpoints fitted without ``--checkpoints``: the original's schedule (``0 2 5 … 150``, and
+    ``170 … 400`` when ``400.pth.tar`` exists) when the run holds every epoch of it, else every one found."""
+    schedule = PAPER_400 if 400 in found else PAPER_150
+    return list(schedule) if all(e in found for e in schedule) else list(found)
+
+
 def check_resumable(out: Path, args: argparse.Namespace, plan: SigmaPlan) -> None:
     """A resumed run must have been made by this stage with the same result-defining settings and draw."""
     previous = read_run_json(out)  # prepare_out has checked that it is a train_sigma run
@@ -180,7 +178,8 @@ def check_resumable(out: Path, args: argparse.Namespace, plan: SigmaPlan) -> Non
     names = layout.read_names(out / layout.FULL_LIST)
     common = min(len(names), len(plan.names))
     if names[:common] != plan.names[:common]:
-        raise UserError(f"--resume: the draw of {out} differs from this one (other --data or --split?)")
+        raise UserError(f"--resume: the draw of {out} differs from this one (other --data, --split, --pic-num "
+                        "or --pic-seed?)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,10 +226,8 @@ class ImageRecord:
 
 def foreground_grid(plan: SigmaPlan, index: int) -> np.ndarray:
     """The (g, g) foreground cells of dataset image ``index`` that the effective rule compares."""
-    grid = plan.config.grid
-    if plan.foreground == "central":
-        return central_square(grid)
-    return mask_to_grid(plan.dataset.mask(index), plan.info.input_size, grid)
+    values = None if plan.foreground.source == "central" else plan.dataset.mask_values(index)
+    return plan.foreground.cells(values, plan.info.input_size, plan.config.grid)[0]
 
 
 def fit_images(plan: SigmaPlan, fitter: SigmaFitter, model: nn.Module, positions: list[int], seed: int,

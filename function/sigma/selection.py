@@ -5,24 +5,18 @@ Each image of the draw is ``PENDING`` until fitted, then ``EFFECTIVE`` or ``NON_
 """
 from __future__ import annotations
 
+import random
 from typing import Sequence
 
-import numpy as np
-
-from kdq.function.runtime import derive_seed
-
 PENDING, EFFECTIVE, NON_EFFECTIVE = 0, 1, 2
-_DRAW_STREAM = 0x5167  # separates the draw's random stream from the per-image noise streams
 
 
-def draw_order(num_images: int, pic_num: int, seed: int) -> list[int]:
-    """The candidate images (dataset indices) in draw order: a seeded permutation, first ``pic_num``.
-
-    It depends only on (seed, number of images), so the draw is the same for any world size or batch
-    size, and a larger ``pic_num`` extends the same list.
-    """
-    rng = np.random.default_rng(derive_seed(seed, _DRAW_STREAM))
-    return [int(i) for i in rng.permutation(num_images)[:pic_num]]
+def draw_order(num_images: int, pic_num: int, pic_seed: int) -> list[int]:
+    """The candidate images (dataset indices, the split listed class by class) in draw order, as the original
+    code draws them: ``random.seed(pic_seed); random.sample(range(N), pic_num)`` (all N when pic_num ≥ N, where
+    the original would stop).  It depends only on (pic_seed, N, pic_num): the same for any world size, batch
+    size or resumption."""
+    return random.Random(pic_seed).sample(range(num_images), min(pic_num, num_images))
 
 
 def name_lists(status: Sequence[int], effect_num: int) -> tuple[list[int], list[int], bool]:

@@ -28,7 +28,7 @@ def lr_schedule(kind: str, lr: float, epochs: int, decades: float = 1.0) -> Call
         return lambda epoch: float(lr)
     if kind != "logspace":
         raise ValueError(f"unknown learning-rate schedule {kind!r}; choose from {', '.join(LR_SCHEDULES)}")
-    table = np.logspace(0, -decades, max(epochs, 1)) * lr
+    table = np.logspace(np.log10(lr), np.log10(lr) - decades, max(epochs, 1))
     return lambda epoch: float(table[epoch - 1])
 
 

@@ -7,11 +7,13 @@ import logging
 from pathlib import Path
 
 from kdq.function.cli import UserError, finite_float, load_script, positive_float, positive_int
-from kdq.function.data.folder import MaskedImageFolder, SeededTransform
-from kdq.function.data.transforms import TRAIN_TRANSFORMS, eval_transform
+from kdq.function.data.folder import MaskedImageFolder, SeededTransform, dataset_kind
+from kdq.function.data.transforms import AUGMENT_CHOICES, TRAIN_TRANSFORMS, eval_transform, resolve_augment
 from kdq.function.io.rundir import RunRecord, check_out_apart, check_resume_settings, open_run, read_run_json
 from kdq.function.runtime import init_distributed, seed_everything, set_deterministic
 from kdq.function.train.engine import eval_loader, train_loader
+from kdq.function.train.schedules import LR_SCHEDULES
+from kdq.models import ArchInfo
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +24,11 @@ def add_common_training_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--data", type=Path, required=True, help="dataset root (<root>/<split>/<class>/<image>)")
     g.add_argument("--split", default="train", help="training split")
     g.add_argument("--val-split", default="val", help="validation split ('none' to skip validation)")
-    g.add_argument("--augment", choices=sorted(TRAIN_TRANSFORMS), default="standard",
-                   help="training transform: standard (resize, random crop, h-flip), heavy (supplement), none")
+    g.add_argument("--augment", choices=AUGMENT_CHOICES, default="auto",
+                   help="training transform: standard (square resize to 256 for 224 px, random crop, h-flip), "
+                        "heavy (the supplement's), none (resize to S×S only); auto = the original code's choice "
+                        "for the dataset (from its dataset.json): none for CUB, standard for VOC, ILSVRC and "
+                        "the embedded data")
     g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     r = parser.add_argument_group("run")
     r.add_argument("--out", type=Path, required=True, help="run folder to write")
@@ -36,14 +41,24 @@ def add_common_training_args(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--overwrite", action="store_true", help="delete the run in --out and start again")
 
 
-def add_sgd_args(group: argparse._ArgumentGroup, batch_help: str = "global batch size (over all ranks)",
+def add_sgd_args(group: argparse._ArgumentGroup, schedule: str, batch_help: str = "global batch size (over all ranks)",
                  scope: str = "") -> None:
-    """--lr (log-spaced to lr/10), --batch-size, --momentum, --weight-decay with SPEC §1 defaults."""
-    group.add_argument("--lr", type=positive_float, default=0.01,
-                       help="first-epoch learning rate (log-spaced to lr/10)")
+    """--lr, --lr-schedule (default ``schedule``), --lr-down, --batch-size, --momentum, --weight-decay with
+    SPEC §1 defaults."""
+    group.add_argument("--lr", type=positive_float, default=0.01, help="learning rate (of the first epoch)")
+    group.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=schedule,
+                       help="logspace: log-spaced per epoch from --lr down to --lr/10^(--lr-down) (the original's "
+                            "--logspace); constant: --lr throughout")
+    group.add_argument("--lr-down", type=positive_float, default=1.0, metavar="DECADES",
+                       help="decades the logspace schedule falls over the run")
     group.add_argument("--batch-size", type=positive_int, default=64, help=batch_help)
     group.add_argument("--momentum", type=finite_float, default=0.9, help=f"SGD momentum{scope}")
     group.add_argument("--weight-decay", type=finite_float, default=1e-4, help=f"SGD weight decay{scope}")
+
+
+def resolved_augment(args) -> str:
+    """The training transform ``--augment`` names, with ``auto`` resolved by the dataset's kind."""
+    return resolve_augment(args.augment, dataset_kind(args.data))
 
 
 def load_splits(args, size: int) -> tuple[MaskedImageFolder, MaskedImageFolder | None]:
@@ -54,10 +69,12 @@ def load_splits(args, size: int) -> tuple[MaskedImageFolder, MaskedImageFolder |
     return train, val
 
 
-def make_loaders(args, train_set: MaskedImageFolder, val_set: MaskedImageFolder | None, size: int, ctx, device):
+def make_loaders(args, train_set: MaskedImageFolder, val_set: MaskedImageFolder | None, info: ArchInfo, ctx,
+                 device):
     """The training loader (augmentation per ``--augment``, seeded per sample; global batch ``--batch-size``)
     and the validation loader (None without a val split)."""
-    data = SeededTransform(train_set, TRAIN_TRANSFORMS[args.augment](size), args.seed)
+    transform = TRAIN_TRANSFORMS[resolved_augment(args)](info.input_size, info.train_resize)
+    data = SeededTransform(train_set, transform, args.seed)
     try:
         loader = train_loader(data, args.batch_size, ctx, args.seed, args.workers, device)
     except ValueError as exc:

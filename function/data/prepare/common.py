@@ -194,7 +194,7 @@ def image_size(path: Path) -> tuple[int, int]:
 
 
 @dataclass
-class Plan:
+class Preparation:
     """What a preparer will do: ``units`` are callables ``unit(writer)``, one per source image (tqdm counts
     them); ``notes`` are counts a unit may add to (objects skipped, and why) and end in the summary."""
     root: Path
@@ -382,7 +382,7 @@ def open_output(out: Path, preparer: str, options: dict, overwrite: bool) -> boo
     return overwrite
 
 
-def finish_output(out: Path, preparer: str, plan: Plan, writer: Writer) -> dict:
+def finish_output(out: Path, preparer: str, plan: Preparation, writer: Writer) -> dict:
     """Rewrite the manifest as complete, with the classes and the counts per split."""
     record = {
         "preparer": preparer, "status": "complete", "options": plan.options, "classes": plan.classes,

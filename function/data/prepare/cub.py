@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from kdq.function.cli import UserError
-from kdq.function.data.prepare.common import Plan, Writer, find_root, image_size, read_lines, require, select_classes
+from kdq.function.data.prepare.common import Preparation, Writer, find_root, image_size, read_lines, require, select_classes
 
 NAME = "cub"
 SPLITS = ("train", "test")
@@ -53,7 +53,7 @@ def find_segmentations(src: Path, root: Path, given: Path | None) -> Path:
                     f"{root.name}, or pass --segmentations DIR)")
 
 
-def plan(args: argparse.Namespace) -> Plan:
+def plan(args: argparse.Namespace) -> Preparation:
     if not 0 <= args.mask_threshold <= 254:
         raise UserError(f"--mask-threshold must be in 0..254, got {args.mask_threshold}")
     root = find_root(args.src, "images.txt", ["CUB_200_2011"])
@@ -89,7 +89,7 @@ def plan(args: argparse.Namespace) -> Plan:
         units.append(partial(_write_one, split, cls, source, seg, args.mask_threshold))
     options = {"source": str(root.resolve()), "segmentations": str(seg_dir.resolve()), "classes": classes,
                "mask_threshold": args.mask_threshold, "link": args.link}
-    return Plan(root, classes, SPLITS, options, units, notes={})
+    return Preparation(root, classes, SPLITS, options, units, notes={})
 
 
 def soft_mask(seg_path: Path, image_path: Path, threshold: int) -> np.ndarray:

@@ -31,7 +31,7 @@ import numpy as np
 
 from kdq.function.cli import UserError
 from kdq.function.data.folder import IMAGE_EXTENSIONS
-from kdq.function.data.prepare.common import (Plan, Writer, box_mask, find_root, image_size, parse_xml, pixel_box, require,
+from kdq.function.data.prepare.common import (Preparation, Writer, box_mask, find_root, image_size, parse_xml, pixel_box, require,
                                   select_classes, xml_objects, xml_size)
 
 NAME = "ilsvrc"
@@ -101,7 +101,7 @@ def known_wnids(root: Path, train_dir: Path) -> tuple[list[str], dict[str, str]]
     return folders, names
 
 
-def plan(args: argparse.Namespace) -> Plan:
+def plan(args: argparse.Namespace) -> Preparation:
     root = find_root(args.src, "Data/CLS-LOC", ["ILSVRC"])
     train_dir = require(root / "Data" / "CLS-LOC" / "train")
     val_dir = require(root / "Data" / "CLS-LOC" / "val")
@@ -155,7 +155,7 @@ def plan(args: argparse.Namespace) -> Plan:
 
     options = {"source": str(root.resolve()), "classes": classes, "val_labels": source, "link": args.link,
                "bad_box": args.bad_box}
-    return Plan(root, classes, SPLITS, options, units, notes, NO_MASK_NOTE,
+    return Preparation(root, classes, SPLITS, options, units, notes, NO_MASK_NOTE,
                 class_names={w: names.get(w) or DEFAULT_CLASSES.get(w, "") for w in classes})
 
 

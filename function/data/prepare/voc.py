@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from kdq.function.cli import UserError, positive_float
-from kdq.function.data.prepare.common import (Plan, Writer, enlarge_box, find_root, image_size, parse_xml, pixel_box,
+from kdq.function.data.prepare.common import (Preparation, Writer, enlarge_box, find_root, image_size, parse_xml, pixel_box,
                                   require, select_classes, xml_objects)
 
 NAME = "voc"
@@ -50,7 +50,7 @@ def read_ids(path: Path) -> list[str]:
     return [line.split()[0] for line in require(path).read_text().splitlines() if line.strip()]
 
 
-def plan(args: argparse.Namespace) -> Plan:
+def plan(args: argparse.Namespace) -> Preparation:
     root = find_root(args.src, "ImageSets/Segmentation", ["VOC2012", "VOCdevkit/VOC2012"])
     dirs = {name: require(root / name) for name in FOLDERS}
     classes = select_classes(args.classes, list(CLASSES), list(CLASSES), "VOC class(es)")
@@ -69,7 +69,7 @@ def plan(args: argparse.Namespace) -> Plan:
                                  args.skip_difficult, notes))
     options = {"source": str(root.resolve()), "classes": classes, "crop_scale": args.crop_scale,
                "skip_difficult": args.skip_difficult}
-    return Plan(root, classes, SPLITS, options, units, notes)
+    return Preparation(root, classes, SPLITS, options, units, notes)
 
 
 def index_png(path: Path) -> np.ndarray:
