@@ -70,7 +70,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="hinton: weight of the soft term: α·T²·KL(teacher‖student) + (1−α)·CE")
     o = p.add_argument_group("phase 1: distillation")
     o.add_argument("--epochs", type=positive_int, default=150, help="distillation epochs")
-    add_sgd_args(o, schedule="constant", batch_help="global batch size of both phases", scope=" of both phases")
+    add_sgd_args(o, schedule="constant", lr=0.01, lr_help=" of phase 1 (the original's notes suggest 1e-4 to 1e-3 by "
+                 "layer for VGG; its argparse default, 1, belonged to its last ResNet experiment)",
+                 batch_help="global batch size of both phases", scope=" of both phases")
     f = p.add_argument_group("phase 2: fine-tuning the layers above --layer on labels")
     f.add_argument("--finetune-epochs", type=int, default=100, help="fine-tuning epochs (0: none)")
     f.add_argument("--finetune-lr", type=positive_float, default=None,

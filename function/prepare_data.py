@@ -4,7 +4,8 @@
     python function/prepare_data.py voc    --src VOCdevkit    --out data/voc
     python function/prepare_data.py ilsvrc --src imagenet     --out data/ilsvrc [--classes n02129165 ...]
 
-Writes ``<out>/<split>/<class>/<image>``, masks ``<out>/seg/<split>/<class>/<stem>.png`` (0/255) and
+Writes ``<out>/<split>/<class>/<image>``, masks ``<out>/seg/<split>/<class>/<stem>.png`` (> 0 is foreground:
+0/255, CUB its soft grey values) and
 ``<out>/dataset.json`` (options, classes, counts).  Splits: cub ``train test``, voc ``train val`` (object crops),
 ilsvrc ``train val``.  Files appear atomically; rerunning the same command resumes an interrupted run (what is
 there is kept, the result is checked against the plan).  ``--classes @FILE`` reads the names from FILE.

@@ -46,9 +46,12 @@ def save_palette(path, indices: np.ndarray) -> None:
     img.save(path)
 
 
-def load_mask(path) -> np.ndarray:
+def load_mask(path, binary: bool = True) -> np.ndarray:
+    """A written mask as bool (value > 0); ``binary``: it must hold only 0 and 255."""
     with Image.open(path) as m:
-        assert m.mode == "L" and set(np.unique(np.asarray(m)).tolist()) <= {0, 255}
+        assert m.mode == "L"
+        if binary:
+            assert set(np.unique(np.asarray(m)).tolist()) <= {0, 255}
         return np.asarray(m) > 0
 
 
@@ -107,8 +110,11 @@ def test_cub_layout_splits_and_masks(cub, tmp_path, capsys):
         split, cls = ("train" if train else "test"), CUB_CLASSES[label - 1]
         img = out / split / cls / f"{stem}.jpg"
         assert img.read_bytes() == (cub / "images" / cls / f"{stem}.jpg").read_bytes() and not img.is_symlink()
-        mask = load_mask(out / "seg" / split / cls / f"{stem}.png")
-        assert np.array_equal(mask, soft_segmentation(w, h, image_id) > 0)
+        seg = soft_segmentation(w, h, image_id)
+        path = out / "seg" / split / cls / f"{stem}.png"
+        assert np.array_equal(load_mask(path, binary=False), seg > 0)
+        with Image.open(path) as m:  # the soft grey values themselves, which the original resized bilinearly
+            assert np.array_equal(np.asarray(m), seg)
     for split in ("train", "test"):
         ds = MaskedImageFolder(out, split, require_masks=True)
         assert ds.classes == CUB_CLASSES and len(ds) == 3
@@ -126,7 +132,7 @@ def test_cub_threshold_link_and_class_subset(cub, tmp_path):
     image_id, label, stem, _, (w, h) = CUB_IMAGES[0]
     img = out / "train" / CUB_CLASSES[0] / f"{stem}.jpg"
     assert img.is_symlink() and img.resolve() == (cub / "images" / CUB_CLASSES[0] / f"{stem}.jpg").resolve()
-    mask = load_mask(out / "seg" / "train" / CUB_CLASSES[0] / f"{stem}.png")
+    mask = load_mask(out / "seg" / "train" / CUB_CLASSES[0] / f"{stem}.png", binary=False)
     seg = soft_segmentation(w, h, image_id)
     assert np.array_equal(mask, seg > 127) and not np.array_equal(mask, seg > 0)
     assert len(MaskedImageFolder(out, "test", require_masks=True)) == 2
@@ -178,7 +184,8 @@ def test_an_interrupted_overwrite_is_finished_with_overwrite(cub, tmp_path, monk
     assert manifest(out)["status"] == "incomplete"
     assert prepare("cub", "--src", cub, "--out", out, "--mask-threshold", "127") == 0  # no --overwrite
     for image_id, label, stem, train, (w, h) in CUB_IMAGES:
-        mask = load_mask(out / "seg" / ("train" if train else "test") / CUB_CLASSES[label - 1] / f"{stem}.png")
+        mask = load_mask(out / "seg" / ("train" if train else "test") / CUB_CLASSES[label - 1] / f"{stem}.png",
+                         binary=False)
         assert np.array_equal(mask, soft_segmentation(w, h, image_id) > 127), stem
 
 

@@ -42,7 +42,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     m.add_argument("--dropout", type=finite_float, default=None, help="dropout of the fc head (default: the arch's 0.5)")
     o = p.add_argument_group("optimisation (SPEC §1 defaults)")
     o.add_argument("--epochs", type=positive_int, default=150, help="training epochs")
-    add_sgd_args(o, schedule="logspace")
+    add_sgd_args(o, schedule="logspace", lr=1e-3,
+                 lr_help="; the original's default, whose notes suggest 1e-2 for VGG and 1e-1 for ResNets from "
+                         "scratch, 1e-3 and 1e-2 fine-tuning pretrained ones (each log-spaced down one decade)")
     add_common_training_args(p)
     return p
 

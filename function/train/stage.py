@@ -41,11 +41,11 @@ def add_common_training_args(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--overwrite", action="store_true", help="delete the run in --out and start again")
 
 
-def add_sgd_args(group: argparse._ArgumentGroup, schedule: str, batch_help: str = "global batch size (over all ranks)",
-                 scope: str = "") -> None:
-    """--lr, --lr-schedule (default ``schedule``), --lr-down, --batch-size, --momentum, --weight-decay with
-    SPEC §1 defaults."""
-    group.add_argument("--lr", type=positive_float, default=0.01, help="learning rate (of the first epoch)")
+def add_sgd_args(group: argparse._ArgumentGroup, schedule: str, lr: float, lr_help: str = "",
+                 batch_help: str = "global batch size (over all ranks)", scope: str = "") -> None:
+    """--lr (default ``lr``), --lr-schedule (default ``schedule``), --lr-down, --batch-size, --momentum,
+    --weight-decay with SPEC §1 defaults."""
+    group.add_argument("--lr", type=positive_float, default=lr, help="learning rate (of the first epoch)" + lr_help)
     group.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=schedule,
                        help="logspace: log-spaced per epoch from --lr down to --lr/10^(--lr-down) (the original's "
                             "--logspace); constant: --lr throughout")

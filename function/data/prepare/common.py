@@ -208,6 +208,13 @@ class Preparation:
 
 
 # ---- the writer -------------------------------------------------------------------------------------
+def mask_png_values(mask: np.ndarray) -> np.ndarray:
+    """The grey values a mask file holds: a bool mask as 0/255, grey values (uint8) as they are (> 0 is
+    foreground either way; the sigma stage resizes the grey values bilinearly, as the original code)."""
+    mask = np.asarray(mask)
+    return mask.astype(np.uint8) * 255 if mask.dtype == bool else np.ascontiguousarray(mask, dtype=np.uint8)
+
+
 @dataclass
 class SplitCount:
     images: int = 0
@@ -302,7 +309,7 @@ class Writer:
                 self._done(True)
         if mask_array is not None:
             with atomic_path(m_path) as tmp:
-                Image.fromarray(np.asarray(mask_array, dtype=np.uint8) * 255, mode="L").save(tmp, format="PNG")
+                Image.fromarray(mask_png_values(mask_array), mode="L").save(tmp, format="PNG")
         self._count(split, cls, masked)
 
     def _place(self, source: Path, dest: Path) -> None:

@@ -6,8 +6,9 @@ train_test_split.txt, images/}``) and the separate ``segmentations.tgz`` extract
 (``segmentations/<class>/<stem>.png``).
 
 The segmentation PNGs are soft: 0 … 255 in steps of 51, roughly the share of annotators who marked the pixel.
-The mask written is ``segmentation > --mask-threshold``; the default 0 is SPEC §2's ``segmentation > 0`` (any
-annotator); 127 is a majority vote.
+The mask written keeps those grey values where ``segmentation > --mask-threshold`` (0 elsewhere): with the default 0
+it is the PNG itself, which the original code resized bilinearly before taking its cells (SPEC §2:
+``segmentation > 0``, any annotator); 127 is a majority vote.
 """
 from __future__ import annotations
 
@@ -93,13 +94,14 @@ def plan(args: argparse.Namespace) -> Preparation:
 
 
 def soft_mask(seg_path: Path, image_path: Path, threshold: int) -> np.ndarray:
-    """``segmentation > threshold`` as a bool (H, W) array; a UserError when its size is not the image's."""
+    """The segmentation's grey values where they are > ``threshold``, 0 elsewhere (uint8 (H, W)); a UserError when
+    its size is not the image's."""
     with Image.open(seg_path) as seg:
         if seg.size != image_size(image_path):
             raise UserError(f"--src: mask {seg_path} is {seg.size[0]}x{seg.size[1]} but its image {image_path} "
                             f"is {image_size(image_path)[0]}x{image_size(image_path)[1]}")
         values = np.asarray(seg.convert("L"))
-    return values > threshold
+    return np.where(values > threshold, values, 0).astype(np.uint8)
 
 
 def _write_one(split: str, cls: str, source: Path, seg: Path, threshold: int, writer: Writer) -> None:

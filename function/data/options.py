@@ -1,0 +1,38 @@
+"""Command-line flags of the foreground rule (SPEC §2), shared by the sigma and the metrics stage; no torch here,
+so that ``--help`` stays fast.  The rule itself is :class:`kdq.function.data.masks.Foreground`."""
+from __future__ import annotations
+
+import argparse
+
+from kdq.function.cli import positive_float
+
+FOREGROUNDS = ("auto", "masks", "central")
+MISSING_MASK = ("auto", "error", "central")
+
+
+def mask_pad(text: str) -> float:
+    value = positive_float(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be ≥ 1 (the padded mask is that many times the mask), got {text}")
+    return value
+
+
+def add_foreground_args(group, recorded: bool = False) -> None:
+    """``--foreground``, ``--missing-mask``, ``--exact-masks``, ``--mask-pad``.  ``recorded``: the defaults are
+    what the sigma run recorded (the metrics stage), else what the dataset's kind implies."""
+    auto = "what the sigma run recorded, else " if recorded else ""
+    group.add_argument("--foreground", choices=FOREGROUNDS, default="auto",
+                       help="foreground cells: the dataset's masks, or the central square (rows and columns "
+                            f"int(g/6)..int(5g/6)) for every image; auto = {auto}central for ILSVRC data (as the "
+                            "original), masks otherwise")
+    group.add_argument("--missing-mask", choices=MISSING_MASK, default="auto",
+                       help="an image without a mask (with --foreground masks): error, or the central square; "
+                            f"auto = {auto}central for ILSVRC data (images without a box), error otherwise")
+    group.add_argument("--exact-masks", action="store_true",
+                       help="cells from the thresholded mask by nearest sampling (exact); default: the original's "
+                            "bilinear resize of the grey mask to S×S, then nearest to g×g and > 0, which widens a "
+                            "mask by about one cell's edge" + (" (or what the sigma run recorded)" if recorded else ""))
+    group.add_argument("--mask-pad", type=mask_pad, default=None if recorded else 1.0, metavar="F",
+                       help="place each mask in the middle of a zero array F times its size first: 1.2 reads the "
+                            "original code's VOC layout (box-sized masks of crops enlarged 1.2×)"
+                            + ("; default: what the sigma run recorded, else 1" if recorded else ""))
