@@ -16,7 +16,7 @@ EPOCHS ?= 20
 FINETUNE_EPOCHS ?= 20
 CHECKPOINTS ?= 0 2 5 10 15 20
 TRAIN_FLAGS ?= --batch-size 16 --lr 0.02 --device $(DEVICE) --seed $(SEED)
-# a quarter of SPEC's steps with a 4× larger σ learning rate follows the same trajectory (log σ* correlates
+# a quarter of the paper's steps with a 4× larger σ learning rate follows the same trajectory (log σ* correlates
 # 0.94–0.99 per image with the full n=96, T=80 fit on vgg_tiny): ~0.5–0.9 s per fit on one core
 SIGMA_FLAGS ?= --pic-num 48 --effect-num 24 --samples 16 --steps 20 --break-steps 5 --lr 4e-4 --batch-images 6 \
 	--device $(DEVICE) --seed $(SEED)

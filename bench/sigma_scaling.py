@@ -62,7 +62,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def write_checkpoint_run(run_dir: Path, arch: str, num_classes: int, count: int) -> None:
-    """``<run>/<e>.pth.tar`` for e = 0 .. count-1: fresh nets, seed e (the SPEC §4 training-run layout)."""
+    """``<run>/<e>.pth.tar`` for e = 0 .. count-1: fresh nets, seed e (the docs/method.md §4 training-run layout)."""
     for epoch in range(count):
         torch.manual_seed(epoch)
         model = build_model(arch, num_classes)

@@ -13,7 +13,7 @@ import time
 import torch
 from torch import nn
 
-from kdq.function.cli import Parser, positive_int, run
+from kdq.function.cli import Parser, add_device_arg, positive_int, run
 from kdq.function.runtime import resolve_device
 from kdq.function.train.weight_distance import WeightDistance
 from kdq.models import arch_info, build_model
@@ -42,7 +42,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=64, help="samples per optimizer step")
     p.add_argument("--steps", type=positive_int, default=20, help="optimizer steps per timed round")
     p.add_argument("--rounds", type=positive_int, default=5, help="rounds, each timing both variants")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_device_arg(p)
     return p
 
 

@@ -1,16 +1,115 @@
-"""The architecture a stage runs, from its ``--arch`` flag: a name of the model registry (:mod:`kdq.models`).
+"""The architecture a stage runs, from its flags: ``--arch`` (a registry name, ``torchvision:<name>`` or
+``package.module:factory``), ``--taps`` and ``--image-size``.
 
-Every stage resolves its architecture here, so an unknown name is the same one-line error everywhere.
+Every stage resolves its architecture here, so a bad one is the same one-line error everywhere, and records it in
+run.json (``model``: arch, taps, image size), so that a later stage can take it from the run it reads.
 """
 from __future__ import annotations
 
-from kdq.function.cli import UserError
-from kdq.models import ArchInfo, arch_info
+import argparse
+import dataclasses
+from typing import Any
+
+from kdq.function.cli import UserError, positive_int
+
+REGISTRY_HELP = "a registry name ({names}), torchvision:<name> (any torchvision classification model) or " \
+                "package.module:factory (factory(num_classes) → nn.Module, importable from PYTHONPATH)"
 
 
-def arch_or_error(name: str, flag: str = "--arch") -> ArchInfo:
-    """The registry entry of ``name``; an unknown name is a one-line error listing the known ones."""
+def add_arch_args(group, prefix: str = "", required: bool = True, what: str = "the net",
+                  recorded: str | None = None) -> None:
+    """``--<prefix>arch``, ``--<prefix>taps``, ``--<prefix>image-size``.  ``recorded`` names the run whose run.json
+    gives them when they are left out (they are then optional)."""
+    from kdq.models import ARCH_NAMES
+
+    default = f"; default: what {recorded} recorded" if recorded else ""
+    group.add_argument(f"--{prefix}arch", required=required and recorded is None, default=None,
+                       help=f"architecture of {what}: " + REGISTRY_HELP.format(names=", ".join(ARCH_NAMES)) + default)
+    group.add_argument(f"--{prefix}taps", default=None, metavar="LAYER=MODULE[:WEIGHT],...",
+                       help="for torchvision:/module: architectures, the submodule whose output is each layer's "
+                            "pre-activation feature (conv, fc1, fc2, fc3; any subset) and the weight whose distance "
+                            "is recorded (default <module>.weight); without it the last Conv2d is conv and the last "
+                            "Linear fc3" + default)
+    group.add_argument(f"--{prefix}image-size", type=positive_int, default=None, metavar="S",
+                       help="input side S (default: the registry's for registry architectures, 224 otherwise"
+                            + (f", or what {recorded} recorded" if recorded else "") + ")")
+
+
+def resolve_arch(arch: str, taps: str | None = None, image_size: int | None = None, flag: str = "--arch"):
+    """The :class:`~kdq.models.registry.ArchInfo` the flags name; a one-line UserError otherwise."""
+    from kdq.models import arch_info
+    from kdq.models.external import external_arch, is_external, parse_taps
+
+    taps_flag = flag.replace("arch", "taps")
+    if not is_external(arch):
+        if taps:
+            raise UserError(f"{taps_flag} applies to torchvision:/module: architectures; {arch} has its own taps")
+        try:
+            info = arch_info(arch)
+        except KeyError as exc:
+            raise UserError(f"{flag}: {exc}") from None
+        if image_size is not None and image_size != info.input_size:
+            info = dataclasses.replace(info, input_size=image_size, spec={**info.spec, "image_size": image_size})
+        return info
     try:
-        return arch_info(name)
-    except KeyError as exc:
-        raise UserError(f"{flag}: {exc}") from None
+        parsed = parse_taps(taps) if taps else None
+    except ValueError as exc:
+        raise UserError(f"{taps_flag}: {exc}") from None
+    try:
+        return external_arch(arch, parsed, image_size)
+    except ValueError as exc:  # a tap that names nothing in the model says "--taps <layer>: ..."
+        message = str(exc)
+        if message.startswith("--taps "):
+            raise UserError(f"{taps_flag} {message.removeprefix('--taps ')}") from None
+        raise UserError(f"{flag}: {message}") from None
+
+
+def arch_or_error(name: str, flag: str = "--arch"):
+    """A registry architecture by name (no taps, its own size); a one-line error listing the known ones."""
+    return resolve_arch(name, flag=flag)
+
+
+def model_record(info) -> dict[str, Any]:
+    """What run.json records of an architecture (``model``): enough to rebuild it in a later stage."""
+    from kdq.models.external import taps_text
+
+    return {"arch": info.name, "taps": taps_text(info.taps), "image_size": info.input_size, "family": info.family}
+
+
+def recorded_model(record: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``model`` a run.json records (arch, taps, image size), or None (runs of the original code); a run of
+    an older kdq records only ``settings.arch``."""
+    model = record.get("model")
+    if isinstance(model, dict) and isinstance(model.get("arch"), str):
+        return model
+    arch = (record.get("settings") or {}).get("arch")
+    return {"arch": arch} if isinstance(arch, str) else None
+
+
+def arch_from(args: argparse.Namespace, record: dict[str, Any] | None, prefix: str = "",
+              source: str = "the run"):
+    """The architecture of the flags ``--<prefix>arch/taps/image-size``, each left out taken from ``record`` (a
+    run.json); a flag given explicitly must agree with what the record says."""
+    from kdq.models.external import is_external, parse_taps, taps_text
+
+    key = prefix.replace("-", "_")
+    arch, taps, size = (getattr(args, f"{key}{name}") for name in ("arch", "taps", "image_size"))
+    model = recorded_model(record or {}) or {}
+    old_arch = model.get("arch")
+    if arch is not None and old_arch is not None and arch != old_arch:
+        raise UserError(f"--{prefix}arch {arch} but {source} was made with {old_arch}")
+    arch = arch or old_arch
+    if arch is None:
+        raise UserError(f"--{prefix}arch is needed: {source} does not record its architecture")
+    old_taps = model.get("taps") if is_external(arch) else None
+    if taps is not None and old_taps is not None:
+        try:
+            same = taps_text(parse_taps(taps)) == old_taps
+        except ValueError as exc:
+            raise UserError(f"--{prefix}taps: {exc}") from None
+        if not same:
+            raise UserError(f"--{prefix}taps {taps} but {source} was made with {old_taps}")
+    old_size = model.get("image_size")
+    if size is not None and old_size is not None and size != old_size:
+        raise UserError(f"--{prefix}image-size {size} but {source} was made with {old_size}")
+    return resolve_arch(arch, taps if taps is not None else old_taps, size or old_size, f"--{prefix}arch")

@@ -44,7 +44,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         text = action.help or ""
         default = action.default
         if ("%(default)" in text or action.required or default in (None, False, argparse.SUPPRESS)
-                or isinstance(action, argparse._HelpAction) or text == argparse.SUPPRESS):
+                or isinstance(action, (argparse._HelpAction, argparse._StoreTrueAction, argparse._StoreFalseAction))
+                or text == argparse.SUPPRESS):
             return text
         shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else "%(default)s"
         return f"{text} (default: {shown})"
@@ -180,6 +181,15 @@ def nonnegative_float(text: str) -> float:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be ≥ 0, got {text}")
     return value
+
+
+DEVICE_HELP = "auto (CUDA, else Apple's MPS, else the CPU), cpu, cuda, cuda:N or mps (under torchrun, cuda is each rank's local GPU)"
+
+
+def add_device_arg(group) -> None:
+    """``--device``: the one spelling of the flag every stage and bench shares (resolved by
+    :func:`kdq.function.runtime.resolve_device`)."""
+    group.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
 def existing_dir(flag: str, path: Path) -> Path:

@@ -1,4 +1,4 @@
-"""Write the embedded dataset: seeded synthetic images with exact masks, in the SPEC §4 layout.
+"""Write the embedded dataset: seeded synthetic images with exact masks, in the docs/method.md §4 layout.
 
     python function/make_dataset.py --out data/embedded
 
@@ -25,6 +25,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-per-class", type=positive_int, default=20, help="images per class, train split")
     p.add_argument("--val-per-class", type=positive_int, default=40, help="images per class, val split")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar (it is plain lines anyway when stderr is not a terminal)")
     return p
 
 
@@ -34,7 +36,7 @@ def main(args: argparse.Namespace) -> None:
     check_out(args.out, "make_dataset", overwrite=args.overwrite, resumable=False)
     per_class = {"teacher": args.teacher_per_class, "train": args.train_per_class, "val": args.val_per_class}
     assert set(per_class) == set(SPLIT_IDS)
-    write_dataset(args.out, args.seed, args.image_size, args.num_classes, per_class)
+    write_dataset(args.out, args.seed, args.image_size, args.num_classes, per_class, args.progress)
     print(f"wrote {args.out}: {args.num_classes} classes, {per_class} images per class, "
           f"{args.image_size}px")
 

@@ -1,4 +1,4 @@
-"""Convert a downloaded real dataset into the toolkit's layout (SPEC §4), with foreground masks (SPEC §2).
+"""Convert a downloaded real dataset into the toolkit's layout (docs/method.md §4), with foreground masks (docs/method.md §2).
 
     python function/prepare_data.py cub    --src CUB_200_2011 --out data/cub
     python function/prepare_data.py voc    --src VOCdevkit    --out data/voc
@@ -16,7 +16,6 @@ import argparse
 import logging
 from pathlib import Path
 
-from tqdm import tqdm
 
 from kdq.function.data.prepare import cub as prep_cub
 
@@ -24,6 +23,7 @@ from kdq.function.data.prepare import ilsvrc as prep_ilsvrc
 
 from kdq.function.data.prepare import voc as prep_voc
 from kdq.function.cli import Parser, run
+from kdq.function.progress import progress
 from kdq.function.data.prepare.common import Writer, check_out_not_in_src, finish_output, open_output, summary_lines
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                             help="symlink each image to its source instead of copying it")
         else:
             sp.set_defaults(link=False)
+        sp.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bar (it is plain lines anyway when stderr is not a terminal)")
         sp.add_argument("--overwrite", action="store_true",
                         help="rewrite every file, and redo a dataset prepared with other options (removing its "
                              "files that this run does not plan)")
@@ -84,16 +86,17 @@ def main(args: argparse.Namespace) -> dict:
     check_out_not_in_src(args.out, plan.root)
     overwrite = open_output(args.out, module.NAME, plan.options, args.overwrite)
     writer = Writer(args.out, link=args.link, overwrite=overwrite)
-    # no bar when stderr is not a terminal (logs, tests); on an error the bar is cleared, leaving one line
-    with tqdm(total=len(plan.units), desc=f"{module.NAME} images", unit="img", dynamic_ncols=True,
-              disable=None) as bar:
-        try:
-            for unit in plan.units:
-                unit(writer)
-                bar.update()
-        except BaseException:
-            bar.leave = False
-            raise
+    # plain lines when stderr is not a terminal (logs); on an error the bar is cleared, leaving one line
+    bar = progress(total=len(plan.units), desc=f"{module.NAME} images", enabled=args.progress)
+    try:
+        for unit in plan.units:
+            unit(writer)
+            bar.update()
+    except BaseException:
+        bar.leave = False
+        raise
+    finally:
+        bar.close()
     removed = writer.verify(plan.splits)
     if removed:
         log.info("removed %d file(s) left by an earlier preparation with other options", len(removed))

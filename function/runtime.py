@@ -33,19 +33,34 @@ class Dist:
         return self.rank == 0
 
 
+def mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` → CUDA when available else CPU; ``cuda`` without CUDA is a UserError."""
+    """``--device``: ``auto`` → CUDA when available, else Apple's MPS, else the CPU; ``cuda`` → this rank's local
+    GPU.  A device this machine does not have, or one that cannot run a stage (``meta``), is a UserError."""
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
+        name = "cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu"
+    kind = name.split(":")[0]
+    if kind == "cuda":
         if not torch.cuda.is_available():
             raise UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
         if name == "cuda":
             name = f"cuda:{local_rank}"
+    elif kind == "mps":
+        if not mps_available():
+            raise UserError(f"--device {name}: Apple's MPS is not available on this machine (use --device cpu)")
+    elif kind != "cpu":
+        raise UserError(f"--device {name}: choose auto, cpu, cuda, cuda:N or mps")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError as exc:
         raise UserError(f"--device {name}: {exc}") from None
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def init_distributed(device_name: str) -> tuple[Dist, torch.device]:

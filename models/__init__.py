@@ -1,165 +1,35 @@
-"""The model registry.
+"""The models of kdq: a registry of architectures with their layer taps, and the truncated forward.
 
-``MODELS`` maps an architecture name to its builder, ``ARCHS`` to what the stages need to know
-about it (family, input size, layer taps), and :func:`build_model` is the one way in::
-
+    from kdq.models import build_model, TAPS, truncated
     model = build_model("vgg_tiny", num_classes=8)
     tap = TAPS["vgg_tiny"]["conv"]            # Tap(node=..., weight=...)
     feature = truncated(model, tap)(images)   # pre-activation, layers above never run
+
+This module itself imports neither torch nor torchvision: the layer names and the registry's architecture names
+are here, so that a script's ``--help`` stays fast; everything else is loaded from :mod:`kdq.models.registry` and
+:mod:`kdq.models.taps` when it is first used.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import partial
-from typing import Any, Callable
+import importlib
 
-import torch
-from torch import nn
+LAYERS: tuple[str, ...] = ("conv", "fc1", "fc2", "fc3")  # the rows of weight_diff.npy (docs/method.md §1)
+# the registry's names (tests/test_models.py checks them against kdq.models.registry.MODELS)
+ARCH_NAMES: tuple[str, ...] = ("alexnet", "vgg11", "vgg16", "vgg16_bn", "vgg19", "resnet18", "resnet50", "resnet101",
+                               "resnet152", "vgg_tiny", "vgg_tiny_bn", "resnet_tiny")
 
-from .resnet import RESNET_TAPS, build_resnet_tiny, build_torchvision_resnet
-from .taps import LAYERS, Tap, analysed_weight, params_up_to, state_keys_up_to, truncated
-from .vgg import build_torchvision_vgg, build_vgg_tiny, feature_layout, tiny_cfg, vgg_taps
-from torchvision.models import vgg as tv_vgg
-
-__all__ = ["ARCHS", "LAYERS", "MODELS", "TAPS", "ArchInfo", "Tap", "UnknownArch", "analysed_weight", "build_model",
-           "arch_info", "check_pretrained", "feature_fn", "params_up_to", "state_keys_up_to", "truncated",
-           "load_pretrained"]
-
-
-@dataclass(frozen=True)
-class ArchInfo:
-    family: str  # "vgg", "alexnet" or "resnet": picks the SPEC defaults (λ, fine-tune lr, m̂ rule)
-    input_size: int  # S: the side of the square input
-    taps: dict[str, Tap]
-    head: tuple[str, ...]  # state_dict prefixes (of ``net``) a pretrained backbone does not set: fresh weights
-    output: tuple[str, ...]  # the prefixes still fresh with --keep-pretrained-head (the output layer)
-
-    @property
-    def train_resize(self) -> int:
-        """The side of the square the training transform resizes to before its random crop of S: 256 for the
-        paper's 224 and 227 px (as the original code), scaled as 256/224 for other sizes."""
-        return 256 if self.input_size in (224, 227) else round(self.input_size * 256 / 224)
-
-
-_TV_VGG_CFG = {"vgg11": ("A", False), "vgg16": ("D", False), "vgg16_bn": ("D", True), "vgg19": ("E", False)}
-# torchvision's AlexNet features: conv relu pool conv relu pool conv relu conv relu conv relu pool
-_ALEXNET_LAYOUT = ["conv", "relu", "pool"] * 2 + ["conv", "relu"] * 3 + ["pool"]
-
-
-def _tv_vgg_taps(arch: str) -> dict[str, Tap]:
-    cfg, bn = _TV_VGG_CFG[arch]
-    return vgg_taps(feature_layout(tv_vgg.cfgs[cfg], bn), (0, 3, 6))
-
-
-# The original code re-initialises a pretrained VGG/AlexNet's whole classifier (fc1, fc2 and fc3), and a
-# ResNet's extra block and 3-layer head (which ImageNet weights do not have)
-_VGG_HEAD, _VGG_OUTPUT = ("classifier.",), ("classifier.6.",)
-_RESNET_HEAD = _RESNET_OUTPUT = ("fc.", "features.")
-_RESNET_WIDTH = {"resnet18": 4096, "resnet50": 2048, "resnet101": 2048, "resnet152": 2048}  # the head's W
-
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "alexnet": partial(build_torchvision_vgg, "alexnet"),
-    "vgg11": partial(build_torchvision_vgg, "vgg11"),
-    "vgg16": partial(build_torchvision_vgg, "vgg16"),
-    "vgg16_bn": partial(build_torchvision_vgg, "vgg16_bn"),
-    "vgg19": partial(build_torchvision_vgg, "vgg19"),
-    **{a: partial(build_torchvision_resnet, a, hidden=w) for a, w in _RESNET_WIDTH.items()},
-    "vgg_tiny": build_vgg_tiny,
-    "vgg_tiny_bn": partial(build_vgg_tiny, batch_norm=True),
-    "resnet_tiny": build_resnet_tiny,
+_LAZY = {
+    "registry": ("ARCHS", "MODELS", "TAPS", "ArchInfo", "UnknownArch", "arch_info", "build_model", "check_pretrained",
+                 "feature_fn", "load_pretrained"),
+    "taps": ("Tap", "Truncated", "analysed_weight", "modules_up_to", "params_up_to", "state_keys_up_to", "truncated"),
 }
-
-ARCHS: dict[str, ArchInfo] = {
-    "alexnet": ArchInfo("alexnet", 227, vgg_taps(_ALEXNET_LAYOUT, (1, 4, 6)), _VGG_HEAD, _VGG_OUTPUT),
-    **{a: ArchInfo("vgg", 224, _tv_vgg_taps(a), _VGG_HEAD, _VGG_OUTPUT)
-       for a in ("vgg11", "vgg16", "vgg16_bn", "vgg19")},
-    **{a: ArchInfo("resnet", 224, RESNET_TAPS, _RESNET_HEAD, _RESNET_OUTPUT) for a in _RESNET_WIDTH},
-    "vgg_tiny": ArchInfo("vgg", 64, vgg_taps(feature_layout(tiny_cfg(), False), (0, 3, 6)), _VGG_HEAD,
-                         _VGG_OUTPUT),
-    "vgg_tiny_bn": ArchInfo("vgg", 64, vgg_taps(feature_layout(tiny_cfg(), True), (0, 3, 6)), _VGG_HEAD,
-                            _VGG_OUTPUT),
-    "resnet_tiny": ArchInfo("resnet", 64, RESNET_TAPS, _RESNET_HEAD, _RESNET_OUTPUT),
-}
-
-TAPS: dict[str, dict[str, Tap]] = {name: info.taps for name, info in ARCHS.items()}
+_OWNER = {name: module for module, names in _LAZY.items() for name in names}
+__all__ = ["ARCH_NAMES", "LAYERS", *_OWNER]
 
 
-class UnknownArch(KeyError):
-    def __str__(self) -> str:
-        return self.args[0]
-
-
-def arch_info(name: str) -> ArchInfo:
-    if name not in ARCHS:
-        raise UnknownArch(f"unknown architecture {name!r}; known: {', '.join(sorted(MODELS))}")
-    return ARCHS[name]
-
-
-def build_model(name: str, num_classes: int, pretrained: dict[str, Any] | None = None,
-                dropout: float | None = None, keep_head: bool = False) -> nn.Module:
-    """Build a registered architecture with fresh SPEC §0 weights (seed torch before calling).
-
-    ``pretrained`` is a torchvision-format state dict of the backbone (read from a local file by the caller;
-    kdq never downloads): see :func:`load_pretrained`.  ``dropout`` None keeps the architecture's default (0.5).
-    """
-    arch_info(name)
-    kwargs = {} if dropout is None else {"dropout": dropout}
-    model = MODELS[name](num_classes=num_classes, **kwargs)
-    if pretrained is not None:
-        load_pretrained(model, name, pretrained, keep_head=keep_head)
-    return model
-
-
-def load_pretrained(model: nn.Module, name: str, state: dict[str, Any], where: str = "the pretrained weights",
-                    keep_head: bool = False) -> None:
-    """Load a torchvision-format state dict into ``model.net``.  As the original code, the head keeps its fresh
-    initialisation (VGG/AlexNet: the whole classifier, fc1-fc3; ResNets: the extra block and the head);
-    ``keep_head`` takes fc1/fc2 from the file too (only the output layer is fresh).  A ValueError names bad
-    keys/shapes."""
-    own = {k: v.shape for k, v in model.net.state_dict().items()}
-    model.net.load_state_dict(_pretrained_subset(own, name, state, where, keep_head), strict=False)
-
-
-def check_pretrained(name: str, num_classes: int, state: dict[str, Any], where: str = "the pretrained weights",
-                     dropout: float | None = None, keep_head: bool = False) -> None:
-    """The checks of :func:`load_pretrained` without building the model's weights (it is built on the meta
-    device): a ValueError naming bad keys/shapes, before a stage writes anything."""
-    with torch.device("meta"):
-        net = build_model(name, num_classes, dropout=dropout).net
-    _pretrained_subset({k: v.shape for k, v in net.state_dict().items()}, name, state, where, keep_head)
-
-
-def _pretrained_subset(own: dict[str, torch.Size], name: str, state: Any, where: str,
-                       keep_head: bool) -> dict[str, torch.Tensor]:
-    if not isinstance(state, dict):
-        raise ValueError(f"{where} hold a {type(state).__name__}, not a state dict")
-    if isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    new = ARCHS[name].output if keep_head else ARCHS[name].head
-    usable, problems = {}, []
-    for key, value in state.items():
-        key = str(key).removeprefix("module.")
-        if key.startswith(new):
-            continue  # replaced by the paper's head: keep the fresh initialisation
-        if key not in own:
-            problems.append(f"unexpected key {key}")
-        elif not isinstance(value, torch.Tensor):
-            problems.append(f"{key} is a {type(value).__name__}, not a tensor")
-        elif own[key] != value.shape:
-            problems.append(f"{key}: file {tuple(value.shape)} vs model {tuple(own[key])}")
-        else:
-            usable[key] = value
-    missing = [k for k in own if k not in usable and not k.startswith(new)]
-    problems += [f"missing key {k}" for k in missing]
-    if problems:
-        shown = "; ".join(problems[:5]) + (f"; ... ({len(problems)} problems)" if len(problems) > 5 else "")
-        raise ValueError(f"{where} do not fit {name}: {shown}")
-    return usable
-
-
-def feature_fn(model: nn.Module, arch: str, layer: str) -> nn.Module:
-    """The truncated forward of ``model`` at ``layer`` (pre-activation output)."""
-    info = arch_info(arch)
-    if layer not in info.taps:
-        raise KeyError(f"unknown layer {layer!r}; choose from {', '.join(LAYERS)}")
-    return truncated(model, info.taps[layer])
+def __getattr__(name: str):
+    if name in _OWNER:
+        value = getattr(importlib.import_module(f"kdq.models.{_OWNER[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'kdq.models' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Weight initialisation of SPEC §0 and the shared classifier head: conv kaiming-normal (fan_out, relu) with zero bias,
+"""Weight initialisation of docs/method.md §0 and the shared classifier head: conv kaiming-normal (fan_out, relu) with zero bias,
 BatchNorm weight 1 / bias 0, linear N(0, 0.01) with zero bias."""
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 ``layer4 → [conv3x3-BN-ReLU]×2 → avgpool → Linear-ReLU-Dropout ×2 → Linear``.  The torchvision
 backbone stays under ``net.*``, the extra 2-conv block is ``features.0..5`` and the head is
-``net.fc.0..6`` (SPEC §0), so checkpoints of the original code load.
+``net.fc.0..6`` (docs/method.md §0), so checkpoints of the original code load.
 """
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from torch import nn
 from torchvision import models as tvm
 from torchvision.models.resnet import BasicBlock
 
-from .init import classifier_head, disable_inplace, init_weights
-from .taps import Tap
+from kdq.models.init import classifier_head, disable_inplace, init_weights
+from kdq.models.taps import Tap
 
 RESNET_TAPS = {
     "conv": Tap("features.4", "features.3.weight"),

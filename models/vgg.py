@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from .init import classifier_head, disable_inplace, init_weights
-from .taps import Tap
+from kdq.models.init import classifier_head, disable_inplace, init_weights
+from kdq.models.taps import Tap
 
 
 class WrappedNet(nn.Module):

@@ -1,4 +1,4 @@
-"""Stage 4: compare the label net and the distil net at one layer (SPEC §3) — visual concepts (H1),
+"""Stage 4: compare the label net and the distil net at one layer (docs/method.md §3) — visual concepts (H1),
 learning speed (H2) and stability (H3) — with paired bootstrap intervals, figures and a report.
 
     python sigma/find_knowledge_new.py --label-sigma runs/sigma_label --distil-sigma runs/sigma_distil \\
@@ -7,7 +7,7 @@ learning speed (H2) and stability (H3) — with paired bootstrap intervals, figu
 
 Writes ``<out>/metrics.json`` (every number, the inputs, settings and versions), ``metrics.csv`` (one row
 per image × net), ``report.md`` (the hypotheses table, then the figures) and ``figures/<layer>_*.png``;
-prints the hypotheses table.  Reads sigma runs of kdq and of the original code (SPEC §4).
+prints the hypotheses table.  Reads sigma runs of kdq and of the original code (docs/method.md §4).
 """
 from __future__ import annotations
 
@@ -17,14 +17,14 @@ from pathlib import Path
 
 from kdq.function.cli import Parser, UserError, finite_float, nonnegative_int, positive_int, run
 from kdq.function.data.options import add_foreground_args
-from kdq.models.taps import LAYERS
+from kdq.models import LAYERS
 
 log = logging.getLogger(__name__)
 STAGE = "find_knowledge"
 
 LAYOUT_HELP = """\
 folders:
-  A sigma run is a folder in the SPEC §4 layout (full_name_list.txt, effect_name_list.txt,
+  A sigma run is a folder in the docs/method.md §4 layout (full_name_list.txt, effect_name_list.txt,
   img_<i>_effect/npy_files/best_sigma_entropy.npy ...), written by sigma/train_sigma.py or the
   original code.  A training run is a folder holding weight_diff.npy (4, epochs+1).
 
@@ -60,7 +60,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="training run of the label net (its weight_diff.npy); default: recorded in the sigma run")
     i.add_argument("--distil-run", metavar="RUN", type=Path, default=None,
                    help="training run of the distil net (phase-1 weight_diff.npy); default: recorded in the sigma run")
-    i.add_argument("--data", metavar="ROOT", type=Path, required=True, help="dataset root with masks under seg/ (SPEC §4)")
+    i.add_argument("--data", metavar="ROOT", type=Path, required=True, help="dataset root with masks under seg/ (docs/method.md §4)")
     i.add_argument("--split", metavar="SPLIT", default="train", help="the split the sigma runs' image names are relative to")
     i.add_argument("--layer", choices=list(LAYERS) + ["all"], default=None,
                    help="layer analysed; 'all' = one table over the four layers (see folders below); "
@@ -79,7 +79,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     i.add_argument("--image-size", metavar="S", type=positive_int, default=None,
                    help="input side S the masks are resized to before the grid; default: the arch's (224 if unknown)")
     add_foreground_args(i, recorded=True)
-    m = p.add_argument_group("metrics (SPEC §3)")
+    m = p.add_argument_group("metrics (docs/method.md §3)")
     m.add_argument("--b", type=finite_float, default=0.2, help="concept threshold: H̄_bg(k) − H_i(k) > b")
     m.add_argument("--mhat-skip-epoch0", choices=["auto", "yes", "no"], default="auto",
                    help="leave epoch 0 out of m̂ = argmax_k N_fg; auto = yes for ResNets, as the original code "
@@ -93,6 +93,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", metavar="DIR", type=Path, required=True, help="folder for metrics.json, metrics.csv, report.md, figures/")
     f.add_argument("--overwrite", action="store_true", help="replace a report already in --out")
     f.add_argument("--no-figures", action="store_true", help="skip the figures (numbers and report only)")
+    f.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar over the bootstrap (it is plain lines anyway when stderr is not a terminal)")
     f.add_argument("--show-images", metavar="N", type=positive_int, default=3, help="images in the entropy-map figure")
     f.add_argument("--max-columns", metavar="N", type=positive_int, default=8, help="checkpoints shown in the entropy-map figure")
     return p
@@ -118,7 +120,7 @@ def main(args: argparse.Namespace) -> None:
     from kdq.function.data.folder import MaskedImageFolder
     from kdq.function.io.atomic import atomic_dir, write_bytes
     from kdq.function.io.rundir import RunRecord, check_out, check_out_apart
-    from kdq.function.metrics.analysis import analyse_layer, render_figures
+    from kdq.function.metrics.analysis import analyse_layer, render_figures, shown_images
     from kdq.function.metrics.inputs import SigmaRun, layer_dirs, load_layer
     from kdq.function.metrics.report import terminal_table, write_outputs
 
@@ -142,10 +144,11 @@ def main(args: argparse.Namespace) -> None:
             log.warning("--layer all: no sigma runs for %s; the table covers %s", ", ".join(missing),
                         ", ".join(i.layer for i in inputs))
             inputs[0].notes.append(f"--layer all: no sigma runs for {', '.join(missing)}")
-    results = [analyse_layer(inp, data, args.b, args.bootstrap, args.seed, args.level) for inp in inputs]
+    results = [analyse_layer(inp, data, args.b, args.bootstrap, args.seed, args.level, args.progress) for inp in inputs]
     figures = {}
     for res in ([] if args.no_figures else results):
-        for key, png in render_figures(res, data, args.show_images, args.max_columns).items():
+        images = shown_images(res, data, args.show_images)
+        for key, png in render_figures(res, images, args.max_columns).items():
             rel = f"figures/{res.layer}_{key}.png"
             res.figures[key] = rel
             figures[rel] = png

@@ -1,4 +1,4 @@
-"""Stage 3: fit one information-discarding map σ per (image, checkpoint) of a training run (SPEC §2).
+"""Stage 3: fit one information-discarding map σ per (image, checkpoint) of a training run (docs/method.md §2).
 
     python sigma/train_sigma.py --checkpoint_root runs/label --arch vgg_tiny --layer conv \\
         --data data/embedded --split train --out runs/sigma/label_conv
@@ -8,7 +8,7 @@ to the first, and dropped as non-effective when σ_f² = 0 or, at checkpoints fr
 (scaled to the run's length) on, when its background entropy is below its foreground entropy.  The
 run stops once ``--effect-num`` effective images exist or the ``--pic-num`` draw is used up.
 
-Writes the SPEC §4 layout: ``full_name_list.txt`` (the draw; ``i`` of ``img_<i>_*`` indexes it),
+Writes the docs/method.md §4 layout: ``full_name_list.txt`` (the draw; ``i`` of ``img_<i>_*`` indexes it),
 ``effect_name_list.txt``, ``non_effect_name_list.txt``, ``img_<i>_effect/npy_files/*.npy`` for every
 effective image, and ``img_<i>_non_effect/npy_files/*.npy`` (what was computed before it was dropped;
 the original code kept that folder too, without arrays), plus ``img_<i>_*/fit.json`` and ``run.json``.
@@ -21,9 +21,10 @@ import argparse
 import logging
 from pathlib import Path
 
-from kdq.function.cli import Parser, finite_float, nonnegative_int, positive_float, positive_int, run
+from kdq.function.archs import add_arch_args
+from kdq.function.cli import Parser, add_device_arg, finite_float, nonnegative_int, positive_float, positive_int, run
 from kdq.function.data.options import add_foreground_args
-from kdq.models import LAYERS, MODELS
+from kdq.models import LAYERS
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     src = p.add_argument_group("the net")
     src.add_argument("--checkpoint_root", "--checkpoint-root", dest="checkpoint_root", type=Path, required=True,
                      help="training run folder holding <e>.pth.tar checkpoints (train_net or distillation)")
-    src.add_argument("--arch", required=True, help=f"architecture: {', '.join(MODELS)}")
+    add_arch_args(src, recorded="the --checkpoint_root run")
     src.add_argument("--layer", required=True, choices=LAYERS, help="layer whose feature h = ReLU(layer(x)) is kept")
     src.add_argument("--checkpoints", nargs="+", type=int, default=None, metavar="E",
                      help="epochs to fit, stored oldest first (default: the original's schedule 0 2 5 10 ... 150, "
@@ -50,11 +51,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     d.add_argument("--effect-num", type=positive_int, default=50, help="stop once this many effective images exist")
     d.add_argument("--effective-rule", choices=("on", "off"), default="on",
                    help="off: keep every image with σ_f² > 0, skipping the fg/bg entropy rule (to look at all "
-                        "drawn images; not SPEC)")
+                        "drawn images; not the paper's method)")
     d.add_argument("--effective-start", type=nonnegative_int, default=None, metavar="E",
                    help="first epoch at which the fg/bg rule applies (default: 40, as the original, for runs of "
                         "150 epochs or more; 40 of 150 scaled to a shorter run)")
-    f = p.add_argument_group("the fit (SPEC §2 defaults)")
+    f = p.add_argument_group("the fit (docs/method.md §2 defaults)")
     f.add_argument("--grid", type=positive_int, default=16,
                    help="σ is grid×grid cells (a grid that does not divide the input size gives uneven cells, as "
                         "the original's nearest upsampling: AlexNet's 227 px with 16 cells of 14 or 15 pixels)")
@@ -66,7 +67,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     f.add_argument("--sigma0", type=positive_float, default=0.01, help="initial σ and noise scale of σ_f²")
     f.add_argument("--target-entropy", type=finite_float, default=-2.8, help="H*: σ* is the step whose H̄ is nearest")
     f.add_argument("--lambda", dest="lam", type=positive_float, default=None,
-                   help="entropy weight λ (default: 7 for VGG/AlexNet, 6 for ResNet)")
+                   help="entropy weight λ (default: 6 for ResNets, 7 for VGG, AlexNet and any other model)")
     r = p.add_argument_group("speed")
     r.add_argument("--batch-images", type=positive_int, default=1,
                    help="images fitted at once (independent σ, noise, λ and stopping); raise it on a GPU")
@@ -85,18 +86,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     o = p.add_argument_group("run")
     o.add_argument("--out", type=Path, required=True, help="sigma run folder to write")
     o.add_argument("--seed", type=nonnegative_int, default=0, help="seed of every image's noise (by image and epoch)")
-    o.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (torchrun sets the local GPU)")
+    add_device_arg(o)
     o.add_argument("--deterministic", action="store_true",
                    help="deterministic algorithms (slower on CUDA): two runs write byte-identical files")
     o.add_argument("--resume", action="store_true", help="continue the run in --out (finished images are kept)")
     o.add_argument("--overwrite", action="store_true", help="delete the run in --out and start again")
-    o.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    o.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bars (they are plain lines anyway when stderr is not a terminal)")
     return p
 
 
 def main(args: argparse.Namespace) -> None:
     import torch
 
+    from kdq.function.archs import model_record
     from kdq.function.io.rundir import RunRecord, check_out_apart, open_run
     from kdq.function.runtime import all_ok, cleanup_distributed, init_distributed, set_deterministic
     from kdq.function.sigma import layout
@@ -108,6 +111,7 @@ def main(args: argparse.Namespace) -> None:
     open_run(args.out, "train_sigma", args, ctx, device, lambda: check_resumable(args.out, args, plan))
     resume = args.resume and (args.out / layout.FULL_LIST).is_file()
     record = RunRecord(args.out, "train_sigma", args, {"world_size": ctx.world_size}, plan.resolved())
+    record.update(model=model_record(plan.info))
     record.update(checkpoints=plan.epochs, total_epochs=plan.checkpoints.total_epochs,
                   effective_rule_start=plan.rule_start, num_classes=plan.checkpoints.num_classes,
                   input_size=plan.info.input_size, candidates=len(plan.names), **{"lambda": plan.config.lam})

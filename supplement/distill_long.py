@@ -1,4 +1,4 @@
-"""Supplement: the long distillation schedule (400 epochs, checkpoints extended by SPEC §1).
+"""Supplement: the long distillation schedule (400 epochs, checkpoints extended by docs/method.md §1).
 
     python supplement/distill_long.py --teacher_checkpoint runs/teacher_heavy/150.pth.tar --teacher-arch vgg16 \
         --arch vgg16 --layer conv --data ROOT --split train --val-split val --out runs/distil_conv_long
@@ -13,7 +13,7 @@ measures each net on its own schedule.
 from __future__ import annotations
 
 from kdq.function.cli import run
-from kdq.function.train.stage import with_defaults
+from kdq.function.train.options import with_defaults
 
 LONG_DEFAULTS = {"epochs": 400, "lr": 1e-3, "lr_schedule": "constant", "weight_decay": 5e-4, "augment": "none"}
 

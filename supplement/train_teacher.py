@@ -1,4 +1,4 @@
-"""Supplement: a teacher trained from scratch with heavy augmentation (SPEC §1 supplement).
+"""Supplement: a teacher trained from scratch with heavy augmentation (docs/method.md §1 supplement).
 
     python supplement/train_teacher.py --arch vgg16 --data ROOT --split train --val-split val --out runs/teacher_heavy
 
@@ -12,7 +12,7 @@ may override them.  The result is an ordinary train_net run, to pass to ``--teac
 from __future__ import annotations
 
 from kdq.function.cli import run
-from kdq.function.train.stage import with_defaults
+from kdq.function.train.options import with_defaults
 
 HEAVY_TEACHER_DEFAULTS = {"augment": "heavy", "weight_decay": 5e-4, "lr": 0.01, "lr_schedule": "logspace",
                           "epochs": 150}

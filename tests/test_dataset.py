@@ -1,4 +1,4 @@
-"""The embedded dataset: deterministic, exact masks, disjoint splits, SPEC §4 layout; the folder dataset."""
+"""The embedded dataset: deterministic, exact masks, disjoint splits, docs/method.md §4 layout; the folder dataset."""
 from __future__ import annotations
 
 import hashlib

@@ -1,4 +1,4 @@
-"""distillation.py: the two phases touch exactly the right parameters, the teacher never changes, SPEC §4
+"""distillation.py: the two phases touch exactly the right parameters, the teacher never changes, docs/method.md §4
 files, Hinton KD by hand, exact resume, and one-line errors for bad input."""
 from __future__ import annotations
 
@@ -51,7 +51,8 @@ def weights(path):
 def conv_run(tiny_data, teacher, tmp_path_factory):
     """Feature KD at conv (3 epochs) + 2 fine-tuning epochs; keeps the teacher object the run used."""
     out = tmp_path_factory.mktemp("distil") / "conv"
-    module = load_script(SCRIPT)
+    from kdq.function.train import distill as module
+
     used = []
 
     def spy(*a, **kw):
@@ -71,7 +72,8 @@ def test_layout_and_weight_distance(conv_run):
     assert list(list_checkpoints(out)) == [0, 1, 2, 3]
     for e in (0, 3):
         ckpt = load_checkpoint(out / f"{e}.pth.tar")
-        assert {"epoch", "state_dict", "best_acc1", "optimizer"} <= set(ckpt) and ckpt["epoch"] == e
+        assert {"epoch", "state_dict", "best_acc1"} <= set(ckpt) and ckpt["epoch"] == e
+        assert "optimizer" not in ckpt  # opt-in (--save-optimizer); --resume reads distill_state.pth.tar
     wd = np.load(out / "weight_diff.npy", allow_pickle=False)
     assert wd.shape == (4, 4) and np.all(wd[:, 0] == 0)
     assert np.all(wd[0, 1:] > 0)  # conv learns
@@ -326,8 +328,8 @@ def test_bad_input_is_one_line_exit_2(case, tiny_data, teacher, conv_run, tmp_pa
               "teacher_arch": "vgg17", "hinton_layer": "hinton", "hinton_adapter": "--adapter",
               "class_order": "same order", "finished": "--resume"}[case]
     assert expect in line
-    if case == "wrong_arch":  # the checkpoint records its arch (keys that do not fit: test_bad_input)
-        assert "trained as vgg_tiny_bn" in line
+    if case == "wrong_arch":  # the teacher's run records its arch (keys that do not fit: test_bad_input)
+        assert "was made with vgg_tiny_bn" in line
     if before is None:
         assert not out.exists()
     else:

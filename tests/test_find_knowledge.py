@@ -1,4 +1,4 @@
-"""sigma/find_knowledge_new.py on fabricated sigma and training runs in the SPEC §4 layout."""
+"""sigma/find_knowledge_new.py on fabricated sigma and training runs in the docs/method.md §4 layout."""
 from __future__ import annotations
 
 import csv
@@ -167,7 +167,12 @@ def test_hand_computed_numbers(hand_case, tmp_path, capsys):
     assert m["N_bg"]["difference"] == pytest.approx(-1 / 3) and m["N_bg"]["holds"] is True
     assert m["N_fg"]["holds"] is False  # equal: the predicted increase does not hold
     assert m["D_mean"]["holds"] is True and m["lambda"]["holds"] is True
-    assert m["rho_bg"]["holds"] is None
+    assert m["rho_bg"]["holds"] is None and m["rho_bg"]["verdict"] is None
+    # D_mean: every resample of 3 images gives distil < label, the interval excludes 0 → supported; N_bg is lower
+    # for the distil net but an interval over 3 images reaches 0 → same sign, not significant
+    assert m["D_mean"]["verdict"] == "supported"
+    assert m["N_bg"]["verdict"] == "same sign, not significant"
+    assert m["N_fg"]["verdict"] == "no difference"  # equal estimates
     # csv: one row per image × net
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert len(rows) == 6 and {r["net"] for r in rows} == {"label", "distil"}
@@ -325,7 +330,7 @@ def test_help_documents_the_flags(capsys):
 # ---- kdq layout on the embedded dataset, against an independent computation ------------------------
 
 def independent(H: dict[str, np.ndarray], fg: dict[str, np.ndarray], names, D_at, b, skip0=False):
-    """SPEC §3 written out with loops, independent of function/metrics.py."""
+    """docs/method.md §3 written out with loops, independent of function/metrics.py."""
     K = len(D_at)
     base = []
     for k in range(K):

@@ -8,7 +8,7 @@ import pytest
 
 from kdq.function.metrics.bootstrap import bootstrap, mean_interval, percentile_interval
 from kdq.function.sigma.entropy import HALF_LOG_2PIE, entropy_map
-from kdq.function.metrics.measures import (NetInput, background_baseline, background_means, compare,
+from kdq.function.metrics.measures import (NetInput, background_baseline, background_means, compare_nets,
                               concept_counts, concept_masks, concept_ratio, first_argmax,
                               per_image_metrics, screen_sigma, stability, summarise)
 
@@ -163,8 +163,8 @@ def test_compare_rows_intervals_and_directions():
     H_distil[:, :, 1:3, 1:3] -= 1.0  # the distil net discards less on the foreground: more fg concepts
     D = np.array([0.0, 1.0, 3.0])
     allowed = np.ones(K, dtype=bool)
-    c1 = compare(NetInput(H_label, fg, D, allowed), NetInput(H_distil, fg, D, allowed), 0.2, 200, seed=5)
-    c2 = compare(NetInput(H_label, fg, D, allowed), NetInput(H_distil, fg, D, allowed), 0.2, 200, seed=5)
+    c1 = compare_nets(NetInput(H_label, fg, D, allowed), NetInput(H_distil, fg, D, allowed), 0.2, 200, seed=5)
+    c2 = compare_nets(NetInput(H_label, fg, D, allowed), NetInput(H_distil, fg, D, allowed), 0.2, 200, seed=5)
     assert repr(c1.rows) == repr(c2.rows)  # NaN-safe equality
     rows = {r["metric"]: r for r in c1.rows}
     assert list(rows)[:6] == ["N_fg", "N_bg", "lambda", "D_mean", "D_std", "rho"]
@@ -181,8 +181,21 @@ def test_compare_rows_intervals_and_directions():
     assert rows["N_fg"]["distil"] == pytest.approx(summarise(p)["N_fg"])
     assert len(c1.curves["label"]["n_fg_mean"]) == K
     # a schedule of its own for one net: its curves have its length
-    c3 = compare(NetInput(H_label[:, :2], fg, D[:2], allowed[:2]), NetInput(H_distil, fg, D, allowed), 0.2, 20, 5)
+    c3 = compare_nets(NetInput(H_label[:, :2], fg, D[:2], allowed[:2]), NetInput(H_distil, fg, D, allowed), 0.2, 20, 5)
     assert len(c3.curves["label"]["n_fg_mean"]) == 2 and len(c3.curves["distil"]["n_fg_mean"]) == K
+
+
+def test_verdict_says_supported_only_when_the_interval_excludes_0():
+    from kdq.function.metrics.measures import verdict
+
+    assert verdict(+1, 0.5, 0.1, 0.9) == "supported"
+    assert verdict(+1, 0.5, -0.1, 0.9) == "same sign, not significant"
+    assert verdict(-1, -0.5, -0.9, -0.1) == "supported"
+    assert verdict(-1, -0.5, -0.9, 0.0) == "same sign, not significant"  # an interval touching 0 includes it
+    assert verdict(+1, -0.5, -0.9, -0.1) == "opposite, significant"
+    assert verdict(+1, -0.5, -0.9, 0.1) == "opposite sign, not significant"
+    assert verdict(+1, 0.0, -0.1, 0.1) == "no difference"
+    assert verdict(0, 0.5, 0.1, 0.9) is None and verdict(+1, float("nan"), 0, 1) == "undetermined"
 
 
 def test_metrics_json_has_no_nan():

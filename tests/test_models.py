@@ -1,5 +1,5 @@
 """The registry: every architecture builds, its taps read the right tensors, and checkpoints of the
-original code (``module.``-prefixed, SPEC §0 names) load."""
+original code (``module.``-prefixed, docs/method.md §0 names) load."""
 from __future__ import annotations
 
 import pytest

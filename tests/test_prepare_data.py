@@ -1,4 +1,4 @@
-"""prepare_data.py: tiny CUB / VOC / ILSVRC trees in their official layouts → the SPEC §4 layout, exactly.
+"""prepare_data.py: tiny CUB / VOC / ILSVRC trees in their official layouts → the docs/method.md §4 layout, exactly.
 
 Every source tree is fabricated here (a few images of a few classes); nothing is downloaded.
 """
@@ -154,6 +154,7 @@ def test_rerun_is_idempotent_and_other_options_need_overwrite(cub, tmp_path, cap
     (lost.parent / f".{lost.name}.abc.tmp").write_bytes(b"half")
     assert prepare("cub", "--src", cub, "--out", out) == 0
     assert lost.is_file() and not list(out.rglob("*.tmp"))
+    capsys.readouterr()
 
     # other options: refused without --overwrite, then redone, removing the classes no longer asked for
     assert prepare("cub", "--src", cub, "--out", out, "--classes", CUB_CLASSES[0]) == 2

@@ -1,4 +1,4 @@
-"""train_net.py: SPEC §4 files, exact resume, and one-line errors for bad input."""
+"""train_net.py: docs/method.md §4 files, exact resume, and one-line errors for bad input."""
 from __future__ import annotations
 
 import json
@@ -26,7 +26,10 @@ def test_run_writes_spec_layout(tiny_data, tmp_path):
     assert train(tiny_data, out, "--checkpoints", "0", "1", "2") == 0
     assert list(list_checkpoints(out)) == [0, 1, 2]
     ckpt = load_checkpoint(out / "2.pth.tar")
-    assert {"epoch", "state_dict", "best_acc1", "optimizer"} <= set(ckpt)
+    assert {"epoch", "state_dict", "best_acc1"} <= set(ckpt) and "optimizer" not in ckpt  # opt-in
+    with_opt = tmp_path / "with_opt"
+    assert train(tiny_data, with_opt, "--checkpoints", "1", "--save-optimizer", epochs=1) == 0
+    assert "optimizer" in load_checkpoint(with_opt / "1.pth.tar")
     assert ckpt["epoch"] == 2
     wd = np.load(out / "weight_diff.npy", allow_pickle=False)
     assert wd.shape == (4, 3) and np.all(wd[:, 0] == 0) and np.all(wd[:, 1:] > 0)

@@ -1,4 +1,4 @@
-"""sigma/train_sigma.py: SPEC §4 layout, the effective rule, exact resume, one-line errors."""
+"""sigma/train_sigma.py: docs/method.md §4 layout, the effective rule, exact resume, one-line errors."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""weight_diff of SPEC §1 against a hand computation on a toy run."""
+"""weight_diff of docs/method.md §1 against a hand computation on a toy run."""
 from __future__ import annotations
 
 import numpy as np

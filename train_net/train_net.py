@@ -5,6 +5,7 @@
 Writes ``<out>/<e>.pth.tar`` for every scheduled epoch (0 = initialisation), ``weight_diff.npy``
 (4, epochs+1), ``train_log.{json,csv}``, ``run.json``; ``train_state.pth.tar`` lets ``--resume``
 continue an interrupted run exactly.  Runs under ``torchrun`` unchanged (DDP, rank 0 writes).
+The method and its defaults: docs/method.md.
 """
 from __future__ import annotations
 
@@ -12,19 +13,9 @@ import argparse
 import logging
 from pathlib import Path
 
-import torch
-from torch import nn
-
+from kdq.function.archs import add_arch_args
 from kdq.function.cli import Parser, UserError, finite_float, positive_int, run
-from kdq.function.io.checkpoint import load_checkpoint
-from kdq.function.runtime import cleanup_distributed
-from kdq.function.train.engine import EpochLoop, evaluate
-from kdq.function.train.schedules import lr_schedule, parse_epochs
-from kdq.function.archs import arch_or_error
-from kdq.function.train.stage import (add_common_training_args, add_sgd_args, load_splits, make_loaders,
-                                      resolved_augment, setup)
-from kdq.function.train.weight_distance import WeightDistance
-from kdq.models import MODELS, build_model, check_pretrained
+from kdq.function.train.options import add_common_training_args, add_sgd_args
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +23,16 @@ log = logging.getLogger(__name__)
 def get_args_parser() -> argparse.ArgumentParser:
     p = Parser(description=__doc__.split("\n\n")[0])
     m = p.add_argument_group("model")
-    m.add_argument("--arch", required=True, help=f"architecture: {', '.join(MODELS)}")
+    add_arch_args(m)
     m.add_argument("--pretrained", type=Path, default=None,
                    help="local torchvision-format state dict for the backbone (never downloaded); the head starts "
-                        "fresh (VGG/AlexNet: fc1, fc2 and fc3; ResNets: the extra block and the head), as the "
-                        "original code")
+                        "fresh (VGG/AlexNet: fc1, fc2 and fc3; ResNets: the extra block and the head; other models: "
+                        "the fc3 tap's module), as the original code")
     m.add_argument("--keep-pretrained-head", action="store_true",
                    help="with --pretrained, take fc1 and fc2 from the file too (only fc3 starts fresh)")
-    m.add_argument("--dropout", type=finite_float, default=None, help="dropout of the fc head (default: the arch's 0.5)")
-    o = p.add_argument_group("optimisation (SPEC §1 defaults)")
+    m.add_argument("--dropout", type=finite_float, default=None,
+                   help="dropout of the fc head of registry architectures (default: the arch's 0.5)")
+    o = p.add_argument_group("optimisation (docs/method.md §1 defaults)")
     o.add_argument("--epochs", type=positive_int, default=150, help="training epochs")
     add_sgd_args(o, schedule="logspace", lr=1e-3,
                  lr_help="; the original's default, whose notes suggest 1e-2 for VGG and 1e-1 for ResNets from "
@@ -49,32 +41,47 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def read_pretrained(args: argparse.Namespace, num_classes: int) -> dict | None:
-    """The ``--pretrained`` state dict, checked against the arch before anything is written."""
+def read_pretrained(args: argparse.Namespace, info, num_classes: int) -> dict | None:
+    """The ``--pretrained`` state dict, checked against the architecture before anything is written."""
+    from kdq.function.io.checkpoint import load_checkpoint
+    from kdq.models import check_pretrained
+
     if args.pretrained is None:
         if args.keep_pretrained_head:
             raise UserError("--keep-pretrained-head needs --pretrained")
         return None
     state = load_checkpoint(args.pretrained, "--pretrained")
     try:
-        check_pretrained(args.arch, num_classes, state, str(args.pretrained), args.dropout, args.keep_pretrained_head)
+        check_pretrained(info, num_classes, state, str(args.pretrained), args.dropout, args.keep_pretrained_head)
     except ValueError as exc:
         raise UserError(f"--pretrained: {exc}") from None
     return state
 
 
 def main(args: argparse.Namespace) -> None:
-    info = arch_or_error(args.arch)
+    import torch
+    from torch import nn
+
+    from kdq.function.archs import model_record, resolve_arch
+    from kdq.function.runtime import cleanup_distributed
+    from kdq.function.train.engine import EpochLoop, evaluate
+    from kdq.function.train.schedules import lr_schedule, parse_epochs
+    from kdq.function.train.stage import load_splits, make_loaders, resolved_augment, setup
+    from kdq.function.train.weight_distance import WeightDistance
+
+    info = resolve_arch(args.arch, args.taps, args.image_size)
     try:
         checkpoints = parse_epochs(args.checkpoints, args.epochs)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     train_set, val_set = load_splits(args, info.input_size)
-    pretrained = read_pretrained(args, len(train_set.classes))
+    pretrained = read_pretrained(args, info, len(train_set.classes))
+    if args.dropout is not None and not info.dropout:
+        raise UserError(f"--dropout applies to registry architectures; {info.name} builds its own head")
     ctx, device, record = setup(args, "train_net", {"augment": resolved_augment(args)})
     if record is None:
         return
-    model = build_model(args.arch, len(train_set.classes), pretrained, args.dropout, args.keep_pretrained_head)
+    model = info.build(len(train_set.classes), pretrained, args.dropout, args.keep_pretrained_head)
     model.to(device)
     net = nn.parallel.DistributedDataParallel(model) if ctx.enabled else model
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
@@ -86,15 +93,16 @@ def main(args: argparse.Namespace) -> None:
         return nn.functional.cross_entropy(logits, labels), (logits.argmax(1) == labels).sum()
 
     loop = EpochLoop(out=args.out, model=model, optimizer=optimizer, step_fn=step, loader=loader,
-                     device=device, ctx=ctx, seed=args.seed, epochs=args.epochs, arch=args.arch,
+                     device=device, ctx=ctx, seed=args.seed, epochs=args.epochs, arch=info.name,
                      checkpoints=set(checkpoints),
                      tracker=WeightDistance(model, {layer: tap.weight for layer, tap in info.taps.items()}),
                      lr_at=lr_schedule(args.lr_schedule, args.lr, args.epochs, args.lr_down),
                      validate=(lambda: evaluate(model, val_loader, device)) if val_loader else None,
-                     meta={"classes": train_set.classes, "num_classes": len(train_set.classes)})
+                     meta={"classes": train_set.classes, "num_classes": len(train_set.classes)},
+                     save_optimizer=args.save_optimizer, progress=args.progress, tensorboard=args.tensorboard)
     if args.resume:
         loop.try_resume()
-    record.update(checkpoints=checkpoints, classes=train_set.classes)
+    record.update(checkpoints=checkpoints, classes=train_set.classes, model=model_record(info))
     if ctx.is_main:
         record.save("running")
     history = loop.run()

@@ -1,4 +1,4 @@
-"""The folder dataset of SPEC §4: ``<root>/<split>/<class>/<image>`` with masks at
+"""The folder dataset of docs/method.md §4: ``<root>/<split>/<class>/<image>`` with masks at
 ``<root>/seg/<split>/<class>/<stem>.png`` (a mask pixel > 0 is foreground)."""
 from __future__ import annotations
 
@@ -11,23 +11,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from kdq.function.cli import UserError
-from kdq.function.io.rundir import DATASET_JSON, read_json
+from kdq.function.data.layout import IMAGE_EXTENSIONS
 from kdq.function.runtime import derive_seed
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
-DATASET_KINDS = ("embedded", "cub", "voc", "ilsvrc")
-
-
-def dataset_kind(root: Path) -> str | None:
-    """What a dataset root holds, from its ``dataset.json``: ``embedded`` (make_dataset), ``cub``, ``voc`` or
-    ``ilsvrc`` (prepare_data); None for a folder kdq did not write (the defaults that depend on the kind then
-    take their general value)."""
-    manifest = read_json(Path(root) / DATASET_JSON)
-    if manifest.get("generator") == "kdq.synthetic":
-        return "embedded"
-    kind = manifest.get("preparer")
-    return kind if kind in DATASET_KINDS else None
-
 
 class MaskedImageFolder(Dataset):
     """Images of one split; ``dataset[i]`` → (image tensor, label); ``mask(i)`` → bool (H, W) or None.

@@ -1,4 +1,4 @@
-"""Foreground masks at the resolution of the σ grid (SPEC §2).
+"""Foreground masks at the resolution of the σ grid (docs/method.md §2).
 
 :func:`mask_to_grid` makes the ``g×g`` foreground cells of a mask as the original code does: the grey mask image
 is resized to ``S×S`` with PIL's bilinear filter (what ``transforms.Resize((S, S))`` does to a PIL image), then
@@ -63,7 +63,7 @@ def central_square(grid: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Foreground:
-    """Where an image's foreground cells come from (SPEC §2): its mask (``masks``) or the central square for
+    """Where an image's foreground cells come from (docs/method.md §2): its mask (``masks``) or the central square for
     every image (``central``); ``missing`` says what an image without a mask gets (``error`` or ``central``)."""
     source: str = "masks"
     missing: str = "error"

@@ -1,4 +1,4 @@
-"""Command-line flags of the foreground rule (SPEC §2), shared by the sigma and the metrics stage; no torch here,
+"""Command-line flags of the foreground rule (docs/method.md §2), shared by the sigma and the metrics stage; no torch here,
 so that ``--help`` stays fast.  The rule itself is :class:`kdq.function.data.masks.Foreground`."""
 from __future__ import annotations
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from kdq.function.io.atomic import atomic_dir, write_json
+from kdq.function.progress import progress
 
 SHAPES = ("disk", "cross", "square", "triangle", "star", "hexagon")
 DISTRACTOR_SHAPES = ("ring", "bar", "disk")
@@ -152,12 +152,13 @@ def image_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, SPLIT_IDS[split], index])
 
 
-def write_dataset(out: Path, seed: int, size: int, num_classes: int, per_class: dict[str, int]) -> None:
+def write_dataset(out: Path, seed: int, size: int, num_classes: int, per_class: dict[str, int],
+                  show_progress: bool = True) -> None:
     """Generate into a temporary sibling folder, then move it into place (never half-written)."""
     names = class_names(num_classes)
     with atomic_dir(out) as tmp:
         total = sum(per_class.values()) * num_classes
-        with tqdm(total=total, desc="images", dynamic_ncols=True) as bar:
+        with progress(total=total, desc="images", enabled=show_progress) as bar:
             for split, n in per_class.items():
                 for label, cls in enumerate(names):
                     (tmp / split / cls).mkdir(parents=True)

@@ -1,4 +1,4 @@
-"""Image transforms of SPEC §1, as the original code's datasets make them (``function/dataset.py`` there).
+"""Image transforms of docs/method.md §1, as the original code's datasets make them (``function/dataset.py`` there).
 
 * ``standard`` (the original's AugmentDataSet, VOC and ILSVRC): resize to a ``R×R`` *square* (R = 256 for the
   paper's 224 and 227 px), random crop S, horizontal flip.
@@ -50,7 +50,6 @@ def eval_transform(size: int, resize: int | None = None) -> T.Compose:
 
 TRAIN_TRANSFORMS: dict[str, Callable[[int, int], T.Compose]] = {
     "standard": train_transform, "heavy": heavy_train_transform, "none": eval_transform}
-AUGMENT_CHOICES = ("auto", *TRAIN_TRANSFORMS)
 
 
 def resolve_augment(augment: str, kind: str | None) -> str:

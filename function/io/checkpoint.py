@@ -1,4 +1,4 @@
-"""Checkpoint files: SPEC §4 ``<run>/<e>.pth.tar`` and safe loading.
+"""Checkpoint files: docs/method.md §4 ``<run>/<e>.pth.tar`` and safe loading.
 
 Loading always uses ``torch.load(..., weights_only=True)``: a file that would need to execute code
 (an arbitrary pickle) is refused with a clear error, and it does not run.
@@ -15,7 +15,7 @@ from torch import nn
 
 from kdq.function.cli import UserError
 from kdq.function.io.atomic import save_torch
-from kdq.models import MODELS
+from kdq.models import ARCH_NAMES
 
 EPOCH_FILE = re.compile(r"^(\d+)\.pth\.tar$")
 
@@ -68,10 +68,16 @@ def load_checkpoint(path: Path, flag: str = "checkpoint") -> dict[str, Any]:
 
 
 def check_recorded_arch(ckpt: dict[str, Any], arch: str, where: str, arch_flag: str = "--arch") -> None:
-    """A kdq checkpoint records the arch it was trained as; refuse it for another one (a name kdq does not
-    know, e.g. the original code's, is not compared: the weights' keys and shapes decide then)."""
-    if ckpt.get("arch") in MODELS and ckpt["arch"] != arch:
-        raise UserError(f"{where} was trained as {ckpt['arch']}, not {arch_flag} {arch}")
+    """A kdq checkpoint records the arch it was trained as (a registry name, ``torchvision:<name>`` or
+    ``module:factory``); refuse it for another one.  A checkpoint that records none (the original code's) is not
+    compared: the weights' keys and shapes decide then."""
+    recorded = ckpt.get("arch")
+    if recorded is None:
+        return
+    if not isinstance(recorded, str):
+        raise UserError(f"{where} records an arch that is a {type(recorded).__name__}, not a name")
+    if (recorded in ARCH_NAMES or ":" in recorded) and recorded != arch:
+        raise UserError(f"{where} was trained as {recorded}, not {arch_flag} {arch}")
 
 
 def state_dict_of(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
-import torch
 
 from kdq.function.cli import UserError
 from kdq.function.io.atomic import is_temp, remove_stale_temps, write_json
@@ -105,7 +104,7 @@ def open_run(out: Path, stage: str, args: argparse.Namespace, ctx, device,
 # Flags that change how a run executes but not what it computes: they may differ on --resume.
 RUNTIME_SETTINGS = frozenset({"out", "resume", "overwrite", "debug", "device", "workers", "progress",
                               "no_progress", "log_interval", "batch_images", "sample_chunk", "compile",
-                              "cudnn_benchmark", "channels_last", "deterministic"})
+                              "cudnn_benchmark", "channels_last", "deterministic", "tensorboard", "save_optimizer"})
 
 
 def check_resume_settings(out: Path, args: argparse.Namespace, resolved: dict[str, Any] | None = None,
@@ -146,7 +145,7 @@ def _same(old: Any, new: Any, is_path: bool, old_cwd: str | None) -> bool:
     return old == new
 
 
-SPEC_SPELLING = {"teacher_checkpoint": "--teacher_checkpoint", "checkpoint_root": "--checkpoint_root"}
+CONTRACT_SPELLING = {"teacher_checkpoint": "--teacher_checkpoint", "checkpoint_root": "--checkpoint_root"}
 
 
 def check_out_apart(out: Path, args: argparse.Namespace, flag: str = "--out") -> None:
@@ -158,7 +157,7 @@ def check_out_apart(out: Path, args: argparse.Namespace, flag: str = "--out") ->
         if not isinstance(value, Path) or f"--{key.replace('_', '-')}" == flag:
             continue
         source = value.resolve()
-        name = SPEC_SPELLING.get(key, f"--{key.replace('_', '-')}")
+        name = CONTRACT_SPELLING.get(key, f"--{key.replace('_', '-')}")
         if source == target:
             raise UserError(f"{flag}: {out} is also {name}; write results to another folder")
         if source.is_relative_to(target):
@@ -199,8 +198,8 @@ def describe(args: argparse.Namespace, resolved: dict[str, Any] | None = None) -
 
 def versions() -> dict[str, str]:
     """Versions of Python and of the libraries that shape the results (those this process has imported)."""
-    found = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
-    for name in ("torchvision", "matplotlib", "PIL"):
+    found = {"python": platform.python_version(), "numpy": np.__version__}
+    for name in ("torch", "torchvision", "matplotlib", "PIL"):
         module = sys.modules.get(name)
         if module is not None and hasattr(module, "__version__"):
             found[name] = module.__version__

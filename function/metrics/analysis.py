@@ -1,19 +1,22 @@
-"""One layer's analysis: the inputs read by :mod:`kdq.function.metrics.inputs` in, the comparison of SPEC §3
+"""One layer's analysis: the inputs read by :mod:`kdq.function.metrics.inputs` in, the comparison of docs/method.md §3
 with its bootstrap (:mod:`kdq.function.metrics.measures`) and the figures (:mod:`kdq.function.metrics.plots`) out.
 """
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import numpy as np
 from PIL import Image
 
 from kdq.function.data.folder import MaskedImageFolder
 from kdq.function.data.masks import central_square
+from kdq.function.io.rundir import read_run_json
 from kdq.function.metrics import plots
 from kdq.function.metrics.inputs import NETS, LayerInputs
-from kdq.function.metrics.measures import METRICS, NetInput, compare
-from kdq.function.metrics.report import LABELS, LayerResult
+from kdq.function.metrics.measures import METRICS, NetInput, compare_nets
+from kdq.function.metrics.report import LABELS, LayerResult, plural
+from kdq.function.progress import progress
 from kdq.function.sigma.entropy import entropy_map
 from kdq.function.sigma.grid import upsample
 from kdq.function.train.weight_distance import cumulative_distance, distance_at
@@ -22,15 +25,15 @@ log = logging.getLogger(__name__)
 
 
 def net_input(inp: LayerInputs, net: str) -> NetInput:
-    """What :func:`~kdq.function.metrics.measures.compare` measures of one net."""
+    """What :func:`~kdq.function.metrics.measures.compare_nets` measures of one net."""
     d = inp.nets[net]
     return NetInput(H=entropy_map(d.maps), fg=d.fg, D_at=distance_at(d.wd_row, d.epochs), allowed=d.allowed,
                     original=inp.compat == "original")
 
 
 def analyse_layer(inp: LayerInputs, data: MaskedImageFolder, b: float, n_boot: int, seed: int,
-                  level: float) -> LayerResult:
-    """SPEC §3 with the bootstrap for one layer (logs the layer's warnings first)."""
+                  level: float, show_progress: bool = False) -> LayerResult:
+    """docs/method.md §3 with the bootstrap for one layer (logs the layer's warnings first)."""
     for message in inp.warnings:
         log.warning("%s: %s", inp.layer, message)
     nets = inp.nets
@@ -38,7 +41,11 @@ def analyse_layer(inp: LayerInputs, data: MaskedImageFolder, b: float, n_boot: i
              "/".join(str(len(nets[n].names)) for n in NETS), "/".join(str(len(nets[n].epochs)) for n in NETS),
              inp.grid, n_boot)
     inputs = {net: net_input(inp, net) for net in NETS}
-    comp = compare(inputs["label"], inputs["distil"], b, n_boot, seed, level, paired=inp.paired)
+    loop = partial(progress, desc=f"{inp.layer}: bootstrap", enabled=show_progress)
+    comp = compare_nets(inputs["label"], inputs["distil"], b, n_boot, seed, level, paired=inp.paired, loop=loop)
+    degenerate = degenerate_warnings(inp, comp)
+    for message in degenerate:
+        log.warning("%s: %s", inp.layer, message)
     result = LayerResult(
         layer=inp.layer, names={n: nets[n].names for n in NETS}, epochs={n: nets[n].epochs for n in NETS},
         epochs_source={n: nets[n].epochs_source for n in NETS}, grid=inp.grid, image_size=inp.size,
@@ -49,10 +56,53 @@ def analyse_layer(inp: LayerInputs, data: MaskedImageFolder, b: float, n_boot: i
                 "both": inp.both, "used_label": len(nets["label"].names), "used_distil": len(nets["distil"].names),
                 "skipped": len(inp.skipped)},
         skipped=inp.skipped, mask_fallback=inp.fallback, mhat_skips_epoch0=inp.skip0, compat=inp.compat,
-        foreground=inp.foreground.describe(), comparison=comp, notes=inp.notes + comp.notes)
+        foreground=inp.foreground.describe(), comparison=comp, notes=inp.notes + comp.notes,
+        accuracy={net: final_accuracy(read_run_json(nets[net].run)) for net in NETS}, warnings=degenerate)
     result.figure_data = {"H": {n: inputs[n].H for n in NETS}, "wd": {n: nets[n].wd_row for n in NETS},
                           "central": inp.foreground.source == "central"}
     return result
+
+
+def final_accuracy(record: dict) -> float | None:
+    """A training run's final validation top-1 (%) as its run.json records it (None when it does not)."""
+    for value in (record.get("final_val_acc1"), (record.get("final") or {}).get("val_acc1")):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return None
+
+
+MIN_IMAGES = 5
+
+
+def degenerate_warnings(inp: LayerInputs, comp) -> list[str]:
+    """What makes a comparison say little: too few images, no concept at all, the same sigma run for both nets,
+    or label and distil given the wrong way round (the training run each sigma run records says which it is)."""
+    out = []
+    nets = inp.nets
+    a, b = nets["label"].sigma.path, nets["distil"].sigma.path
+    if a.resolve() == b.resolve():
+        out.append(f"--label-sigma and --distil-sigma are the same sigma run ({a}): the comparison is empty")
+    stages = {net: read_run_json(nets[net].run).get("stage") for net in NETS}
+    if stages["label"] == "distillation" or stages["distil"] == "train_net":
+        out.append(f"label and distil look swapped: the label sigma run was fitted on a {stages['label']} run, the "
+                   f"distil one on a {stages['distil']} run")
+    return out + comparison_warnings(comp)
+
+
+def comparison_warnings(comp) -> list[str]:
+    """The warnings a comparison itself gives (also for in-memory maps): fewer than ``MIN_IMAGES`` images, a net
+    without any visual concept."""
+    out = []
+    for net in NETS:
+        per = getattr(comp, net)
+        n = len(per.n_fg)
+        if n < MIN_IMAGES:
+            out.append(f"only {plural(n, 'image')} for the {net} net: the intervals say little "
+                       f"(fewer than {MIN_IMAGES})")
+        if not (per.n_fg.any() or per.n_bg.any()):
+            out.append(f"the {net} net has no visual concept at any checkpoint (b too high, or maps without "
+                       "contrast)")
+    return out
 
 
 # ---- figures --------------------------------------------------------------------------------------
@@ -70,27 +120,48 @@ def _display_image(data: MaskedImageFolder, name: str, size: int, grid: int,
     return name, rgb, mask
 
 
-def render_figures(res: LayerResult, data: MaskedImageFolder, show_images: int, max_columns: int) -> dict[str, bytes]:
-    """The PNG bytes of the layer's four figures, by figure key."""
+def shown_images(res: LayerResult, data: MaskedImageFolder, show_images: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """The first ``show_images`` images both nets were measured on, at S×S, with the foreground they used."""
+    shown = [name for name in res.names["label"] if name in set(res.names["distil"])][:show_images]
+    return [_display_image(data, name, res.image_size, res.grid, res.figure_data["central"]) for name in shown]
+
+
+def render_figures(res: LayerResult, images: list[tuple[str, np.ndarray, np.ndarray]] | None,
+                   max_columns: int) -> dict[str, bytes]:
+    """The PNG bytes of the layer's figures, by figure key (the entropy maps only with ``images``: (name, RGB,
+    mask) of images both nets were measured on)."""
     fd = res.figure_data
     c = res.comparison
-    shown = [name for name in res.names["label"] if name in set(res.names["distil"])][:show_images]
-    rows = {net: [res.names[net].index(name) for name in shown] for net in NETS}
-    images = [_display_image(data, name, res.image_size, res.grid, fd["central"]) for name in shown]
     counts = "/".join(str(len(res.names[n])) for n in NETS) if res.names["label"] != res.names["distil"] \
         else str(len(res.names["label"]))
-    tag = f"layer {res.layer}, {counts} images"
-    figs = {
-        "entropy_maps": plots.entropy_maps(images, fd["H"]["label"][rows["label"]], fd["H"]["distil"][rows["distil"]],
-                                           res.epochs, f"Entropy maps at {res.layer} (first {len(shown)} of "
-                                           f"{counts} images)", max_columns),
+    tag = f"layer {res.layer}, {plural(counts, 'image')}"
+    figs = {}
+    if images:
+        rows = {net: [res.names[net].index(name) for name, _, _ in images] for net in NETS}
+        H = {net: fd["H"][net][rows[net]] for net in NETS}
+        concepts = {net: getattr(c, net).concepts[rows[net]] if getattr(c, net).concepts is not None else None
+                    for net in NETS}
+        figs["entropy_maps"] = plots.entropy_maps(images, H["label"], H["distil"], res.epochs,
+                                                  f"Entropy maps at {res.layer} (first {len(images)} of "
+                                                  f"{plural(counts, 'image')})", max_columns, concepts)
+    figs.update({
         "concept_curves": plots.concept_curves(res.epochs, c.curves, c.level, f"Visual concepts per image ({tag})"),
         "weight_distance": plots.weight_distance(
-            {net: cumulative_distance(fd["wd"][net]) for net in NETS},
+            {net: distance_curve(fd, net, res.epochs[net]) for net in NETS},
             {net: np.asarray(res.epochs[net])[getattr(c, net).mhat] for net in NETS},
             {net: c.summary[net]["D_mean"] for net in NETS},
             f"Cumulative weight distance and m̂ ({tag})"),
         "metric_panels": plots.metric_panels([r for r in c.rows if r["metric"] in {m.key for m in METRICS}],
                                              LABELS, c.level, f"The six metrics, label vs distil ({tag})"),
-    }
+    })
     return figs
+
+
+def distance_curve(figure_data: dict, net: str, epochs: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(epochs, D): every epoch of the net's training run, or only its checkpoints when that is all there is."""
+    if figure_data.get("wd") is not None:
+        D = cumulative_distance(figure_data["wd"][net])
+        return np.arange(len(D)), D
+    return np.asarray(epochs), np.asarray(figure_data["D"][net])
+
+

@@ -9,7 +9,7 @@ original's per-net image sets): each net's images are resampled on their own.
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -17,8 +17,9 @@ Statistic = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def bootstrap(statistic: Statistic, n_label: int, n_distil: int, n_boot: int, seed: int,
-              paired: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """``(point, replicates)``: the statistic on all images and on ``n_boot`` resamples, (n_boot, m)."""
+              paired: bool = True, loop: Callable[[range], Iterable[int]] = iter) -> tuple[np.ndarray, np.ndarray]:
+    """``(point, replicates)``: the statistic on all images and on ``n_boot`` resamples, (n_boot, m).
+    ``loop`` wraps the resampling loop (a progress bar)."""
     if n_label <= 0 or n_distil <= 0:
         raise ValueError("bootstrap needs at least one image per net")
     if paired and n_label != n_distil:
@@ -26,7 +27,7 @@ def bootstrap(statistic: Statistic, n_label: int, n_distil: int, n_boot: int, se
     rng = np.random.default_rng(seed)
     point = np.asarray(statistic(np.arange(n_label), np.arange(n_distil)), dtype=np.float64)
     reps = np.empty((n_boot, point.size), dtype=np.float64)
-    for r in range(n_boot):
+    for r in loop(range(n_boot)):
         idx = rng.integers(0, n_label, size=n_label)
         reps[r] = statistic(idx, idx if paired else rng.integers(0, n_distil, size=n_distil))
     return point, reps

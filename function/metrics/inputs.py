@@ -1,4 +1,4 @@
-"""Reading what the metrics stage compares, for one layer: two sigma runs (SPEC §4 layout, kdq's or the original
+"""Reading what the metrics stage compares, for one layer: two sigma runs (docs/method.md §4 layout, kdq's or the original
 code's), the training runs' ``weight_diff.npy`` and the foreground cells of the images.
 
 Each net keeps its own checkpoint schedule (a 400-epoch student may be compared with a 150-epoch label net).
@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from kdq.function.cli import UserError
-from kdq.function.data.folder import MaskedImageFolder, dataset_kind
+from kdq.function.data.folder import MaskedImageFolder
+from kdq.function.data.layout import dataset_kind
 from kdq.function.data.masks import Foreground, resolve_foreground
 from kdq.function.io.rundir import read_run_json, recorded_path
 from kdq.function.metrics.measures import screen_sigma
@@ -251,15 +252,35 @@ class LayerInputs:
     notes: list[str]
 
 
-def _arch(req: Request, *sources: SigmaRun | Path) -> str | None:
+def family_and_size(req: Request, sigmas: list[SigmaRun], runs: list[Path], warnings: list[str],
+                    notes: list[str]) -> tuple[str | None, int]:
+    """The architecture family (for the ResNet m̂ rule) and the input size S (for the masks): from ``--arch`` and
+    ``--image-size``, else from what the sigma or training runs record (``model``: arch, family, image size)."""
+    from kdq.function.archs import recorded_model, resolve_arch
+
     if req.arch:
-        return req.arch
-    for src in sources:
-        arch = src.recorded("arch") if isinstance(src, SigmaRun) else \
-            (read_run_json(src).get("settings") or {}).get("arch")
-        if arch:
-            return str(arch)
-    return None
+        info = resolve_arch(req.arch, image_size=req.image_size)
+        return info.family, req.image_size or info.input_size
+    records = [sr.meta for sr in sigmas] + [read_run_json(run) for run in runs]
+    model = next((m for m in map(recorded_model, records) if m), None)
+    family, size = (model or {}).get("family"), req.image_size or (model or {}).get("image_size")
+    size = size or sigmas[0].recorded("image_size", "input_size")
+    if model and (family is None or size is None):  # a run of an older kdq: the registry knows the name
+        from kdq.models import ARCHS
+
+        info = ARCHS.get(model["arch"])
+        if info is None:
+            warnings.append(f"architecture {model['arch']!r} is not in the registry: pass --image-size and "
+                            "--mhat-skip-epoch0")
+        else:
+            family, size = family or info.family, size or info.input_size
+    if size is None:
+        size = 224
+        notes.append("input size S unknown (no --arch/--image-size, nothing recorded): S = 224 assumed for the masks")
+        warnings.append(notes[-1])
+    if family is None and req.mhat_skip_epoch0 == "auto":
+        notes.append("architecture unknown: m̂ includes epoch 0 (pass --arch or --mhat-skip-epoch0 for a ResNet)")
+    return family, int(size)
 
 
 def _foreground(req: Request, runs: list[SigmaRun], data: MaskedImageFolder) -> Foreground:
@@ -330,19 +351,9 @@ def load_layer(req: Request, layer: str, data: MaskedImageFolder, label_sigma: P
 
     warnings: list[str] = []
     notes: list[str] = []
-    arch = _arch(req, sigmas["label"], sigmas["distil"], runs["label"], runs["distil"])
-    info = None
-    if arch and not (req.image_size and req.mhat_skip_epoch0 != "auto"):
-        from kdq.models import ARCHS  # imported only when needed: building the registry takes seconds
-        info = ARCHS.get(arch)
-        if info is None:
-            warnings.append(f"architecture {arch!r} is not in the registry: pass --image-size and --mhat-skip-epoch0")
-    size = req.image_size or sigmas["label"].recorded("image_size", "input_size") or (info.input_size if info else None)
-    if size is None:
-        size = 224
-        notes.append("input size S unknown (no --arch/--image-size, nothing recorded): S = 224 assumed for the masks")
-        warnings.append(notes[-1])
-    skip0 = {"yes": True, "no": False}.get(req.mhat_skip_epoch0, bool(info and info.family == "resnet"))
+    family, size = family_and_size(req, [sigmas["label"], sigmas["distil"]], [runs["label"], runs["distil"]],
+                                   warnings, notes)
+    skip0 = {"yes": True, "no": False}.get(req.mhat_skip_epoch0, family == "resnet")
 
     # which images each net is measured on
     skipped: dict[str, str] = {}

@@ -1,4 +1,4 @@
-"""The metrics of SPEC §3, as pure numpy functions of entropy maps and foreground masks.
+"""The metrics of docs/method.md §3, as pure numpy functions of entropy maps and foreground masks.
 
 Shapes: ``N`` images, ``K`` checkpoints (oldest first), a ``g×g`` cell grid.
 
@@ -11,7 +11,7 @@ Shapes: ``N`` images, ``K`` checkpoints (oldest first), a ``g×g`` cell grid.
     rho = stability(C, fg)                        # (N,)  |S_last| / |∪_k S_k|, 0 for an empty union
 
 :func:`per_image_metrics` runs them all for one net (:class:`NetInput`: its maps, masks, checkpoints and
-weight distances); :func:`summarise` turns the per-image values into the reported numbers; :func:`compare`
+weight distances); :func:`summarise` turns the per-image values into the reported numbers; :func:`compare_nets`
 adds the bootstrap of (distil − label).  Each net is measured on its own checkpoints, so the two may have
 different schedules.  ``NetInput.original`` reproduces the original code's arithmetic where it differs
 (the README's "Differences from the original code").
@@ -143,11 +143,28 @@ def peak_slopes(peak_counts: np.ndarray, D: np.ndarray) -> np.ndarray:
         return np.asarray(peak_counts, dtype=np.float64) / np.asarray(D, dtype=np.float64)
 
 
+def verdict(direction: int, difference: float, lo: float, hi: float) -> str | None:
+    """What the interval says of the paper's prediction (``direction``: +1 distil > label, −1 distil < label):
+    ``supported`` only when the whole interval lies on the predicted side of 0; ``same sign, not significant``
+    when the point estimate does but the interval includes 0; likewise ``opposite …``; None without a prediction."""
+    if direction == 0:
+        return None
+    if not all(np.isfinite([difference, lo, hi])):
+        return "undetermined"
+    if (direction > 0 and lo > 0) or (direction < 0 and hi < 0):
+        return "supported"
+    if (direction > 0 and hi < 0) or (direction < 0 and lo > 0):
+        return "opposite, significant"
+    if difference == 0:
+        return "no difference"
+    return "same sign, not significant" if difference * direction > 0 else "opposite sign, not significant"
+
+
 # ---- one net, all images ---------------------------------------------------------------------------
 
 @dataclass
 class NetInput:
-    """One net's inputs to SPEC §3 at one layer."""
+    """One net's inputs to docs/method.md §3 at one layer."""
     H: np.ndarray  # (N, K, g, g) entropy maps, K = this net's checkpoints
     fg: np.ndarray  # (N, g, g) foreground cells
     D_at: np.ndarray  # (K,) cumulative weight distance at each checkpoint
@@ -177,6 +194,7 @@ class PerImage:
     rho_bg: np.ndarray
     rho_total: np.ndarray
     keep_inf_slopes: bool = False
+    concepts: np.ndarray | None = field(default=None, repr=False)  # (N, K, g, g) bool: the concept cells
 
     @property
     def slope_left_out(self) -> tuple[int, int]:
@@ -188,7 +206,7 @@ class PerImage:
 
 
 def per_image_metrics(net: NetInput, b: float) -> PerImage:
-    """All per-image values of SPEC §3 for one net."""
+    """All per-image values of docs/method.md §3 for one net."""
     return _per_image(net, background_means(net.H, net.fg), b, np.arange(net.H.shape[0]))
 
 
@@ -206,7 +224,7 @@ def _per_image(net: NetInput, bg_means: np.ndarray, b: float, idx: np.ndarray) -
                     mhat=mhat, D=D, slope=peak_slopes(n_fg[rows, mhat], D),
                     mhat_bg=mhat_bg, D_bg=D_bg, slope_bg=peak_slopes(n_bg[rows, mhat_bg], D_bg),
                     rho=stability(concepts, fg), rho_bg=stability(concepts, ~fg),
-                    rho_total=stability(concepts, np.ones_like(fg)), keep_inf_slopes=net.original)
+                    rho_total=stability(concepts, np.ones_like(fg)), keep_inf_slopes=net.original, concepts=concepts)
 
 
 def mean_slope(slopes: np.ndarray, D: np.ndarray, keep_inf: bool) -> float:
@@ -250,13 +268,14 @@ class Comparison:
     notes: list[str] = field(default_factory=list)
 
 
-def compare(label: NetInput, distil: NetInput, b: float, n_boot: int, seed: int, level: float = 0.95,
-            paired: bool = True) -> Comparison:
-    """SPEC §3 for both nets, with a percentile bootstrap over images.
+def compare_nets(label: NetInput, distil: NetInput, b: float, n_boot: int, seed: int, level: float = 0.95,
+                 paired: bool = True, loop=iter) -> Comparison:
+    """docs/method.md §3 for both nets, with a percentile bootstrap over images.
 
     ``paired``: the nets were measured on the same images and a replicate resamples them once for both (the
     difference distil − label is resampled image by image); otherwise each net's images are resampled on their
-    own.  Every replicate recomputes everything from the maps, the baseline ``H̄_bg(k)`` included.
+    own.  Every replicate recomputes everything from the maps, the baseline ``H̄_bg(k)`` included.  ``loop``
+    wraps the bootstrap's loop (a progress bar).
     """
     nets = {"label": label, "distil": distil}
     if paired and label.H.shape[0] != distil.H.shape[0]:
@@ -269,7 +288,7 @@ def compare(label: NetInput, distil: NetInput, b: float, n_boot: int, seed: int,
         return np.concatenate([_stat_vector(_per_image(nets[k], bgm[k], b, idx))
                                for k, idx in (("label", idx_label), ("distil", idx_distil))])
 
-    point, reps = bootstrap(statistic, sizes["label"], sizes["distil"], n_boot, seed, paired)
+    point, reps = bootstrap(statistic, sizes["label"], sizes["distil"], n_boot, seed, paired, loop)
     widths = {k: len(SCALARS) + 2 * v.H.shape[1] for k, v in nets.items()}
     off = {"label": 0, "distil": widths["label"]}
     lo, hi = percentile_interval(reps, level)
@@ -290,7 +309,8 @@ def compare(label: NetInput, distil: NetInput, b: float, n_boot: int, seed: int,
                      "label_ci": [float(lo[j]), float(hi[j])],
                      "distil_ci": [float(lo[off["distil"] + j]), float(hi[off["distil"] + j])],
                      "predicted": {1: "distil > label", -1: "distil < label", 0: None}[m.direction],
-                     "holds": holds, "ci_excludes_zero_in_predicted_direction": excl})
+                     "holds": holds, "ci_excludes_zero_in_predicted_direction": excl,
+                     "verdict": verdict(m.direction, float(diff), float(dlo[j]), float(dhi[j]))})
     curves = {}
     for net in nets:
         K, s = nets[net].H.shape[1], off[net] + n

@@ -40,9 +40,12 @@ def pick_columns(k: int, max_cols: int) -> list[int]:
 
 
 def entropy_maps(images: list[tuple[str, np.ndarray, np.ndarray]], H_label: np.ndarray, H_distil: np.ndarray,
-                 epochs: dict[str, list[int]], title: str, max_cols: int = 8) -> bytes:
+                 epochs: dict[str, list[int]], title: str, max_cols: int = 8,
+                 concepts: dict[str, np.ndarray | None] | None = None) -> bytes:
     """``images``: (name, RGB uint8 (S, S, 3), mask bool (S, S)); ``H_*`` (n, K, g, g) of those images;
-    ``epochs[net]`` the net's checkpoint epochs (the nets may have different schedules)."""
+    ``epochs[net]`` the net's checkpoint epochs (the nets may have different schedules); ``concepts[net]``
+    (n, K, g, g) bool, the visual concepts, marked with a dot on their cells."""
+    concepts = concepts or {}
     cols = {net: pick_columns(len(epochs[net]), max_cols) for net in ("label", "distil")}
     same = epochs["label"] == epochs["distil"]
     n = len(images)
@@ -66,13 +69,15 @@ def entropy_maps(images: list[tuple[str, np.ndarray, np.ndarray]], H_label: np.n
             row = axes[2 * r + j]
             row[0].imshow(rgb, interpolation="nearest")
             _contour(row[0], mask, 1.4)
-            row[0].set_ylabel(f"{NAMES[net]}\n{_short(name)}", fontsize=8, color=COLORS[net])
+            row[0].set_ylabel(f"{NAMES[net]}\n{_wrapped(name)}", fontsize=7, color=COLORS[net])
             for c, k in enumerate(cols[net]):
                 ax = row[c + 1]
                 # the map upsampled (nearest) to the image, blended over its grey levels: one raster per panel
                 up = upsample_cells(H[r, k], S)
                 ax.imshow(0.8 * cmap(norm(up))[..., :3] + 0.2 * gray, interpolation="nearest")
                 _contour(ax, mask, 1.0)
+                if concepts.get(net) is not None:
+                    _mark_cells(ax, concepts[net][r, k], S)
                 if r == 0 and (j == 0 or not same):
                     ax.set_title(f"epoch {epochs[net][k]}", fontsize=9 if same else 7)
             for c in range(len(cols[net]) + 1, ncol):
@@ -83,7 +88,7 @@ def entropy_maps(images: list[tuple[str, np.ndarray, np.ndarray]], H_label: np.n
     axes[0, 0].set_title("image + mask", fontsize=9)
     cax = fig.add_axes((1 - 0.95 / width, 0.15, 0.18 / width, 0.7))
     bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax)
-    bar.set_label("entropy H = log σ* + ½ log 2πe  (low = concept)")
+    bar.set_label("entropy H = log σ* + ½ log 2πe  (low = kept; dots: visual concepts)")
     fig.suptitle(title, fontsize=11, y=1 - 0.12 / height, va="top")
     return _png(fig)
 
@@ -95,8 +100,21 @@ def _contour(ax, mask: np.ndarray, width: float) -> None:
         ax.contour(c, c, mask.astype(float), levels=[0.5], colors="yellow", linewidths=width)
 
 
-def _short(name: str, width: int = 22) -> str:
-    return name if len(name) <= width else "…" + name[-(width - 1):]
+def _wrapped(name: str, width: int = 22) -> str:
+    """The whole name, broken after each ``/`` and then every ``width`` characters (never cut off)."""
+    lines = []
+    for part in name.replace("/", "/\n").split("\n"):
+        lines += [part[i:i + width] for i in range(0, len(part), width)] or [""]
+    return "\n".join(lines)
+
+
+def _mark_cells(ax, cells: np.ndarray, size: int) -> None:
+    """A dot at the centre of every true cell of a (g, g) map shown at ``size`` pixels."""
+    rows, cols = np.nonzero(cells)
+    if rows.size:
+        step = size / cells.shape[0]
+        ax.scatter((cols + 0.5) * step - 0.5, (rows + 0.5) * step - 0.5, s=6, c="red", marker="o",
+                   linewidths=0)
 
 
 def concept_curves(epochs: dict[str, list[int]], curves: dict, level: float, title: str) -> bytes:
@@ -121,20 +139,23 @@ def concept_curves(epochs: dict[str, list[int]], curves: dict, level: float, tit
     return _png(fig)
 
 
-def weight_distance(D_curves: dict[str, np.ndarray], mhat_epochs: dict[str, np.ndarray],
+def weight_distance(curves: dict[str, tuple[np.ndarray, np.ndarray]], peaks: dict[str, np.ndarray],
                     D_mean: dict[str, float], title: str) -> bytes:
-    """``D_curves[net]`` the cumulative distance D(e) for e = 0..E; ``mhat_epochs[net]`` per image."""
+    """``curves[net]`` = (epochs, D at those epochs): the cumulative distance, every epoch or the checkpoints;
+    ``peaks[net]`` the epoch of m̂ of each image (one of the curve's epochs)."""
     fig = Figure(figsize=(8, 4.5), layout="constrained")
     ax = fig.subplots()
     for net, marker in (("label", "o"), ("distil", "s")):
-        D = np.asarray(D_curves[net])
-        ax.plot(np.arange(len(D)), D, color=COLORS[net], label=f"{NAMES[net]}: D(e)")
-        e, count = np.unique(np.asarray(mhat_epochs[net]), return_counts=True)
+        x, D = (np.asarray(v) for v in curves[net])
+        at = dict(zip(x.tolist(), D.tolist()))
+        ax.plot(x, D, color=COLORS[net], label=f"{NAMES[net]}: D(e)")
+        e, count = np.unique(np.asarray(peaks[net]), return_counts=True)
         total = max(count.sum(), 1)
-        ax.scatter(e, D[e], s=30 + 400 * count / total, marker=marker, facecolor="none", edgecolor=COLORS[net],
+        y = [at[int(ei)] for ei in e]
+        ax.scatter(e, y, s=30 + 400 * count / total, marker=marker, facecolor="none", edgecolor=COLORS[net],
                    linewidths=1.5, zorder=3, label=f"{NAMES[net]}: m̂ (area ∝ images)")
-        for ei, ci in zip(e, count):
-            ax.annotate(str(ci), (ei, D[ei]), textcoords="offset points", xytext=(6, -10 if net == "label" else 6),
+        for ei, yi, ci in zip(e, y, count):
+            ax.annotate(str(ci), (ei, yi), textcoords="offset points", xytext=(6, -10 if net == "label" else 6),
                         fontsize=7, color=COLORS[net])
         ax.axhline(D_mean[net], color=COLORS[net], ls="--", lw=1, label=f"{NAMES[net]}: D_mean = {D_mean[net]:.3g}")
     ax.set_xlabel("epoch")
@@ -147,7 +168,8 @@ def weight_distance(D_curves: dict[str, np.ndarray], mhat_epochs: dict[str, np.n
 
 def metric_panels(rows: list[dict], labels: dict[str, str], level: float, title: str) -> bytes:
     """One panel per metric row (``metric label distil label_ci distil_ci difference difference_ci
-    predicted holds``): both nets with their intervals; the panel title gives the difference."""
+    predicted verdict``): both nets with their intervals; the panel title gives the difference and the verdict
+    (green only when the interval supports the prediction)."""
     fig = Figure(figsize=(2.3 * len(rows), 3.8), layout="constrained")
     axes = fig.subplots(1, len(rows), squeeze=False)[0]
     for ax, row in zip(axes, rows):
@@ -160,12 +182,11 @@ def metric_panels(rows: list[dict], labels: dict[str, str], level: float, title:
         ax.set_xlim(-0.6, 1.6)
         lo, hi = row["difference_ci"]
         arrow = {"distil > label": "↑", "distil < label": "↓"}.get(row["predicted"], "")
-        verdict = "" if row["holds"] is None else ("holds" if row["holds"] else "does not hold")
-        if row["holds"]:
-            verdict += " (CI excludes 0)" if row["ci_excludes_zero_in_predicted_direction"] else " (CI includes 0)"
+        verdict = row.get("verdict") or ""
         ax.set_title(f"{labels[row['metric']]}  (predicted {arrow})\nΔ={row['difference']:.3g} "
                      f"[{lo:.3g}, {hi:.3g}]\n{verdict}", fontsize=9,
-                     color="black" if row["holds"] is None else ("darkgreen" if row["holds"] else "darkred"))
+                     color={"supported": "darkgreen", "same sign, not significant": "dimgray"}.get(
+                         verdict, "black" if not verdict else "darkred"))
         ax.grid(alpha=0.3, axis="y")
     axes[0].set_ylabel(f"value ({level:.0%} bootstrap interval)")
     fig.suptitle(title, fontsize=11)

@@ -16,15 +16,17 @@ from kdq.function.io.atomic import write_json, write_text
 from kdq.function.metrics.measures import ALL_METRICS, METRICS, Comparison, PerImage
 
 LABELS = {m.key: m.label for m in ALL_METRICS}
+PREDICTION = {1: "distil > label (↑)", -1: "distil < label (↓)", 0: "—"}
 CAPTIONS = {
     "entropy_maps": "Entropy maps H = log σ* + ½log 2πe over the checkpoints; for each image the label net is "
-                    "above the distil net, one colour scale, mask outline in yellow (low entropy = concept).",
+                    "above the distil net, one colour scale, mask outline in yellow, a red dot on each visual "
+                    "concept (H more than b below the background mean H̄_bg).",
     "concept_curves": "Mean number of visual concepts per image on the foreground (N_fg) and the background "
                       "(N_bg) at each checkpoint, with the bootstrap interval of the mean as a band.",
     "weight_distance": "Cumulative weight distance D(e) of the layer's analysed weight; circles/squares mark m̂ "
                        "(the checkpoint where N_fg first peaks), area ∝ number of images; dashed: D_mean.",
-    "metric_panels": "The six metrics for both nets with bootstrap intervals; each title gives the paired "
-                     "difference distil − label with its interval and whether the predicted direction holds.",
+    "metric_panels": "The six metrics for both nets with bootstrap intervals; each title gives the difference "
+                     "distil − label with its interval and the verdict on the predicted direction.",
 }
 FIGURE_ORDER = tuple(CAPTIONS)
 
@@ -45,6 +47,8 @@ class LayerResult:
     compat: str  # "kdq" or "original"
     foreground: dict[str, Any]
     comparison: Comparison
+    accuracy: dict[str, float | None] = field(default_factory=dict)  # net → its final val top-1 (%), if recorded
+    warnings: list[str] = field(default_factory=list)  # what makes the comparison degenerate
     figures: dict[str, str] = field(default_factory=dict)  # figure key → path relative to the output folder
     notes: list[str] = field(default_factory=list)
     figure_data: dict[str, Any] = field(default_factory=dict, repr=False)  # arrays the figures need
@@ -81,12 +85,11 @@ def table_rows(results: list[LayerResult], secondary: bool = True) -> list[list[
                 continue
             diff, ci = fmt_diff(row)
             out.append([res.layer, row["metric"], fmt(row["label"]), fmt(row["distil"]), diff, ci,
-                        predicted_text(row).split(" (")[0], fmt(row["holds"]),
-                        fmt(row["ci_excludes_zero_in_predicted_direction"])])
+                        predicted_text(row).split(" (")[0], row["verdict"] or "-"])
     return out
 
 
-HEADER = ["layer", "metric", "label", "distil", "distil-label", "95% CI", "predicted", "holds", "CI excl. 0"]
+HEADER = ["layer", "metric", "label", "distil", "distil-label", "95% CI", "predicted", "verdict"]
 
 
 def terminal_table(results: list[LayerResult], level: float) -> str:
@@ -97,10 +100,10 @@ def terminal_table(results: list[LayerResult], level: float) -> str:
     numeric = {2, 3, 4}
 
     def line(r):
-        return "  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+        return "  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
 
     sep = "  ".join("-" * w for w in widths)
-    return "\n".join([line(rows[0]), sep] + [line(r) for r in rows[1:]])
+    return "\n".join([line(rows[0]), sep] + [line(r).rstrip() for r in rows[1:]])
 
 
 # ---- files ---------------------------------------------------------------------------------------
@@ -158,26 +161,56 @@ def metrics_csv(results: list[LayerResult]) -> str:
     return buf.getvalue()
 
 
+def plural(count, noun: str) -> str:
+    """``1 image``, ``3 images``, ``15/14 images`` (a count may be text)."""
+    return f"{count} {noun}" if str(count) == "1" else f"{count} {noun}s"
+
+
+HOW_TO_READ = """\
+Each net's σ maps (docs/method.md §2) say how much of each image cell a layer of the net discards: a cell whose
+entropy H is low is kept. A cell is a *visual concept* at a checkpoint when its entropy lies more than b below
+H̄_bg, the mean background entropy over the images at that checkpoint. The paper's three hypotheses compare the net
+distilled from the teacher (*distil*) with the same architecture trained on labels (*label*): a distil net learns
+more concepts and more of them on the object (H1), learns them together and fast — its weights travel less far
+before the foreground concepts peak (H2) — and keeps them stably (H3). *supported*: the whole bootstrap interval of
+distil − label lies on the predicted side of 0; *same sign, not significant*: the point estimate does, the interval
+includes 0; *opposite …*: the estimate goes the other way. Rows without a prediction are reported for reference.
+"""
+
+
+def cell(text: str) -> str:
+    """``text`` safe inside a markdown table cell (``|S_last|`` would end the cell)."""
+    return text.replace("|", "\\|")
+
+
 def markdown(results: list[LayerResult], settings: dict[str, Any], level: float) -> str:
     pct = f"{level:.0%}"
-    lines = ["# Label net vs distil net: the three hypotheses", "",
-             f"| layer | metric | label | distil | distil − label [{pct} CI] | predicted | holds | CI excludes 0 |",
-             "| --- | --- | ---: | ---: | --- | --- | --- | --- |"]
+    layers = ", ".join(res.layer for res in results)
+    lines = [f"# Label net vs distil net at {layers}: the three hypotheses", "", "## How to read this", "",
+             HOW_TO_READ, "| metric | what it measures | the paper predicts |", "| --- | --- | --- |"]
+    lines += [f"| {m.label} | {cell(m.what)} | {PREDICTION[m.direction]} |" for m in ALL_METRICS]
+    warnings = [f"- **{res.layer}**: {w}" for res in results for w in res.warnings]
+    if warnings:
+        lines += ["", "## Warnings", "", *warnings]
+    lines += ["", "## Results", "",
+              f"| layer | metric | label | distil | distil − label [{pct} CI] | predicted | verdict |",
+              "| --- | --- | ---: | ---: | --- | --- | --- |"]
     for res in results:
         for row in res.comparison.rows:
             diff, ci = fmt_diff(row)
             lines.append(f"| {res.layer} | {LABELS[row['metric']]} | {fmt(row['label'])} | {fmt(row['distil'])} | "
-                         f"{diff} {ci} | {predicted_text(row)} | {fmt(row['holds'])} | "
-                         f"{fmt(row['ci_excludes_zero_in_predicted_direction'])} |")
-    lines += ["", "*holds*: the point estimate of the difference has the sign the paper predicts; "
-              f"*CI excludes 0*: so does the whole {pct} interval. H1: N_fg ↑, N_bg ↓, λ ↑ (last checkpoint); "
-              "H2: D_mean ↓, D_std ↓ (D_var shown beside them); H3: ρ ↑ (ρ_bg, ρ_total reported without a "
-              "prediction).", "", "## Images and settings", ""]
+                         f"{diff} {ci} | {predicted_text(row)} | {row['verdict'] or '-'} |")
+    lines += ["", "## The nets", ""]
+    for res in results:
+        acc = ", ".join(f"{net} net {fmt(res.accuracy.get(net))} %" if res.accuracy.get(net) is not None
+                        else f"{net} net not recorded" for net in ("label", "distil"))
+        lines.append(f"- **{res.layer}**: final validation top-1: {acc}.")
+    lines += ["", "## Images and settings", ""]
     for res in results:
         c = res.counts
-        skipped = f", {len(res.skipped)} left out for NaN/inf/σ* ≤ 0" if res.skipped else ""
-        used = (f"{c['used_label']} images used" if c["used_label"] == c["used_distil"] else
-                f"{c['used_label']} images used for the label net, {c['used_distil']} for the distil net")
+        skipped = f", {c['skipped']} left out for NaN/inf/σ* ≤ 0" if res.skipped else ""
+        used = (plural(c["used_label"], "image") + " used" if c["used_label"] == c["used_distil"] else
+                f"{plural(c['used_label'], 'image')} used for the label net, {c['used_distil']} for the distil net")
         schedules = (f"checkpoints {' '.join(map(str, res.epochs['label']))} ({res.epochs_source['label']})"
                      if res.epochs["label"] == res.epochs["distil"] else
                      "checkpoints: label " + " ".join(map(str, res.epochs["label"])) + f" ({res.epochs_source['label']}),"
@@ -185,7 +218,9 @@ def markdown(results: list[LayerResult], settings: dict[str, Any], level: float)
         lines.append(f"- **{res.layer}**: {used} ({c['both']} effective in both runs{skipped}; "
                      f"label run {c['label_effective']}, distil run {c['distil_effective']} effective); "
                      f"{schedules}; grid {res.grid}×{res.grid}; S = {res.image_size}; "
-                     f"m̂ {'skips' if res.mhat_skips_epoch0 else 'includes'} epoch 0.")
+                     f"m̂ {'skips' if res.mhat_skips_epoch0 else 'includes'} epoch 0; foreground: "
+                     f"{res.foreground.get('foreground')} ({'exact' if res.foreground.get('exact_masks') else 'bilinear'} "
+                     f"masks).")
     modes = {res.compat for res in results}
     mode = ("the original code's arithmetic (--compat original: D read one checkpoint before m̂ when epoch 0 is "
             "left out, per-net image filter, inf slopes kept)" if modes == {"original"} else

@@ -1,4 +1,4 @@
-"""The effective-sample rule of SPEC §2.5: which images a sigma run keeps.
+"""The effective-sample rule of docs/method.md §2.5: which images a sigma run keeps.
 
 An image is *non-effective* when σ_f² is 0 (or not finite) at any checkpoint, or when, at a checkpoint at or
 after :func:`rule_start`, its background entropy is not above its foreground entropy:

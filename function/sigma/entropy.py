@@ -1,7 +1,7 @@
 """The entropy of the noise: ``H = log σ + ½·log(2πe)``, the differential entropy of a Gaussian with std σ.
 
 One cell of the σ grid has entropy :func:`entropy_map`; a map's mean entropy H̄ is :func:`mean_entropy`.
-The fit (SPEC §2), the effective-sample rule and the metrics (SPEC §3) all read entropies from here.
+The fit (docs/method.md §2), the effective-sample rule and the metrics (docs/method.md §3) all read entropies from here.
 """
 from __future__ import annotations
 

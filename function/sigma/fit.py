@@ -1,4 +1,4 @@
-"""The information-discarding fit of SPEC §2: one noise map σ (g×g) per image and checkpoint.
+"""The information-discarding fit of docs/method.md §2: one noise map σ (g×g) per image and checkpoint.
 
 The fit knows nothing about checkpoints, files or arguments: it takes a *feature function*
 ``feature(x) -> pre-activation`` (the truncated forward of a net, or any callable in tests) and a
@@ -8,7 +8,7 @@ batch of images, and returns one :class:`SigmaFit` per image::
     fits = fitter.fit(images, seeds=[derive_seed(seed, index, epoch) for index in indices])
     fits[0].sigma            # σ* (g, g): the σ of the step whose mean entropy is nearest the target
 
-What one fit does (SPEC §2, the original ``train_sigma.py``):
+What one fit does (docs/method.md §2, the original ``train_sigma.py``):
 
 1. ``h(x) = act(feature(x))`` (``act`` = ReLU) once, without gradient;
    ``σ_f² = MSE(h(x + σ₀ε), h(x))`` over ``n`` samples and all feature elements.
@@ -37,7 +37,7 @@ log σ* within 1e-4).
 Records per image (arrays of length T): ``entropy`` = H̄ of the σ used at each step,
 ``feature_loss`` = MSE/σ_f², ``penalty_loss`` = −λ·H̄ (λ of that step); steps that were not run are
 **NaN** (the original code left zeros there).  A fit is *failed* when σ_f² is 0 or not finite, or
-when no step has a finite entropy; its σ* is all zeros (SPEC §4: a value ≤ 0 marks a failed fit).
+when no step has a finite entropy; its σ* is all zeros (docs/method.md §4: a value ≤ 0 marks a failed fit).
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ CPU_CHUNK = 32  # default noise samples per forward pass on the CPU
 
 
 # ---------------------------------------------------------------------------------------------
-# the rules of one fit (SPEC §2 steps 3 and 4)
+# the rules of one fit (docs/method.md §2 steps 3 and 4)
 # ---------------------------------------------------------------------------------------------
 def decision_step(steps: int, break_steps: int) -> int:
     """The step after which the fit stops or escalates λ: ``T − T_break − 1``."""
@@ -90,7 +90,7 @@ def select_step(entropy: Sequence[float] | np.ndarray, target: float) -> int:
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SigmaConfig:
-    """The settings of one fit; defaults are SPEC §2's (λ for VGG/AlexNet)."""
+    """The settings of one fit; defaults are docs/method.md §2's (λ for VGG/AlexNet)."""
 
     grid: int = 16  # g: σ is g×g
     samples: int = 96  # n: noise samples per step (and for σ_f²)

@@ -1,5 +1,5 @@
 """The σ grid: ``g×g`` cells over an ``S×S`` input.  :func:`upsample` spreads cell values to pixels (the noise
-of the fit, SPEC §2, and the entropy maps of the figures).  A cell covers ``S/g`` pixels; when ``g`` does not
+of the fit, docs/method.md §2, and the entropy maps of the figures).  A cell covers ``S/g`` pixels; when ``g`` does not
 divide ``S`` (AlexNet's 227 px with g = 16) the cells are uneven, as the original code's
 ``F.interpolate(..., mode='nearest')`` makes them: pixel ``p`` belongs to cell ``floor(p·g/S)``.
 """

@@ -1,4 +1,4 @@
-"""The on-disk layout of a sigma run (SPEC §4), shared by the sigma stage (writer) and the metrics
+"""The on-disk layout of a sigma run (docs/method.md §4), shared by the sigma stage (writer) and the metrics
 stage (reader), so runs of the original code and of kdq are interchangeable.
 
     <run>/full_name_list.txt         one image path per line, relative to the split root

@@ -1,4 +1,4 @@
-"""A sigma run (stage 3): fit one σ map per (image, checkpoint) of a training run and write SPEC §4.
+"""A sigma run (stage 3): fit one σ map per (image, checkpoint) of a training run and write docs/method.md §4.
 
 * :func:`plan_run` checks and reads everything a run needs — the checkpoints (their weights up to the
   layer), the dataset, the draw, the fit settings — and writes nothing.
@@ -20,26 +20,27 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm import tqdm
 
-from kdq.function.archs import arch_or_error
+from kdq.function.archs import arch_from
 from kdq.function.cli import UserError, existing_dir
-from kdq.function.data.folder import MaskedImageFolder, dataset_kind
+from kdq.function.data.folder import MaskedImageFolder
+from kdq.function.data.layout import dataset_kind
 from kdq.function.data.masks import Foreground, resolve_foreground
 from kdq.function.data.transforms import eval_transform
 from kdq.function.io.checkpoint import (check_fits, check_recorded_arch, list_checkpoints, load_checkpoint,
                                         num_classes_of, state_dict_of)
 from kdq.function.io.rundir import read_run_json, setting_diffs
+from kdq.function.progress import progress
 from kdq.function.runtime import Dist, derive_seed
 from kdq.function.sigma import layout
 from kdq.function.sigma.effective import drop_reason, entropy_gap, rule_start
 from kdq.function.sigma.fit import SigmaConfig, SigmaFit, SigmaFitter
 from kdq.function.sigma.selection import EFFECTIVE, NON_EFFECTIVE, PENDING, draw_order, name_lists, next_round
 from kdq.function.train.schedules import PAPER_150, PAPER_400
-from kdq.models import ArchInfo, build_model, state_keys_up_to, truncated
+from kdq.models import ArchInfo, state_keys_up_to, truncated
 
 
-FAMILY_LAMBDA = {"vgg": 7.0, "alexnet": 7.0, "resnet": 6.0}  # SPEC §2: λ by architecture family
+FAMILY_LAMBDA = {"vgg": 7.0, "alexnet": 7.0, "resnet": 6.0, "other": 7.0}  # method.md §2: λ by family
 # settings that change the numbers in the files: a resumed run must keep them
 RESULT_SETTINGS = ("arch", "layer", "split", "grid", "samples", "steps", "break_steps", "lr", "sigma0",
                    "target_entropy", "lam", "seed", "pic_seed", "foreground", "missing_mask", "exact_masks",
@@ -86,15 +87,18 @@ class SigmaPlan:
 
     def resolved(self) -> dict:
         """Settings whose value this plan derived (recorded and compared on --resume as the values used)."""
-        return {"lam": self.config.lam, **self.foreground.describe()}
+        return {"arch": self.info.name, "lam": self.config.lam, **self.foreground.describe()}
 
 
 def plan_run(args: argparse.Namespace) -> SigmaPlan:
     """Check and read the inputs of a sigma run (every problem is a UserError; nothing is written)."""
-    info = arch_or_error(args.arch)
+    root = existing_dir("--checkpoint_root", args.checkpoint_root)
+    info = arch_from(args, read_run_json(root), source=f"--checkpoint_root {root}")
+    if args.layer not in info.taps:
+        raise UserError(f"--layer {args.layer}: {info.name} has no tap there (taps: {', '.join(info.taps) or 'none'})")
     size = info.input_size
     if args.grid > size:
-        raise UserError(f"--grid {args.grid} is larger than the input size {size} of {args.arch}")
+        raise UserError(f"--grid {args.grid} is larger than the input size {size} of {info.name}")
     if args.deterministic and args.cudnn_benchmark:
         raise UserError("--deterministic and --cudnn-benchmark exclude each other (autotuning picks "
                         "algorithms by timing)")
@@ -114,15 +118,15 @@ def plan_run(args: argparse.Namespace) -> SigmaPlan:
     dataset = MaskedImageFolder(args.data, args.split, transform=eval_transform(size),
                                 require_masks=foreground.source == "masks" and foreground.missing == "error")
     draw = draw_order(len(dataset), args.pic_num, args.pic_seed)
-    return SigmaPlan(arch=args.arch, info=info, layer=args.layer, config=config, checkpoints=checkpoints,
+    return SigmaPlan(arch=info.name, info=info, layer=args.layer, config=config, checkpoints=checkpoints,
                      model=model, dataset=dataset, draw=draw, names=[dataset.names[i] for i in draw],
                      foreground=foreground, rule_start=start)
 
 
 def read_checkpoints(args: argparse.Namespace, info: ArchInfo) -> tuple[Checkpoints, nn.Module]:
-    """The checkpoints of ``--checkpoint_root`` to fit, each checked against ``--arch``, with their weights
+    """The checkpoints of ``--checkpoint_root`` to fit, each checked against the architecture, with their weights
     up to ``--layer``; and the model built for them."""
-    root = existing_dir("--checkpoint_root", args.checkpoint_root)
+    root = args.checkpoint_root
     found = list_checkpoints(root)
     if not found:
         raise UserError(f"--checkpoint_root: {root} holds no <epoch>.pth.tar checkpoints")
@@ -136,28 +140,41 @@ def read_checkpoints(args: argparse.Namespace, info: ArchInfo) -> tuple[Checkpoi
                             f"(it has {', '.join(map(str, found))})")
     total = read_run_json(root).get("settings", {}).get("epochs")
     total_epochs = int(total) if isinstance(total, int) and total > 0 else max(found)
-    fc3 = info.taps["fc3"].weight
+    fc3 = info.taps["fc3"].weight if "fc3" in info.taps else None
     model, keys, cache, cached = None, [], {}, 0
     for e in epochs:
         path = found[e]
         ckpt = load_checkpoint(path, "--checkpoint_root")
-        check_recorded_arch(ckpt, args.arch, f"--checkpoint_root: {path}")
+        check_recorded_arch(ckpt, info.name, f"--checkpoint_root: {path}")
         try:
             sd = state_dict_of(ckpt)
         except ValueError:
             raise UserError(f"--checkpoint_root: {path} is not a model checkpoint (no state_dict)") from None
-        if fc3 not in sd:
-            raise UserError(f"--checkpoint_root: {path} does not fit --arch {args.arch} (no {fc3})")
         if model is None:
-            num_classes = num_classes_of(sd, fc3)
-            model = build_model(args.arch, num_classes)
-            keys = state_keys_up_to(model, info.taps[args.layer])
-        check_fits(model, sd, args.arch, f"--checkpoint_root: {path}")
+            num_classes = classes_of(ckpt, sd, fc3, path, info.name)
+            with torch.random.fork_rng(devices=[]):
+                model = info.build(num_classes)
+            keys = state_keys_up_to(model, info.taps[args.layer], info.input_size)
+        check_fits(model, sd, info.name, f"--checkpoint_root: {path}")
         cache[e] = {k: sd[k] for k in keys}  # the layers above --layer are never run
         cached += sum(t.numel() * t.element_size() for t in cache[e].values())
     checkpoints = Checkpoints(epochs=epochs, paths=[found[e] for e in epochs], total_epochs=total_epochs,
                               num_classes=num_classes, keys=keys, cache=cache if cached <= STATE_CACHE_BYTES else None)
     return checkpoints, model
+
+
+def classes_of(ckpt: dict, sd: dict[str, torch.Tensor], fc3: str | None, path: Path, arch: str) -> int:
+    """The number of classes a checkpoint's net was built for: its ``num_classes`` (kdq), else the rows of its
+    fc3 weight (the original code's checkpoints)."""
+    recorded = ckpt.get("num_classes")
+    if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded > 0:
+        return recorded
+    if fc3 is None:
+        raise UserError(f"--checkpoint_root: {path} does not record its number of classes and {arch} has no fc3 "
+                        "tap to read it from")
+    if fc3 not in sd or sd[fc3].dim() != 2:
+        raise UserError(f"--checkpoint_root: {path} does not fit --arch {arch} (no {fc3})")
+    return num_classes_of(sd, fc3)
 
 
 def default_epochs(found: dict[int, Path]) -> list[int]:
@@ -187,7 +204,7 @@ def check_resumable(out: Path, args: argparse.Namespace, plan: SigmaPlan) -> Non
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class ImageRecord:
-    """The SPEC §4 arrays of one image while its checkpoints are fitted (last to first)."""
+    """The docs/method.md §4 arrays of one image while its checkpoints are fitted (last to first)."""
     pos: int  # position in the draw: the i of img_<i>_*
     index: int  # dataset index
     name: str
@@ -238,7 +255,7 @@ def fit_images(plan: SigmaPlan, fitter: SigmaFitter, model: nn.Module, positions
                                  cfg.steps, cfg.grid) for p in positions]
     images = torch.stack([plan.dataset[plan.draw[p]][0] for p in positions])
     alive = list(range(len(records)))
-    bar = tqdm(total=K, desc="checkpoints", leave=False, disable=not show, dynamic_ncols=True)
+    bar = progress(total=K, desc="checkpoints", leave=False, enabled=show)
     for k in reversed(range(K)):
         if not alive:
             break
@@ -283,7 +300,9 @@ def prepare_model(plan: SigmaPlan, device: torch.device) -> tuple[nn.Module, Sig
     if plan.config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     try:
-        fitter = SigmaFitter(truncated(model, plan.info.taps[plan.layer]).eval(), plan.config, device)
+        # torch.compile needs a traceable graph (fx); otherwise a hook stops the forward at the layer
+        method = "fx" if plan.config.compile else "auto"
+        fitter = SigmaFitter(truncated(model, plan.info.taps[plan.layer], method).eval(), plan.config, device)
     except RuntimeError as exc:  # only torch.compile raises here: it refuses some Python builds
         raise UserError(f"--compile: {exc}; run without --compile") from None
     return model, fitter
@@ -319,8 +338,7 @@ def run_images(plan: SigmaPlan, fitter: SigmaFitter, model: nn.Module, out: Path
         if pos < len(status):
             status[pos] = EFFECTIVE if eff else NON_EFFECTIVE
     stats = {"fits": 0, "fit_seconds": 0.0}
-    bar = tqdm(total=len(status), desc="images", disable=not show, dynamic_ncols=True,
-               initial=sum(s != PENDING for s in status))
+    bar = progress(total=len(status), desc="images", enabled=show, initial=sum(s != PENDING for s in status))
     started = time.time()
     while True:
         effect, non_effect, finished = name_lists(status, effect_num)

@@ -1,5 +1,5 @@
 """Which images a sigma run fits, and in which order: the seeded draw, the rounds of batches handed to the
-ranks, and the name lists (SPEC §4) that a run's results are a prefix of.
+ranks, and the name lists (docs/method.md §4) that a run's results are a prefix of.
 
 Each image of the draw is ``PENDING`` until fitted, then ``EFFECTIVE`` or ``NON_EFFECTIVE``.
 """

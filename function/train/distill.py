@@ -1,9 +1,9 @@
-"""Knowledge distillation (SPEC §1): the losses, the frozen teacher and the student-side adapter.
+"""Knowledge distillation (docs/method.md §1): the losses, the frozen teacher and the student-side adapter.
 
 Losses are pure functions of tensors (Hinton's also as a small ``nn.Module`` holding its settings):
 
 * feature KD — :func:`feature_mse`: ``mean((student_feature − teacher_feature)²)`` over batch and elements,
-  the feature being a layer's pre-activation output (``models.feature_fn``).
+  the feature being a layer's pre-activation output (``kdq.models.truncated``).
 * logit KD (Hinton, Vinyals & Dean 2015) — :func:`hinton_loss`::
 
       α · T² · KL( softmax(t/T) ‖ softmax(s/T) )  +  (1 − α) · CE(s, y)
@@ -12,13 +12,14 @@ Losses are pure functions of tensors (Hinton's also as a small ``nn.Module`` hol
   batch, CE averaged over the batch.  The ``T²`` keeps the soft term's gradients on the scale of the hard
   term's whatever ``T`` is.
 
-The teacher is never updated: :func:`freeze_teacher` turns its gradients off and, in train mode (SPEC §1:
-"both nets in train mode"), makes BatchNorm use batch statistics *without* updating its running statistics,
-so the teacher's state dict stays bit-identical.
+The teacher is never updated: :func:`freeze_teacher` turns its gradients off and puts it in eval mode (the
+original calls ``teacher_model.eval()``), or, with ``--teacher-mode train``, makes BatchNorm use batch statistics
+*without* updating its running statistics, so the teacher's state dict stays bit-identical either way.
 """
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +31,13 @@ from torch.utils.data import DataLoader
 from kdq.function.cli import UserError
 from kdq.function.io.checkpoint import check_fits, check_recorded_arch, load_checkpoint, state_dict_of
 from kdq.function.runtime import all_reduce_sum
-from kdq.models import TAPS, build_model
+from kdq.models.taps import Tap, modules_up_to, params_up_to, truncated
 
 TEACHER_FORMATS = ("kdq", "torchvision")
 
 
 def feature_mse(student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> torch.Tensor:
-    """Mean squared error between two features of the same shape (SPEC §1 phase-1 loss)."""
+    """Mean squared error between two features of the same shape (docs/method.md §1 phase-1 loss)."""
     if student_feature.shape != teacher_feature.shape:
         raise ValueError(f"feature shapes differ: student {tuple(student_feature.shape)} vs teacher "
                          f"{tuple(teacher_feature.shape)}")
@@ -87,7 +88,7 @@ def _batch_norms(model: nn.Module):
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
-def freeze_teacher(model: nn.Module, mode: str = "train") -> nn.Module:
+def freeze_teacher(model: nn.Module, mode: str = "eval") -> nn.Module:
     """Make ``model`` a fixed teacher: no gradients, and ``mode`` ``train`` (dropout on, BatchNorm on batch
     statistics — but its running statistics are never updated) or ``eval``."""
     if mode not in ("train", "eval"):
@@ -137,41 +138,92 @@ def evaluate_feature_mse(student_fn: nn.Module, teacher_fn: nn.Module, loader: D
     return {"val_mse": total / max(n, 1)}
 
 
-def load_teacher(path: Path, arch: str, fmt: str = "kdq", flag: str = "--teacher_checkpoint",
+def load_teacher(path: Path, info, fmt: str = "kdq", flag: str = "--teacher_checkpoint",
                  arch_flag: str = "--teacher-arch") -> tuple[nn.Module, dict[str, Any]]:
-    """Build ``arch`` and load the teacher weights in ``path`` into it (``weights_only=True``).
+    """Build the architecture ``info`` and load the teacher weights in ``path`` into it (``weights_only=True``).
 
-    ``fmt`` ``kdq``: a train_net checkpoint (``state_dict`` with ``net.*`` keys, or the original code's
-    checkpoints; a ``module.`` prefix is stripped).  ``torchvision``: a torchvision-format state dict of the
-    whole model (``features.*``, ``classifier.*``), read as ``net.*``.  The number of classes is the
-    checkpoint's ``num_classes`` or the rows of its fc3 weight.  Returns the model (on the CPU, random state
-    untouched) and ``{"num_classes", "classes", "epoch"}``; every failure is a one-line UserError.
+    ``fmt`` ``kdq``: a train_net checkpoint (``state_dict``; the original code's load too, a ``module.`` prefix is
+    stripped).  ``torchvision``: a torchvision-format state dict of the whole model (``features.*``,
+    ``classifier.*``), read as ``net.*`` for registry architectures.  The number of classes is the checkpoint's
+    ``num_classes`` or the rows of its fc3 weight.  Returns the model (on the CPU, random state untouched) and
+    ``{"num_classes", "classes", "epoch"}``; every failure is a one-line UserError.
     """
     if fmt not in TEACHER_FORMATS:
         raise UserError(f"--teacher-format: {fmt!r} is not one of {', '.join(TEACHER_FORMATS)}")
     ckpt = load_checkpoint(path, flag)
     if fmt == "kdq":
-        check_recorded_arch(ckpt, arch, f"{flag}: {path}", arch_flag)
+        check_recorded_arch(ckpt, info.name, f"{flag}: {path}", arch_flag)
     try:
         sd = state_dict_of(ckpt)
     except ValueError:
         raise UserError(f"{flag}: {path} holds no state dict of tensors") from None
-    if fmt == "torchvision":
-        sd = {"net." + k: v for k, v in sd.items()}
-    fc3 = TAPS[arch]["fc3"].weight
+    if fmt == "torchvision" and info.pretrained_root:
+        sd = {f"{info.pretrained_root}.{k}": v for k, v in sd.items()}
+    fc3 = info.taps["fc3"].weight if "fc3" in info.taps else None
     num_classes = ckpt.get("num_classes") if fmt == "kdq" else None
-    if not isinstance(num_classes, int):
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         num_classes = int(sd[fc3].shape[0]) if fc3 in sd and sd[fc3].dim() == 2 else 1
     with torch.random.fork_rng(devices=[]):
-        model = build_model(arch, num_classes)
+        model = info.build(num_classes)
     hint = ""
-    if fmt == "kdq" and not any(k.startswith("net.") for k in sd):
+    if fmt == "kdq" and info.pretrained_root and not any(k.startswith(info.pretrained_root + ".") for k in sd):
         hint = " (for a torchvision-format state dict pass --teacher-format torchvision)"
     try:
-        check_fits(model, sd, arch, f"{flag}: {path}", arch_flag)
+        check_fits(model, sd, info.name, f"{flag}: {path}", arch_flag)
     except UserError as exc:
         raise UserError(f"{exc}{hint}") from None
     model.load_state_dict(sd)
     classes = ckpt.get("classes") if fmt == "kdq" else None
     return model, {"num_classes": num_classes, "classes": list(classes) if isinstance(classes, list) else None,
                    "epoch": ckpt.get("epoch") if isinstance(ckpt.get("epoch"), int) else None}
+
+
+@dataclass
+class Teacher:
+    """The frozen teacher and what the student is checked against (nothing of it is written)."""
+    model: nn.Module
+    fn: nn.Module  # its truncated forward at the layer (the whole net for hinton)
+    meta: dict[str, Any]
+    student_shape: tuple[int, ...]  # per-sample feature shapes at the layer
+    teacher_shape: tuple[int, ...]
+
+
+def prepare_teacher(path: Path, teacher_info, fmt: str, mode: str, student_info, layer: str, method: str,
+                    adapter: bool, classes: list[str], split: str, dropout: float | None) -> Teacher:
+    """Load the frozen teacher and check it against the student (before any output is written)."""
+    model, meta = load_teacher(path, teacher_info, fmt)
+    if method == "hinton" or layer == "fc3":  # logits are compared class by class
+        if meta["num_classes"] != len(classes):
+            raise UserError(f"--teacher_checkpoint: the teacher has {meta['num_classes']} classes, split "
+                            f"{split!r} has {len(classes)}; distilling logits needs the same classes")
+        if meta["classes"] is not None and meta["classes"] != classes:
+            raise UserError(f"--teacher_checkpoint: the teacher's classes ({', '.join(meta['classes'][:3])}, ...) "
+                            f"are not those of split {split!r} in the same order")
+    freeze_teacher(model, mode)
+    for info, flag in ((teacher_info, "--teacher-taps"), (student_info, "--taps")):
+        if layer not in info.taps:
+            raise UserError(f"--layer {layer}: {info.name} has no tap there ({flag} names "
+                            f"{', '.join(info.taps) or 'none'})")
+    fn = model if method == "hinton" else truncated(model, teacher_info.taps[layer])
+    with torch.random.fork_rng(devices=[]):
+        probe = student_info.build(len(classes), dropout=dropout)
+    size = student_info.input_size
+    student_shape = feature_shape(truncated(probe, student_info.taps[layer]), size)
+    teacher_shape = feature_shape(fn, size)
+    if adapter:
+        try:
+            make_adapter(student_shape, teacher_shape)
+        except ValueError as exc:
+            raise UserError(f"--adapter at --layer {layer}: {exc}") from None
+    elif student_shape != teacher_shape:
+        raise UserError(f"--layer {layer}: the teacher's feature ({teacher_info.name}) has shape {teacher_shape} "
+                        f"but the student's ({student_info.name}) has {student_shape}; they must agree"
+                        + (" (or pass --adapter to learn a map between them)" if method == "feature" else ""))
+    return Teacher(model, fn, meta, student_shape, teacher_shape)
+
+
+def split_at_layer(student: nn.Module, tap: Tap, size: int) -> tuple[list[str], list[str]]:
+    """The student's parameter names up to and including the layer (phase 1 learns them, phase 2 freezes them)
+    and the names of its modules that run before the layer's output exists (eval in phase 2 with
+    ``--frozen-mode eval``)."""
+    return params_up_to(student, tap, size), modules_up_to(student, tap, size)

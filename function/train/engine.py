@@ -1,7 +1,7 @@
 """Training loops shared by ``train_net`` and ``distillation`` (and so by ``supplement``).
 
 :func:`train_one_epoch` and :func:`evaluate` are plain loops.  :class:`EpochLoop` runs a phase:
-per-epoch seeding, learning rate, weight-distance tracking, SPEC §4 checkpoints on the schedule,
+per-epoch seeding, learning rate, weight-distance tracking, docs/method.md §4 checkpoints on the schedule,
 ``weight_diff.npy``, a resume state after every epoch and a JSON/CSV log — all written atomically
 by rank 0 alone.
 """
@@ -19,11 +19,11 @@ from typing import Callable
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
-from tqdm import tqdm
 
 from kdq.function.cli import UserError
 from kdq.function.io.atomic import save_npy, write_json, write_text
 from kdq.function.io.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from kdq.function.progress import progress
 from kdq.function.runtime import Dist, all_reduce_sum, derive_seed
 from kdq.function.train.weight_distance import WeightDistance
 
@@ -40,7 +40,7 @@ def train_one_epoch(step_fn: StepFn, loader: DataLoader, optimizer: torch.optim.
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct_sum = torch.zeros((), dtype=torch.float64, device=device)
     seen, has_acc = 0, False
-    for images, labels in tqdm(loader, desc=desc, leave=False, disable=not show, dynamic_ncols=True):
+    for images, labels in progress(loader, desc=desc, leave=False, enabled=show):
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         loss, correct = step_fn(images, labels)
@@ -94,11 +94,22 @@ def eval_loader(dataset, batch_size: int, ctx: Dist, workers: int, device: torch
                       pin_memory=device.type == "cuda")
 
 
+def summary_writer_class():
+    """torch's TensorBoard ``SummaryWriter``; a UserError when the optional ``tensorboard`` package is missing
+    (the stages call it before they write anything, so ``--tensorboard`` fails early)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("--tensorboard needs the tensorboard package (pip install tensorboard, or install kdq "
+                        "with its [tensorboard] extra)") from None
+    return SummaryWriter
+
+
 @dataclass
 class EpochLoop:
     """Runs epochs ``start+1 .. epochs`` of one training phase and writes its files under ``out``.
 
-    ``checkpoints``: epochs whose model is written as ``<e>.pth.tar`` (SPEC §4; 0 = before training).
+    ``checkpoints``: epochs whose model is written as ``<e>.pth.tar`` (docs/method.md §4; 0 = before training).
     ``lr_at(e)``: learning rate of epoch e (1-based), or None to leave it to ``plateau``.
     ``validate()``: a dict of validation figures; ``val_acc1`` updates ``best_acc1``, ``val_loss``
     drives ``plateau``.
@@ -127,6 +138,9 @@ class EpochLoop:
     meta: dict = field(default_factory=dict)  # extra keys stored in every checkpoint
     extra_modules: dict[str, nn.Module] = field(default_factory=dict)
     train_mode: Callable[[], None] | None = None
+    save_optimizer: bool = False  # also store the optimizer state in every <e>.pth.tar (the state file always has it)
+    progress: bool = True
+    tensorboard: Path | None = None  # a folder for TensorBoard scalars, one run per phase (<dir>/<name>)
     start_epoch: int = 0
     best_acc1: float = 0.0
     history: list[dict] = field(default_factory=list)
@@ -159,12 +173,39 @@ class EpochLoop:
             self._save_checkpoint(0)
         if self.start_epoch == 0 and self.tracker is not None:
             self._save_weight_diff()
-        bar = tqdm(range(self.start_epoch + 1, self.epochs + 1), desc=self.name, initial=self.start_epoch,
-                   total=self.epochs, disable=not self.ctx.is_main, dynamic_ncols=True)
-        for epoch in bar:
-            row = self._one_epoch(epoch)
-            bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k != "epoch"})
+        writer = self._tensorboard() if self.ctx.is_main else None
+        bar = progress(total=self.epochs, desc=self.name, initial=self.start_epoch,
+                       enabled=self.ctx.is_main and self.progress)
+        try:
+            for epoch in range(self.start_epoch + 1, self.epochs + 1):
+                row = self._one_epoch(epoch)
+                bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k != "epoch"})
+                bar.update()
+                if writer is not None:
+                    self._log_scalars(writer, row)
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
         return self.history
+
+    def _tensorboard(self):
+        if self.tensorboard is None:
+            return None
+        return summary_writer_class()(log_dir=str(Path(self.tensorboard) / self.name))
+
+    def _log_scalars(self, writer, row: dict) -> None:
+        """The epoch's figures as TensorBoard scalars: loss, accuracies, learning rate, weight distances."""
+        epoch = row["epoch"]
+        for key, value in row.items():
+            if key not in ("epoch", "train_time_s") and isinstance(value, (int, float)):
+                writer.add_scalar(f"{self.name}/{key}", value, epoch)
+        if self.tracker is not None:
+            column = self.tracker.table[:, epoch]
+            for layer, value in zip(self.tracker.layers, column):
+                if math.isfinite(value):
+                    writer.add_scalar(f"weight_distance/{layer}", value, epoch)
+        writer.flush()
 
     def _one_epoch(self, epoch: int) -> dict:
         torch.manual_seed(derive_seed(self.seed, epoch, self.ctx.rank))  # dropout etc.
@@ -206,10 +247,13 @@ class EpochLoop:
         log.debug("%s epoch %d: %s", self.name, epoch, row)
         return row
 
-    def checkpoint_state(self, epoch: int) -> dict:
-        return {"epoch": epoch, "state_dict": self.model.state_dict(), "best_acc1": self.best_acc1,
-                "optimizer": self.optimizer.state_dict(), "arch": self.arch, **self.meta,
-                **{key: module.state_dict() for key, module in self.extra_modules.items()}}
+    def checkpoint_state(self, epoch: int, optimizer: bool | None = None) -> dict:
+        """A checkpoint (docs/method.md §4: epoch, state_dict, best_acc1; the optimizer state with ``--save-optimizer``)."""
+        state = {"epoch": epoch, "state_dict": self.model.state_dict(), "best_acc1": self.best_acc1,
+                 "arch": self.arch, **self.meta, **{key: module.state_dict() for key, module in self.extra_modules.items()}}
+        if self.save_optimizer if optimizer is None else optimizer:
+            state["optimizer"] = self.optimizer.state_dict()
+        return state
 
     def _save_checkpoint(self, epoch: int) -> None:
         if self.ctx.is_main:
@@ -220,7 +264,7 @@ class EpochLoop:
             save_npy(self.out / "weight_diff.npy", self.tracker.table)
 
     def _save_state(self, epoch: int) -> None:
-        state = self.checkpoint_state(epoch)
+        state = self.checkpoint_state(epoch, optimizer=True)
         state.update(history=self.history,
                      plateau=self.plateau.state_dict() if self.plateau is not None else None,
                      weight_distance=self.tracker.state_dict() if self.tracker is not None else None)

@@ -1,4 +1,4 @@
-"""Schedules of the training stages: the learning rate per epoch and the epochs saved as checkpoints (SPEC §1).
+"""Schedules of the training stages: the learning rate per epoch and the epochs saved as checkpoints (docs/method.md §1).
 
 * :func:`lr_schedule` — ``logspace``: the original code's ``np.logspace(log10(lr), log10(lr) − decades, E)``
   (train_net's default), or ``constant`` (distillation phase 1's default, as the original's ``--logspace``

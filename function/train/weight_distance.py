@@ -1,4 +1,4 @@
-"""The weight distance of SPEC §1 and the cumulative distance D the metrics stage reads.
+"""The weight distance of docs/method.md §1 and the cumulative distance D the metrics stage reads.
 
 For each layer's analysed weight ``w`` and epoch ``t ≥ 1``::
 

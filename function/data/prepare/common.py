@@ -1,6 +1,6 @@
 """What the dataset preparers (``function/prepare_data.py``) share: the output writer, safe XML, boxes.
 
-A preparer turns a downloaded dataset into the SPEC §4 layout::
+A preparer turns a downloaded dataset into the docs/method.md §4 layout::
 
     <out>/<split>/<class>/<image>           the images (copied, linked or cropped)
     <out>/seg/<split>/<class>/<stem>.png    the masks, 0 / 255 (> 0 is foreground)
@@ -223,7 +223,7 @@ class SplitCount:
 
 
 class Writer:
-    """Writes images and masks into the SPEC §4 layout, skipping files a previous run already wrote.
+    """Writes images and masks into the docs/method.md §4 layout, skipping files a previous run already wrote.
 
     ``link``: symlink copied images to their (absolute) source instead of copying them.  ``overwrite``:
     rewrite every file even when it exists.  It records what it was asked to write, so :meth:`verify` can

@@ -1,4 +1,4 @@
-"""CUB-200-2011 → SPEC §4 layout: splits ``train`` / ``test`` as ``train_test_split.txt`` defines them, one
+"""CUB-200-2011 → docs/method.md §4 layout: splits ``train`` / ``test`` as ``train_test_split.txt`` defines them, one
 folder per class (``001.Black_footed_Albatross`` …), masks from the segmentation PNGs.
 
 Source: ``CUB_200_2011.tgz`` extracted (``CUB_200_2011/{images.txt, classes.txt, image_class_labels.txt,
@@ -7,7 +7,7 @@ train_test_split.txt, images/}``) and the separate ``segmentations.tgz`` extract
 
 The segmentation PNGs are soft: 0 … 255 in steps of 51, roughly the share of annotators who marked the pixel.
 The mask written keeps those grey values where ``segmentation > --mask-threshold`` (0 elsewhere): with the default 0
-it is the PNG itself, which the original code resized bilinearly before taking its cells (SPEC §2:
+it is the PNG itself, which the original code resized bilinearly before taking its cells (docs/method.md §2:
 ``segmentation > 0``, any annotator); 127 is a majority vote.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="folder of the segmentation PNGs (segmentations/<class>/<stem>.png); default: "
                         "'segmentations' inside --src or beside the CUB_200_2011 folder")
     p.add_argument("--mask-threshold", type=int, default=0,
-                   help="mask = segmentation PNG value > this (0..254; values are 0..255, 0 = SPEC's "
+                   help="mask = segmentation PNG value > this (0..254; values are 0..255, 0 = the method's "
                         "'segmentation > 0', 127 = annotator majority)")
 
 

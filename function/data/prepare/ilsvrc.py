@@ -1,4 +1,4 @@
-"""ILSVRC (ImageNet CLS-LOC) → SPEC §4 layout for a subset of classes: splits ``train`` / ``val``, one folder per
+"""ILSVRC (ImageNet CLS-LOC) → docs/method.md §4 layout for a subset of classes: splits ``train`` / ``val``, one folder per
 wnid, box masks where a bounding box is known.
 
 Source: the CLS-LOC layout of the ImageNet object-localisation release (as unpacked from the Kaggle
@@ -15,7 +15,7 @@ Source: the CLS-LOC layout of the ImageNet object-localisation release (as unpac
   documented stand-in, not the paper's list; pass the list you need (``--classes @wnids.txt`` reads a file).
 * Train: every image of the class folder; its mask is the union of its boxes of that class, from its XML under
   ``Annotations/CLS-LOC/train`` (or, when that folder is absent, from ``LOC_train_solution.csv``).  Images
-  without a box get no mask file; the sigma stage then uses the central square (SPEC §2).  The summary counts them.
+  without a box get no mask file; the sigma stage then uses the central square (docs/method.md §2).  The summary counts them.
 * Val: the class of a val image and its boxes come from ``LOC_val_solution.csv`` when present, else from the
   val XMLs (``--val-labels`` forces one); every val image has boxes.
 * Boxes are read like VOC's (1-based, inclusive pixel indices, clipped to the image).
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from kdq.function.cli import UserError
-from kdq.function.data.folder import IMAGE_EXTENSIONS
+from kdq.function.data.layout import IMAGE_EXTENSIONS
 from kdq.function.data.prepare.common import (Preparation, Writer, box_mask, find_root, image_size, parse_xml, pixel_box, require,
                                   select_classes, xml_objects, xml_size)
 

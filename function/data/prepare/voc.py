@@ -1,4 +1,4 @@
-"""PASCAL VOC 2012 → SPEC §4 layout of object crops: splits ``train`` / ``val`` from
+"""PASCAL VOC 2012 → docs/method.md §4 layout of object crops: splits ``train`` / ``val`` from
 ``ImageSets/Segmentation/{train,val}.txt``, one folder per VOC category, one image per object instance.
 
 Source: ``VOCtrainval_11-May-2012.tar`` extracted (``VOCdevkit/VOC2012/{Annotations, ImageSets/Segmentation,

@@ -1,0 +1,30 @@
+"""A user's own model for the tests: ``--arch tests.user_models:gated_net`` (the ``package.module:factory`` form).
+
+Its forward takes a data-dependent branch (``if h.mean() > t``) after the ``conv`` tap and before ``fc1``:
+torch.fx cannot trace it, so kdq must stop the forward with a hook, and the ``fc1`` tap lies past the branch.
+"""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import nn
+
+
+class GatedNet(nn.Module):
+    def __init__(self, num_classes: int, width: int = 8):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                      nn.Conv2d(width, 2 * width, 3, padding=1))
+        self.gate = nn.Conv2d(2 * width, 2 * width, 1)
+        self.fc1 = nn.Linear(2 * width, 32)
+        self.fc3 = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        h = F.relu(self.features(x))
+        if h.mean() > 0.05:  # data-dependent control flow
+            h = h + F.relu(self.gate(h))
+        h = F.adaptive_avg_pool2d(h, 1).flatten(1)
+        return self.fc3(F.relu(self.fc1(h)))
+
+
+def gated_net(num_classes: int) -> nn.Module:
+    return GatedNet(num_classes)
