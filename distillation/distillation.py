@@ -21,7 +21,7 @@ import logging
 from pathlib import Path
 
 from kdq.function.archs import add_arch_args
-from kdq.function.cli import Parser, UserError, finite_float, nonnegative_int, positive_float, positive_int, run
+from kdq.function.cli import Parser, UserError, in_range, nonnegative_int, positive_float, positive_int, run
 from kdq.function.train.options import add_common_training_args, add_sgd_args
 from kdq.models import LAYERS
 
@@ -49,7 +49,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     s.add_argument("--layer", choices=LAYERS, default=None,
                    help="layer whose pre-activation output is distilled (required for --method feature; "
                         "hinton distils the logits, fc3)")
-    s.add_argument("--dropout", type=finite_float, default=None,
+    s.add_argument("--dropout", type=in_range(0, 1, hi_included=False), default=None,
                    help="dropout of the student's fc head (registry architectures; default: the arch's 0.5)")
     s.add_argument("--method", choices=("feature", "hinton"), default="feature",
                    help="feature: MSE on the layer's feature (the paper); hinton: logit KD (Hinton et al. 2015)")
@@ -57,7 +57,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="learn a 1x1 conv (conv features) or linear map (fc features) on the student side, so "
                         "a student whose layer has another width can regress the teacher's")
     s.add_argument("--temperature", type=positive_float, default=4.0, help="hinton: softmax temperature T")
-    s.add_argument("--alpha", type=finite_float, default=0.9,
+    s.add_argument("--alpha", type=in_range(0, 1), default=0.9,
                    help="hinton: weight of the soft term: α·T²·KL(teacher‖student) + (1−α)·CE")
     o = p.add_argument_group("phase 1: distillation")
     o.add_argument("--epochs", type=positive_int, default=150, help="distillation epochs")
@@ -68,7 +68,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     f.add_argument("--finetune-epochs", type=nonnegative_int, default=100, help="fine-tuning epochs (0: none)")
     f.add_argument("--finetune-lr", type=positive_float, default=None,
                    help="learning rate (default by family: 1e-3 vgg/alexnet and others, 1e-2 resnet)")
-    f.add_argument("--finetune-factor", type=positive_float, default=0.3, help="ReduceLROnPlateau factor")
+    f.add_argument("--finetune-factor", type=in_range(0, 1, False, False), default=0.3, help="ReduceLROnPlateau factor")
     f.add_argument("--finetune-patience", type=nonnegative_int, default=10, help="ReduceLROnPlateau patience (epochs)")
     f.add_argument("--frozen-mode", choices=("train", "eval"), default="train",
                    help="mode of the frozen layers in phase 2: train (the original's model.train(): dropout and "
@@ -106,7 +106,7 @@ def main(args: argparse.Namespace) -> None:
                                             prepare_teacher, split_at_layer)
     from kdq.function.train.engine import EpochLoop, evaluate
     from kdq.function.train.schedules import lr_schedule, parse_epochs
-    from kdq.function.train.stage import load_splits, make_loaders, resolved_augment, setup
+    from kdq.function.train.stage import check_splits, load_splits, make_loaders, resolved_augment, setup
     from kdq.function.train.weight_distance import WeightDistance
     from kdq.models import truncated
 
@@ -128,6 +128,7 @@ def main(args: argparse.Namespace) -> None:
     teacher = prepare_teacher(args.teacher_checkpoint, teacher_info, args.teacher_format, args.teacher_mode, info,
                               args.layer, args.method, args.adapter, train_set.classes, args.split, args.dropout)
 
+    check_splits(args, train_set, val_set)
     ctx, device, record = setup(args, "distillation", {"augment": resolved_augment(args)})
     if record is None:
         return
@@ -188,50 +189,50 @@ def main(args: argparse.Namespace) -> None:
                            "model": model_record(teacher_info), "format": args.teacher_format,
                            "mode": args.teacher_mode, **teacher.meta},
                   feature_shape={"student": list(teacher.student_shape), "teacher": list(teacher.teacher_shape)})
-    if ctx.is_main:
-        record.save("running")
-    history = distill.run()
-    del net
-    record.update(distill={"epochs": args.epochs, "last": history[-1] if history else {}})
+    with record.running(ctx.is_main):
+        history = distill.run()
+        del net
+        record.update(distill={"epochs": args.epochs, "last": history[-1] if history else {}})
 
-    # --- phase 2: the layers up to --layer frozen, the rest learns on labels
-    finetune = args.method == "feature" and args.layer != "fc3" and args.finetune_epochs > 0
-    last = distill
-    if finetune:
-        for name, p in params.items():
-            p.requires_grad_(name not in below)
-        trainable = [p for name, p in params.items() if name not in below]
-        lr = args.finetune_lr if args.finetune_lr is not None else FINETUNE_LR[info.family]
-        ft_optimizer = torch.optim.SGD(trainable, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
-        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(ft_optimizer, mode="min", factor=args.finetune_factor,
-                                                             patience=args.finetune_patience)
-        ft_net = nn.parallel.DistributedDataParallel(student) if ctx.enabled else student
+        # --- phase 2: the layers up to --layer frozen, the rest learns on labels
+        finetune = args.method == "feature" and args.layer != "fc3" and args.finetune_epochs > 0
+        last = distill
+        if finetune:
+            for name, p in params.items():
+                p.requires_grad_(name not in below)
+            trainable = [p for name, p in params.items() if name not in below]
+            lr = args.finetune_lr if args.finetune_lr is not None else FINETUNE_LR[info.family]
+            ft_optimizer = torch.optim.SGD(trainable, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
+            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(ft_optimizer, mode="min", factor=args.finetune_factor,
+                                                                 patience=args.finetune_patience)
+            ft_net = nn.parallel.DistributedDataParallel(student) if ctx.enabled else student
 
-        def ft_step(images, labels):
-            logits = ft_net(images)
-            return nn.functional.cross_entropy(logits, labels), (logits.argmax(1) == labels).sum()
+            def ft_step(images, labels):
+                logits = ft_net(images)
+                return nn.functional.cross_entropy(logits, labels), (logits.argmax(1) == labels).sum()
 
-        def train_mode():
-            student.train()
-            if args.frozen_mode == "eval":
-                for name in frozen_modules:
-                    student.get_submodule(name).eval()
+            def train_mode():
+                student.train()
+                if args.frozen_mode == "eval":
+                    for name in frozen_modules:
+                        student.get_submodule(name).eval()
 
-        last = EpochLoop(optimizer=ft_optimizer, step_fn=ft_step, epochs=args.finetune_epochs, checkpoints=set(),
-                         tracker=None, lr_at=None, plateau=plateau,
-                         validate=(lambda: evaluate(student, val_loader, device)) if val_loader else None,
-                         name="finetune", meta={**meta, "phase": "finetune"}, train_mode=train_mode, **common)
-        if args.resume:
-            last.try_resume()
-        last.run()
-        record.update(finetune={"epochs": args.finetune_epochs, "last": last.history[-1],
-                                "best_val_acc1": last.best_acc1 if val_loader else None})
-    else:
-        why = "fc3 is the output layer" if args.layer == "fc3" else \
-            "hinton trains the whole net" if args.method == "hinton" else "--finetune-epochs 0"
-        record.update(finetune={"skipped": why})
+            last = EpochLoop(optimizer=ft_optimizer, step_fn=ft_step, epochs=args.finetune_epochs, checkpoints=set(),
+                             tracker=None, lr_at=None, plateau=plateau,
+                             validate=(lambda: evaluate(student, val_loader, device)) if val_loader else None,
+                             name="finetune", meta={**meta, "phase": "finetune"}, train_mode=train_mode, **common)
+            if args.resume:
+                last.try_resume()
+            last.run()
+            record.update(finetune={"epochs": args.finetune_epochs, "last": last.history[-1],
+                                    "best_val_acc1": last.best_acc1 if val_loader else None})
+        else:
+            why = "fc3 is the output layer" if args.layer == "fc3" else \
+                "hinton trains the whole net" if args.method == "hinton" else "--finetune-epochs 0"
+            record.update(finetune={"skipped": why})
 
-    final_val = evaluate(student, val_loader, device) if val_loader else {}
+        final_val = evaluate(student, val_loader, device) if val_loader else {}
+
     if ctx.is_main:
         state = last.checkpoint_state(last.epochs)
         state.update(phase="finetune" if finetune else "distill", **final_val)

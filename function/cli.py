@@ -18,6 +18,7 @@ import importlib.util
 import logging
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -73,6 +74,7 @@ def run(get_parser: Callable[[], argparse.ArgumentParser], main: Callable[[argpa
     parser = get_parser()
     args = parser.parse_args(argv)
     setup_logging(env_rank())
+    previous = _terminate_as_interrupt()
     try:
         main(args)
     except (UserError, OSError) as exc:
@@ -83,10 +85,28 @@ def run(get_parser: Callable[[], argparse.ArgumentParser], main: Callable[[argpa
         return 2
     except KeyboardInterrupt:
         resumable = any("--resume" in action.option_strings for action in parser._actions)
-        advice = "; rerun with --resume to continue" if resumable else "; nothing was kept, run it again"
+        advice = "; rerun with --resume to continue" if resumable else "; run it again"
         sys.stderr.write(f"{parser.prog}: interrupted{advice}\n")
         return 130
+    finally:
+        from kdq.function.io.lock import release_all
+
+        release_all()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _terminate_as_interrupt():
+    """SIGTERM (``kill``, a batch system's time limit) ends a stage the way Ctrl-C does: run.json records
+    ``interrupted`` and the message says how to continue.  Returns the previous handler (None off the main thread)."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        return None
 
 
 def env_rank() -> int:
@@ -183,7 +203,32 @@ def nonnegative_float(text: str) -> float:
     return value
 
 
-DEVICE_HELP = "auto (CUDA, else Apple's MPS, else the CPU), cpu, cuda, cuda:N or mps (under torchrun, cuda is each rank's local GPU)"
+def seed(text: str) -> int:
+    """A random seed: an integer in 0 .. 2**64 − 1 (what torch, numpy and Python's random all accept)."""
+    value = _number(text, int)
+    if not 0 <= value < 2 ** 64:
+        raise argparse.ArgumentTypeError(f"must be an integer in 0..2**64-1, got {text}")
+    return value
+
+
+def in_range(lo: float, hi: float, lo_included: bool = True, hi_included: bool = True, kind: type = float):
+    """An argparse type for a number between ``lo`` and ``hi`` (each bound included or not)."""
+    text_range = f"{'[' if lo_included else '('}{lo}, {hi}{']' if hi_included else ')'}"
+
+    def parse(text: str):
+        value = _number(text, int) if kind is int else finite_float(text)
+        above = lo <= value if lo_included else lo < value
+        below = value <= hi if hi_included else value < hi
+        if not (above and below):
+            raise argparse.ArgumentTypeError(f"must be in {text_range}, got {text}")
+        return value
+
+    parse.__name__ = f"number in {text_range}"
+    return parse
+
+
+DEVICE_HELP = "auto (CUDA, else Apple's MPS, else the CPU), cpu, cuda, cuda:N or mps (under torchrun, cuda is " \
+              "each rank's local GPU)"
 
 
 def add_device_arg(group) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from kdq.function.cli import Parser, UserError, positive_int, run
+from kdq.function.cli import Parser, UserError, positive_int, run, seed
 from kdq.function.data.synthetic import SPLIT_IDS, max_classes, write_dataset
 from kdq.function.io.rundir import check_out
 
@@ -18,7 +18,7 @@ from kdq.function.io.rundir import check_out
 def get_args_parser() -> argparse.ArgumentParser:
     p = Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="dataset root to create")
-    p.add_argument("--seed", type=int, default=0, help="generator seed")
+    p.add_argument("--seed", type=seed, default=0, help="generator seed")
     p.add_argument("--image-size", type=positive_int, default=64, help="image side in pixels")
     p.add_argument("--num-classes", type=positive_int, default=8, help=f"classes (2..{max_classes()})")
     p.add_argument("--teacher-per-class", type=positive_int, default=150, help="images per class, teacher split")

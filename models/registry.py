@@ -18,7 +18,7 @@ from torch import nn
 
 from torchvision.models import vgg as tv_vgg
 
-from kdq.models import ARCH_NAMES, LAYERS
+from kdq.models import LAYERS
 from kdq.models.resnet import RESNET_TAPS, build_resnet_tiny, build_torchvision_resnet
 from kdq.models.taps import Tap, truncated
 from kdq.models.vgg import build_torchvision_vgg, build_vgg_tiny, feature_layout, tiny_cfg, vgg_taps

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from kdq.models import LAYERS  # noqa: F401 - re-exported: the four layer names live in the package's light init
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from kdq.function.cli import Parser, UserError, finite_float, nonnegative_int, positive_int, run
+from kdq.function.cli import Parser, UserError, finite_float, nonnegative_float, positive_int, run, seed
 from kdq.function.data.options import add_foreground_args
 from kdq.models import LAYERS
 
@@ -80,7 +80,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="input side S the masks are resized to before the grid; default: the arch's (224 if unknown)")
     add_foreground_args(i, recorded=True)
     m = p.add_argument_group("metrics (docs/method.md §3)")
-    m.add_argument("--b", type=finite_float, default=0.2, help="concept threshold: H̄_bg(k) − H_i(k) > b")
+    m.add_argument("--b", type=nonnegative_float, default=0.2, help="concept threshold: H̄_bg(k) − H_i(k) > b")
     m.add_argument("--mhat-skip-epoch0", choices=["auto", "yes", "no"], default="auto",
                    help="leave epoch 0 out of m̂ = argmax_k N_fg; auto = yes for ResNets, as the original code "
                         "(whose off-by-one reading of D there kdq corrects: --compat original keeps it)")
@@ -88,7 +88,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="original: reproduce the original code's arithmetic where it differs (see folders below)")
     m.add_argument("--bootstrap", metavar="N", type=positive_int, default=1000, help="bootstrap resamples over images")
     m.add_argument("--level", metavar="P", type=finite_float, default=0.95, help="interval level")
-    m.add_argument("--seed", metavar="SEED", type=nonnegative_int, default=0, help="bootstrap seed")
+    m.add_argument("--seed", metavar="SEED", type=seed, default=0, help="bootstrap seed")
     f = p.add_argument_group("output")
     f.add_argument("--out", metavar="DIR", type=Path, required=True, help="folder for metrics.json, metrics.csv, report.md, figures/")
     f.add_argument("--overwrite", action="store_true", help="replace a report already in --out")
@@ -121,7 +121,7 @@ def main(args: argparse.Namespace) -> None:
     from kdq.function.io.atomic import atomic_dir, write_bytes
     from kdq.function.io.rundir import RunRecord, check_out, check_out_apart
     from kdq.function.metrics.analysis import analyse_layer, render_figures, shown_images
-    from kdq.function.metrics.inputs import SigmaRun, layer_dirs, load_layer
+    from kdq.function.metrics.inputs import NETS, SigmaRun, layer_dirs, load_layer
     from kdq.function.metrics.report import terminal_table, write_outputs
 
     if not 0 < args.level < 1:
@@ -138,6 +138,8 @@ def main(args: argparse.Namespace) -> None:
     request = make_request(args)
     inputs = [load_layer(request, name, data, a, b)  # every check before any output
               for name, a, b in layer_dirs(layer, args.label_sigma, args.distil_sigma)]
+    check_out_apart(args.out, args, recorded={f"the {net} net's training run {inp.nets[net].run} (recorded in its "
+                                              f"sigma run)": inp.nets[net].run for inp in inputs for net in NETS})
     if layer == "all":
         missing = [name for name in LAYERS if name not in {i.layer for i in inputs}]
         if missing:

@@ -22,7 +22,8 @@ import logging
 from pathlib import Path
 
 from kdq.function.archs import add_arch_args
-from kdq.function.cli import Parser, add_device_arg, finite_float, nonnegative_int, positive_float, positive_int, run
+from kdq.function.cli import (Parser, add_device_arg, finite_float, in_range, nonnegative_int, positive_float,
+                             positive_int, run, seed)
 from kdq.function.data.options import add_foreground_args
 from kdq.models import LAYERS
 
@@ -47,7 +48,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     d.add_argument("--pic-num", type=positive_int, default=500,
                    help="images drawn from the split: random.seed(--pic-seed); random.sample(range(N), pic_num) "
                         "over the split listed class by class (classes and files sorted), as the original")
-    d.add_argument("--pic-seed", type=nonnegative_int, default=0, help="seed of the draw (the original's --pic_seed)")
+    d.add_argument("--pic-seed", type=seed, default=0, help="seed of the draw (the original's --pic_seed)")
     d.add_argument("--effect-num", type=positive_int, default=50, help="stop once this many effective images exist")
     d.add_argument("--effective-rule", choices=("on", "off"), default="on",
                    help="off: keep every image with σ_f² > 0, skipping the fg/bg entropy rule (to look at all "
@@ -64,7 +65,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     f.add_argument("--break-steps", type=int, default=20,
                    help="T_break: after step T-T_break-1 stop if the target entropy was exceeded, else λ×1.5")
     f.add_argument("--lr", type=positive_float, default=1e-4, help="SGD learning rate on σ")
-    f.add_argument("--sigma0", type=positive_float, default=0.01, help="initial σ and noise scale of σ_f²")
+    f.add_argument("--sigma0", type=in_range(0, 1, lo_included=False), default=0.01,
+                   help="initial σ and noise scale of σ_f² (σ is clamped to [0.001, 1] during the fit)")
     f.add_argument("--target-entropy", type=finite_float, default=-2.8, help="H*: σ* is the step whose H̄ is nearest")
     f.add_argument("--lambda", dest="lam", type=positive_float, default=None,
                    help="entropy weight λ (default: 6 for ResNets, 7 for VGG, AlexNet and any other model)")
@@ -85,7 +87,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "accepts a run made with or without it")
     o = p.add_argument_group("run")
     o.add_argument("--out", type=Path, required=True, help="sigma run folder to write")
-    o.add_argument("--seed", type=nonnegative_int, default=0, help="seed of every image's noise (by image and epoch)")
+    o.add_argument("--seed", type=seed, default=0, help="seed of every image's noise (by image and epoch)")
     add_device_arg(o)
     o.add_argument("--deterministic", action="store_true",
                    help="deterministic algorithms (slower on CUDA): two runs write byte-identical files")
@@ -115,19 +117,19 @@ def main(args: argparse.Namespace) -> None:
     record.update(checkpoints=plan.epochs, total_epochs=plan.checkpoints.total_epochs,
                   effective_rule_start=plan.rule_start, num_classes=plan.checkpoints.num_classes,
                   input_size=plan.info.input_size, candidates=len(plan.names), **{"lambda": plan.config.lam})
-    if ctx.is_main:  # run.json first: a folder holding sigma files always says what made them
-        record.save("running")
-        layout.write_names(args.out / layout.FULL_LIST, plan.names)
-    all_ok(True, device)  # a barrier: no rank writes an image before run.json and the draw are there
+    with record.running(ctx.is_main):  # run.json first: a folder holding sigma files always says what made them
+        if ctx.is_main:
+            layout.write_names(args.out / layout.FULL_LIST, plan.names)
+        all_ok(True, device)  # a barrier: no rank writes an image before run.json and the draw are there
 
-    set_deterministic(args.deterministic)
-    if args.cudnn_benchmark:
-        torch.backends.cudnn.benchmark = True
-    if args.amp and device.type != "cuda":
-        log.warning("--amp on %s uses its autocast (%s); it is meant for CUDA", device.type, args.amp)
-    model, fitter = prepare_model(plan, device)
-    done = run_images(plan, fitter, model, args.out, ctx, device, args.effect_num, args.batch_images, args.seed,
-                      show=ctx.is_main and args.progress)
+        set_deterministic(args.deterministic)
+        if args.cudnn_benchmark:
+            torch.backends.cudnn.benchmark = True
+        if args.amp and device.type != "cuda":
+            log.warning("--amp on %s uses its autocast (%s); it is meant for CUDA", device.type, args.amp)
+        model, fitter = prepare_model(plan, device)
+        done = run_images(plan, fitter, model, args.out, ctx, device, args.effect_num, args.batch_images, args.seed,
+                          show=ctx.is_main and args.progress)
     if ctx.is_main:
         record.update(effective=done.effective, non_effective=done.non_effective, processed=done.processed,
                       fits_this_session=done.fits,

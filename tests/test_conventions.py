@@ -2,6 +2,7 @@
 the CPU), and progress that stays readable in a log file."""
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 
@@ -92,3 +93,49 @@ def test_a_stage_writes_plain_progress_lines_and_none_with_no_progress(tmp_path,
     assert "\r" not in err and "\x1b" not in err and "100%" in err
     assert run_script("function/make_dataset.py", "--out", tmp_path / "b", *flags, "--no-progress") == 0
     assert "%" not in capsys.readouterr().err
+
+
+class FakeWriter:
+    """Stands in for torch's SummaryWriter (the tensorboard package is an optional extra)."""
+    made: list["FakeWriter"] = []
+
+    def __init__(self, log_dir: str):
+        self.log_dir, self.scalars, self.closed = log_dir, [], False
+        FakeWriter.made.append(self)
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.append((tag, step))
+
+    def flush(self):
+        pass
+
+    def close(self):
+        self.closed = True
+
+
+def test_tensorboard_scalars_of_a_training_run(tiny_data, tmp_path, monkeypatch, one_thread):
+    from kdq.function.train import engine, stage
+
+    FakeWriter.made.clear()
+    monkeypatch.setattr(engine, "summary_writer_class", lambda: FakeWriter)
+    monkeypatch.setattr(stage, "summary_writer_class", lambda: FakeWriter)
+    assert run_script("train_net/train_net.py", "--arch", "vgg_tiny", "--data", tiny_data, "--split", "train",
+                      "--val-split", "val", "--epochs", 2, "--checkpoints", 2, "--batch-size", 8, "--device", "cpu",
+                      "--no-progress", "--tensorboard", tmp_path / "tb", "--out", tmp_path / "run") == 0
+    (writer,) = FakeWriter.made
+    assert writer.log_dir == str(tmp_path / "tb" / "train") and writer.closed
+    tags = {tag for tag, _ in writer.scalars}
+    assert {"train/loss", "train/acc1", "train/lr", "train/val_loss", "train/val_acc1"} <= tags, tags
+    assert {f"weight_distance/{layer}" for layer in ("conv", "fc1", "fc2", "fc3")} <= tags
+    assert sorted({step for _, step in writer.scalars}) == [1, 2]
+
+
+def test_tensorboard_without_the_package_is_one_line_before_anything_is_written(tiny_data, tmp_path, capsys):
+    if importlib.util.find_spec("tensorboard") is not None:
+        pytest.skip("the tensorboard package is installed here")
+    assert run_script("train_net/train_net.py", "--arch", "vgg_tiny", "--data", tiny_data, "--split", "train",
+                      "--epochs", 1, "--device", "cpu", "--tensorboard", tmp_path / "tb",
+                      "--out", tmp_path / "run") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--tensorboard needs the tensorboard package" in err[0], err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "tb").exists()

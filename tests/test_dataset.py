@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from kdq.function.cli import UserError
 from kdq.function.data.folder import MaskedImageFolder
@@ -148,3 +150,60 @@ def test_central_square_is_the_originals(g, first, last):
     cols = np.flatnonzero(m.any(axis=0))
     assert rows.tolist() == cols.tolist() == list(range(first, last + 1))
     assert m.sum() == (last - first + 1) ** 2 and m[first:last + 1, first:last + 1].all()
+
+
+# ---- reading one file (kdq.function.data.files): by value, never silently wrong ------------------------------
+
+def test_palette_mask_is_read_by_index_not_colour(tmp_path):
+    from kdq.function.data.files import read_mask
+
+    index = np.zeros((6, 6), np.uint8)
+    index[2:4, 1:5] = 1
+    mask = Image.fromarray(index, "P")
+    mask.putpalette([0, 0, 0] * 256)  # every index drawn black: by colour this mask is all background
+    mask.save(tmp_path / "m.png")
+    assert Image.open(tmp_path / "m.png").mode == "P"
+    np.testing.assert_array_equal(read_mask(tmp_path / "m.png") > 0, index > 0)
+
+
+@pytest.mark.parametrize("mode, background, pixel", [("LA", (0, 255), (200, 255)), ("RGBA", (0, 0, 0, 255), (90, 90, 90, 255)),
+                                                     ("RGB", (0, 0, 0), (0, 0, 7)), ("1", 0, 1)])
+def test_opaque_la_rgba_rgb_and_bilevel_masks_read_by_value(tmp_path, mode, background, pixel):
+    from kdq.function.data.files import read_mask
+
+    img = Image.new(mode, (4, 4), background)  # opaque where there is an alpha channel
+    img.putpixel((1, 2), pixel)
+    img.save(tmp_path / "m.png")
+    values = read_mask(tmp_path / "m.png")
+    assert values.dtype == np.uint8 and values.shape == (4, 4)
+    assert (values > 0).sum() == 1 and values[2, 1] > 0
+
+
+def test_sixteen_bit_image_and_mask_are_scaled_not_clipped(tmp_path):
+    from kdq.function.data.files import read_image, read_mask
+
+    grey = np.array([[0, 257 * 100], [65535, 300]], np.uint16)
+    Image.fromarray(grey).save(tmp_path / "i.png")
+    assert Image.open(tmp_path / "i.png").mode.startswith("I")
+    rgb = np.asarray(read_image(tmp_path / "i.png"))
+    assert rgb.shape == (2, 2, 3) and rgb[..., 0].tolist() == [[0, 100], [255, 1]]  # not 255 everywhere
+    mask = np.array([[0, 1], [65535, 0]], np.uint16)
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    assert (read_mask(tmp_path / "m.png") > 0).tolist() == [[False, True], [True, False]]  # 1/65535 stays > 0
+
+
+def test_a_mask_must_fit_its_image():
+    from kdq.function.data.files import mask_fits
+
+    assert mask_fits((500, 375), (500, 375)) and mask_fits((250, 188), (500, 375))  # an exact rescale
+    assert not mask_fits((375, 500), (500, 375)) and not mask_fits((200, 200), (500, 375))
+
+
+@pytest.mark.parametrize("name, why", [("a/b.png", None), ("a/b c.png", None), ("a/ b.png", "space"),
+                                       ("a /b.png", "space"), ("a/b.png ", "space"), ("a/b\nc.png", "line break"),
+                                       ("a/b\rc.png", "line break"), (os.fsdecode(b"a/caf\xe9.png"), "UTF-8")])
+def test_names_that_cannot_be_listed_one_per_line(name, why):
+    from kdq.function.data.files import bad_name
+
+    reason = bad_name(name)
+    assert (reason is None) if why is None else (why in reason)

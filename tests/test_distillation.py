@@ -17,7 +17,7 @@ from kdq.function.runtime import seed_everything
 from kdq.function.data.folder import MaskedImageFolder
 from kdq.function.data.transforms import eval_transform
 from kdq.models import TAPS, build_model, feature_fn, params_up_to
-from tests.helpers import load_script, one_error_line, run_script
+from tests.helpers import one_error_line, run_script
 
 SCRIPT = "distillation/distillation.py"
 TEACHER_ARCH = "vgg_tiny_bn"  # BatchNorm: "the teacher is never updated" covers its running statistics

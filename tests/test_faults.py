@@ -270,3 +270,41 @@ def test_deterministic_runs_are_byte_identical(chain, tmp_path):
                 assert normalised(rel, again, tmp_path / name) == normalised(rel, path, base / name), (name, rel)
             elif rel.endswith((".pth.tar", ".npy")) or name == "sigma" and rel.startswith("img_"):
                 assert again.read_bytes() == path.read_bytes(), (name, rel)
+
+
+def test_sigterm_is_recorded_as_interrupted_and_resumes_exactly(chain, tmp_path):
+    """A batch system's time limit (SIGTERM) ends a stage as Ctrl-C does: exit 130, run.json "interrupted", a
+    message that says how to continue; --resume then ends with the uninterrupted run's files."""
+    stages, base, seconds = chain
+    stage, out = stages["train"], tmp_path / "train"
+    proc = subprocess.Popen(stage.command(out), env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    wait_for_first_file(proc, out)
+    time.sleep(0.3 * (seconds["train"].total - seconds["train"].first_file))
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    err = proc.stderr.read().strip().splitlines()
+    assert proc.returncode == 130, err[-5:]
+    assert err[-1].endswith("interrupted; rerun with --resume to continue"), err[-3:]
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+    check_after_kill(stage, out, base / "train")
+    run_to_end(stage, out)
+    assert_same_artifacts(stage, out, base / "train")
+
+
+def test_two_writers_started_together_never_both_write(chain, tmp_path):
+    """Two runs started at once on one empty --out: one writes it, the other is refused (the lock, or — if it
+    starts after the first ended — the finished run); the result is the uninterrupted run's."""
+    stages, base, _ = chain
+    stage, out = stages["train"], tmp_path / "train"
+    command = [c for c in stage.command(out) if c != "--resume"]
+    procs = [subprocess.Popen(command, env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    results = [(p.wait(timeout=600), p.stderr.read().strip().splitlines()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    loser = next(lines for code, lines in results if code == 2)[-1]
+    winner = next(p for p, (code, _) in zip(procs, results) if code == 0)
+    assert (f"is in use by another kdq process (pid {winner.pid})" in loser
+            or "already holds a train_net run (status: complete)" in loser), loser
+    assert_same_artifacts(stage, out, base / "train")

@@ -301,7 +301,7 @@ def test_pickled_sigma_file_is_refused(hand_case, tmp_path, capsys):
     f = next(hand_case["label_sigma"].rglob("best_sigma_entropy.npy"))
     np.save(f, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     assert run_script(SCRIPT, *hand_args(hand_case, tmp_path / "o")) == 2
-    assert "cannot read" in one_error_line(capsys)
+    assert "holds object values; expected real numbers" in one_error_line(capsys)
 
 
 def test_all_images_unusable_is_refused(hand_case, tmp_path, capsys):
@@ -583,3 +583,27 @@ def test_compat_original_equals_the_originals_loops(kdq_case, tmp_path, resnet):
             else:
                 assert got == pytest.approx(value, rel=1e-9, abs=1e-12), (net, key)
     assert len(L["per_image"]["label"]["names"]) == len(L["per_image"]["distil"]["names"]) + 2
+
+
+def test_duplicate_names_in_an_effect_list_are_counted_once(hand_case, tmp_path):
+    plain, doubled = tmp_path / "plain", tmp_path / "doubled"
+    assert run_script(SCRIPT, *hand_args(hand_case, plain, "--no-figures")) == 0
+    effect = hand_case["label_sigma"] / "effect_name_list.txt"
+    names = effect.read_text().splitlines()
+    effect.write_text("\n".join(names + names[:2]) + "\n")  # two names listed twice
+    assert run_script(SCRIPT, *hand_args(hand_case, doubled, "--no-figures")) == 0
+    a, b = (json.loads((o / "metrics.json").read_text())["layers"]["conv"] for o in (plain, doubled))
+    assert a["images"] == b["images"] and a["metrics"] == b["metrics"] and a["per_image"] == b["per_image"]
+
+
+def test_an_interrupted_metrics_run_does_not_advise_resume(hand_case, tmp_path, monkeypatch, capsys):
+    from kdq.function.metrics import analysis
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(analysis, "analyse_layer", interrupted)
+    assert run_script(SCRIPT, *hand_args(hand_case, tmp_path / "o", "--no-figures")) == 130
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.endswith("interrupted; run it again") and "--resume" not in line
+    assert not (tmp_path / "o").exists()

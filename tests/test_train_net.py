@@ -97,6 +97,7 @@ def test_resume_after_interruption_is_exact(tiny_data, tmp_path, monkeypatch):
     part = tmp_path / "part"
     assert interrupted_at_epoch_2(monkeypatch, tiny_data, part, "--checkpoints", "0", "1", "2", "3", epochs=3) == 130
     assert list(list_checkpoints(part)) == [0, 1]
+    assert json.loads((part / "run.json").read_text())["status"] == "interrupted"  # not "running"
     assert train(tiny_data, part, "--checkpoints", "0", "1", "2", "3", "--resume", epochs=3) == 0
     for e in (0, 1, 2, 3):
         a = load_checkpoint(full / f"{e}.pth.tar")["state_dict"]
@@ -126,17 +127,35 @@ def test_resume_refuses_other_settings(tiny_data, tmp_path, monkeypatch, capsys)
     out = tmp_path / "run"
     assert interrupted_at_epoch_2(monkeypatch, tiny_data, out, "--checkpoints", "0", "2", epochs=2) == 130
     state = (out / "train_state.pth.tar").read_bytes()
-    for flag, value in (("--lr", "0.05"), ("--seed", "1"), ("--augment", "none"), ("--epochs", "3")):
+    for flag, value in (("--lr", "0.05"), ("--seed", "1"), ("--augment", "none"), ("--epochs", "1")):
         capsys.readouterr()
-        extra = (flag, value) if flag != "--epochs" else ()
-        assert train(tiny_data, out, "--checkpoints", "0", "2", *extra, "--resume",
-                     epochs=3 if flag == "--epochs" else 2) == 2, flag
+        extra = (flag, value) if flag != "--epochs" else ("--checkpoints", "0")
+        assert train(tiny_data, out, *(() if flag == "--epochs" else ("--checkpoints", "0", "2")), *extra,
+                     "--resume", epochs=1 if flag == "--epochs" else 2) == 2, flag
         line = one_error_line(capsys)
         assert flag in line and "other settings" in line, line
     assert (out / "train_state.pth.tar").read_bytes() == state
     # runtime flags may change: another --workers (or --device) continues the run
     assert train(tiny_data, out, "--checkpoints", "0", "2", "--workers", "1", "--resume", epochs=2) == 0
     assert list(list_checkpoints(out)) == [0, 2]
+
+
+def test_resume_with_more_epochs_extends_a_finished_run(tiny_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train(tiny_data, out, "--checkpoints", "0", "2", epochs=2) == 0
+    first = {name: (out / name).read_bytes() for name in ("0.pth.tar", "2.pth.tar")}
+    wd2 = np.load(out / "weight_diff.npy")
+    assert train(tiny_data, out, "--checkpoints", "0", "2", "3", "--resume", epochs=3) == 2  # other --checkpoints
+    capsys.readouterr()
+    assert train(tiny_data, out, "--checkpoints", "0", "2", "--resume", epochs=3) == 0
+    assert "extended from 2 to 3 epochs" in capsys.readouterr().err
+    assert {name: (out / name).read_bytes() for name in first} == first  # finished epochs are kept
+    wd3 = np.load(out / "weight_diff.npy")
+    assert wd3.shape == (4, 4) and np.array_equal(wd3[:, :3], wd2) and (wd3[:, 3] > 0).all()
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "complete" and record["settings"]["epochs"] == 3
+    assert len(record["extensions"]) == 1 and "extended from 2 to 3 epochs" in record["extensions"][0]
+    assert [row["epoch"] for row in json.loads((out / "train_log.json").read_text())] == [1, 2, 3]
 
 
 @pytest.mark.parametrize("case", ["arch", "root", "split", "device", "checkpoints", "pretrained", "batch"])

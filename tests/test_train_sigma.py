@@ -14,7 +14,7 @@ from kdq.function.io.checkpoint import save_checkpoint
 from kdq.function.sigma.layout import (ARRAYS, EFFECT_LIST, FULL_LIST, NON_EFFECT_LIST, array_path, image_folder,
                                    read_names, run_epochs)
 from kdq.models import build_model
-from tests.helpers import load_script, run_script
+from tests.helpers import run_script
 
 SCRIPT = "sigma/train_sigma.py"
 EPOCHS = (0, 2, 4)

@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 
 from kdq.function.archs import add_arch_args
-from kdq.function.cli import Parser, UserError, finite_float, positive_int, run
+from kdq.function.cli import Parser, UserError, in_range, positive_int, run
 from kdq.function.train.options import add_common_training_args, add_sgd_args
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "the fc3 tap's module), as the original code")
     m.add_argument("--keep-pretrained-head", action="store_true",
                    help="with --pretrained, take fc1 and fc2 from the file too (only fc3 starts fresh)")
-    m.add_argument("--dropout", type=finite_float, default=None,
+    m.add_argument("--dropout", type=in_range(0, 1, hi_included=False), default=None,
                    help="dropout of the fc head of registry architectures (default: the arch's 0.5)")
     o = p.add_argument_group("optimisation (docs/method.md §1 defaults)")
     o.add_argument("--epochs", type=positive_int, default=150, help="training epochs")
@@ -43,7 +43,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def read_pretrained(args: argparse.Namespace, info, num_classes: int) -> dict | None:
     """The ``--pretrained`` state dict, checked against the architecture before anything is written."""
-    from kdq.function.io.checkpoint import load_checkpoint
+    import torch
+
+    from kdq.function.io.checkpoint import check_numeric, load_checkpoint
     from kdq.models import check_pretrained
 
     if args.pretrained is None:
@@ -51,6 +53,9 @@ def read_pretrained(args: argparse.Namespace, info, num_classes: int) -> dict | 
             raise UserError("--keep-pretrained-head needs --pretrained")
         return None
     state = load_checkpoint(args.pretrained, "--pretrained")
+    weights = state.get("state_dict", state)
+    if isinstance(weights, dict):
+        check_numeric({k: v for k, v in weights.items() if isinstance(v, torch.Tensor)}, f"--pretrained: {args.pretrained}")
     try:
         check_pretrained(info, num_classes, state, str(args.pretrained), args.dropout, args.keep_pretrained_head)
     except ValueError as exc:
@@ -66,7 +71,7 @@ def main(args: argparse.Namespace) -> None:
     from kdq.function.runtime import cleanup_distributed
     from kdq.function.train.engine import EpochLoop, evaluate
     from kdq.function.train.schedules import lr_schedule, parse_epochs
-    from kdq.function.train.stage import load_splits, make_loaders, resolved_augment, setup
+    from kdq.function.train.stage import check_splits, load_splits, make_loaders, resolved_augment, setup
     from kdq.function.train.weight_distance import WeightDistance
 
     info = resolve_arch(args.arch, args.taps, args.image_size)
@@ -78,6 +83,7 @@ def main(args: argparse.Namespace) -> None:
     pretrained = read_pretrained(args, info, len(train_set.classes))
     if args.dropout is not None and not info.dropout:
         raise UserError(f"--dropout applies to registry architectures; {info.name} builds its own head")
+    check_splits(args, train_set, val_set)
     ctx, device, record = setup(args, "train_net", {"augment": resolved_augment(args)})
     if record is None:
         return
@@ -103,9 +109,8 @@ def main(args: argparse.Namespace) -> None:
     if args.resume:
         loop.try_resume()
     record.update(checkpoints=checkpoints, classes=train_set.classes, model=model_record(info))
-    if ctx.is_main:
-        record.save("running")
-    history = loop.run()
+    with record.running(ctx.is_main):
+        history = loop.run()
     if ctx.is_main:
         final = history[-1] if history else {}
         record.update(final=final, best_acc1=loop.best_acc1)

@@ -2,8 +2,9 @@
 ``<root>/seg/<split>/<class>/<stem>.png`` (a mask pixel > 0 is foreground)."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -11,7 +12,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from kdq.function.cli import UserError
+from kdq.function.data.files import UnreadableFile, check_names, image_header, read_image, read_mask
 from kdq.function.data.layout import IMAGE_EXTENSIONS
+from kdq.function.progress import progress
 from kdq.function.runtime import derive_seed
 
 class MaskedImageFolder(Dataset):
@@ -22,14 +25,16 @@ class MaskedImageFolder(Dataset):
     """
 
     def __init__(self, root: Path, split: str, transform: Callable | None = None,
-                 require_masks: bool = False, classes: list[str] | None = None):
+                 require_masks: bool = False, classes: list[str] | None = None, split_flag: str = "--split"):
         self.root, self.split, self.transform = Path(root), split, transform
         if not self.root.is_dir():
             raise UserError(f"--data: dataset root {self.root} does not exist or is not a directory")
         self.split_dir = self.root / split
         if not self.split_dir.is_dir():
             found = sorted(p.name for p in self.root.iterdir() if p.is_dir() and p.name != "seg")
-            raise UserError(f"--split: {self.split_dir} not found (splits here: {', '.join(found) or 'none'})")
+            hint = " or --val-split none to train without validation" if split_flag == "--val-split" else ""
+            raise UserError(f"{split_flag}: {self.split_dir} not found (splits here: {', '.join(found) or 'none'}; "
+                            f"pass one of them{hint})")
         self.classes = classes if classes is not None else sorted(
             p.name for p in self.split_dir.iterdir() if p.is_dir())
         if not self.classes:
@@ -43,6 +48,7 @@ class MaskedImageFolder(Dataset):
                 raise UserError(f"--data: class folder {folder} has no images")
             self.samples += [(f"{cls}/{p.name}", label) for p in files]
         self.names = [name for name, _ in self.samples]
+        check_names(self.names, str(self.split_dir))
         self.targets = [label for _, label in self.samples]
         self._index = {n: i for i, n in enumerate(self.names)}
         if require_masks:
@@ -58,8 +64,7 @@ class MaskedImageFolder(Dataset):
         return self.root / "seg" / self.split / Path(self.samples[i][0]).with_suffix(".png")
 
     def load_image(self, i: int) -> Image.Image:
-        with Image.open(self.image_path(i)) as img:
-            return img.convert("RGB")
+        return read_image(self.image_path(i))
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         img = self.load_image(i)
@@ -70,8 +75,7 @@ class MaskedImageFolder(Dataset):
         path = self.mask_path(i)
         if not path.is_file():
             return None
-        with Image.open(path) as m:
-            return np.asarray(m.convert("L"))
+        return read_mask(path, image_header(self.image_path(i))[1])
 
     def mask(self, i: int) -> np.ndarray | None:
         """The mask of image ``i`` as a bool (H, W) array (value > 0), None without a mask file."""
@@ -83,6 +87,28 @@ class MaskedImageFolder(Dataset):
         if missing:
             raise UserError(f"--data: {len(missing)} image(s) of split {self.split!r} have no mask under "
                             f"{self.root / 'seg' / self.split} (first: {missing[0]})")
+
+    def check_files(self, indices: Iterable[int] | None = None, masks: bool = False, workers: int = 4,
+                    show_progress: bool = False) -> None:
+        """Decode every image of ``indices`` (default: all) and, with ``masks``, its mask (where there is one),
+        before a stage writes anything: a UserError lists the files that cannot be used."""
+        indices = list(range(len(self)) if indices is None else indices)
+
+        def problem(i: int) -> str | None:
+            try:
+                read_image(self.image_path(i))
+                if masks:
+                    self.mask_values(i)
+            except UnreadableFile as exc:
+                return str(exc)
+            return None
+
+        with ThreadPoolExecutor(max(1, workers)) as pool:  # decoding releases the GIL
+            found = [p for p in progress(pool.map(problem, indices), total=len(indices), leave=False,
+                                         desc=f"checking {self.split} images", enabled=show_progress) if p]
+        if found:
+            more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+            raise UserError(f"--data: {len(found)} file(s) of split {self.split!r} cannot be used: {found[0]}{more}")
 
     def index_of(self, name: str) -> int:
         if name not in self._index:

@@ -36,11 +36,12 @@ def load_safely(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - unpickling, zip, EOF, struct ...: any reading failure
-        reason = type(exc).__name__ if isinstance(exc, pickle.UnpicklingError) else _first_line(exc)
+        reason = type(exc).__name__ if isinstance(exc, pickle.UnpicklingError) else first_line(exc)
     try:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception:  # noqa: BLE001 - not even a torch.save archive
-        raise ValueError(f"{path} is not a torch checkpoint (not a file written by torch.save)") from None
+        raise ValueError(f"{path} is not a torch checkpoint (truncated, damaged or not written by torch.save)") \
+            from None
     if unsafe:
         shown = ", ".join(unsafe[:3]) + (" ..." if len(unsafe) > 3 else "")
         raise ValueError(f"{path} was refused by the safe loader (weights_only=True): it holds objects other "
@@ -48,7 +49,7 @@ def load_safely(path: Path) -> Any:
     raise ValueError(f"{path} is not a readable torch checkpoint, truncated or damaged ({reason})")
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0][:120]}" if text else type(exc).__name__
 
@@ -100,8 +101,21 @@ def load_weights(model: nn.Module, path: Path, arch: str, flag: str = "checkpoin
     return ckpt
 
 
+def check_numeric(sd: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse weights a net cannot be run with: complex tensors (a copy into a real parameter would keep only the
+    real part) and NaN or infinite values (a diverged run: every σ fit would fail), naming the first tensor."""
+    for key, tensor in sd.items():
+        if tensor.is_complex():
+            raise UserError(f"{where}: tensor {key} is complex ({tensor.dtype}); weights must be real")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise UserError(f"{where}: tensor {key} holds {bad} NaN or infinite value(s) (a diverged run?)")
+
+
 def check_fits(model: nn.Module, sd: dict[str, torch.Tensor], arch: str, where: str,
                arch_flag: str = "--arch") -> None:
+    """``sd`` loads into ``model`` strictly (keys and shapes) and holds usable numbers (:func:`check_numeric`)."""
+    check_numeric(sd, where)
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]

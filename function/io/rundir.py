@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fnmatch
 import json
 import os
 import platform
@@ -16,6 +18,7 @@ import numpy as np
 
 from kdq.function.cli import UserError
 from kdq.function.io.atomic import is_temp, remove_stale_temps, write_json
+from kdq.function.io.lock import acquire
 
 RUN_JSON = "run.json"
 
@@ -38,15 +41,40 @@ def recorded_stage(folder: Path) -> str | None:
     return None
 
 
+# What each stage writes at the top of its --out (glob patterns; ``.done`` is the Makefile's marker): --overwrite
+# replaces a folder only when it holds nothing else, so it never deletes a file kdq did not write.
+STAGE_FILES: dict[str, tuple[str, ...]] = {
+    "train_net": ("run.json", "*.pth.tar", "weight_diff.npy", "train_log.json", "train_log.csv", ".done"),
+    "distillation": ("run.json", "*.pth.tar", "weight_diff.npy", "distill_log.json", "distill_log.csv",
+                     "finetune_log.json", "finetune_log.csv", ".done"),
+    "train_sigma": ("run.json", "full_name_list.txt", "effect_name_list.txt", "non_effect_name_list.txt",
+                    "img_*_effect", ".done"),
+    "find_knowledge": ("run.json", "metrics.json", "metrics.csv", "report.md", "figures"),
+    "make_dataset": ("dataset.json", "teacher", "train", "val", "seg"),
+}
+
+
+def foreign_entries(out: Path, stage: str) -> list[str]:
+    """Entries of ``out`` that a run of ``stage`` does not write (temporary files of a killed writer excepted)."""
+    patterns = STAGE_FILES.get(stage)
+    if patterns is None:
+        return []
+    return sorted(p.name for p in Path(out).iterdir()
+                  if not is_temp(p) and not any(fnmatch.fnmatchcase(p.name, pat) for pat in patterns))
+
+
 def check_out(out: Path, stage: str, resume: bool = False, overwrite: bool = False, flag: str = "--out",
               resumable: bool = True) -> str:
     """What a run of ``stage`` may do with ``out``, checked before anything is written or deleted:
     ``NEW`` (absent or empty), ``RESUME`` (``--resume`` of a run of the same stage) or ``REPLACE``
-    (``--overwrite`` of a run of the same stage: kdq replaces only what it wrote itself, of the same kind).
-    Anything else is a UserError.  Temporary files a killed writer left (``.*.tmp``) do not count as files."""
+    (``--overwrite`` of a run of the same stage that holds nothing but what that stage writes: kdq replaces only
+    what it wrote itself, of the same kind).  Anything else is a UserError.  The caller becomes ``out``'s only
+    writer (:mod:`kdq.function.io.lock`) until it ends.  Temporary files a killed writer left (``.*.tmp``) do not
+    count as files."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{flag}: {out} exists and is not a directory")
+    acquire(out, flag)
     if not (out.is_dir() and any(not is_temp(p) for p in out.iterdir())):
         return NEW
     owner = recorded_stage(out)
@@ -59,12 +87,19 @@ def check_out(out: Path, stage: str, resume: bool = False, overwrite: bool = Fal
         if owner != stage:
             raise UserError(f"{flag}: {out} holds {held}, not a {stage} run; --overwrite replaces only a {stage} "
                             f"run (use another {flag}, or remove it yourself)")
+        foreign = foreign_entries(out, stage)
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" (and {len(foreign) - 5} more)" if len(foreign) > 5 else "")
+            raise UserError(f"--overwrite: {out} also holds files that {stage} did not write ({shown}); move them "
+                            "away first, kdq deletes only what it wrote")
         return REPLACE
     if owner is None:
         raise UserError(f"{flag}: {out} is not empty and holds {held}; use another {flag}")
     advice = "pass --resume to continue it or --overwrite to replace it" if resumable else \
         "pass --overwrite to replace it"
     status = read_run_json(out).get("status")
+    if status == "running":  # we hold the lock, so no process runs it: it was killed
+        status = "interrupted"
     shown = f" (status: {status})" if isinstance(status, str) else ""
     raise UserError(f"{flag}: {out} already holds {held}{shown}; {advice}")
 
@@ -108,14 +143,16 @@ RUNTIME_SETTINGS = frozenset({"out", "resume", "overwrite", "debug", "device", "
 
 
 def check_resume_settings(out: Path, args: argparse.Namespace, resolved: dict[str, Any] | None = None,
-                          runtime: frozenset[str] = RUNTIME_SETTINGS) -> None:
+                          runtime: frozenset[str] = RUNTIME_SETTINGS, growable: frozenset[str] = frozenset()) -> None:
     """Refuse to ``--resume`` a run made with other result-defining settings (``prepare_out`` has checked
     that it is a run of this stage): every recorded setting except the ``runtime`` ones must equal this
     invocation's (``resolved`` replaces flags whose default depends on other inputs); the error lists each
-    difference."""
+    difference.  A ``growable`` setting may grow (``--epochs``: extending a training)."""
     previous = read_run_json(out)
     recorded = previous.get("settings", {})
-    diffs = setting_diffs(previous, args, sorted(k for k in recorded if k not in runtime), resolved)
+    grown = {k for k in growable if isinstance(recorded.get(k), int) and isinstance(getattr(args, k, None), int)
+             and getattr(args, k) > recorded[k]}
+    diffs = setting_diffs(previous, args, sorted(k for k in recorded if k not in runtime and k not in grown), resolved)
     if diffs:
         raise UserError(f"--resume: {out} was made with other settings ({'; '.join(diffs)}); "
                         "rerun with those or use another --out")
@@ -148,16 +185,17 @@ def _same(old: Any, new: Any, is_path: bool, old_cwd: str | None) -> bool:
 CONTRACT_SPELLING = {"teacher_checkpoint": "--teacher_checkpoint", "checkpoint_root": "--checkpoint_root"}
 
 
-def check_out_apart(out: Path, args: argparse.Namespace, flag: str = "--out") -> None:
+def check_out_apart(out: Path, args: argparse.Namespace, flag: str = "--out",
+                    recorded: dict[str, Path] | None = None) -> None:
     """Refuse an output folder that is an input, holds an input, or lies inside an input folder: a later
     ``--overwrite`` there would delete inputs, and a run's files would mix with what it reads.  The inputs
-    are every ``Path``-valued setting of ``args`` other than ``flag``'s."""
+    are every ``Path``-valued setting of ``args`` other than ``flag``'s, and ``recorded`` (description → path):
+    inputs found through a record rather than a flag, e.g. the training run a sigma run names."""
+    inputs = {CONTRACT_SPELLING.get(key, f"--{key.replace('_', '-')}"): value for key, value in vars(args).items()
+              if isinstance(value, Path) and f"--{key.replace('_', '-')}" != flag}
     target = Path(out).resolve()
-    for key, value in vars(args).items():
-        if not isinstance(value, Path) or f"--{key.replace('_', '-')}" == flag:
-            continue
-        source = value.resolve()
-        name = CONTRACT_SPELLING.get(key, f"--{key.replace('_', '-')}")
+    for name, value in {**inputs, **(recorded or {})}.items():
+        source = Path(value).resolve()
         if source == target:
             raise UserError(f"{flag}: {out} is also {name}; write results to another folder")
         if source.is_relative_to(target):
@@ -175,8 +213,36 @@ def read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+# The types of the run.json fields kdq reads back (top level and under "settings"); None always means "not
+# recorded".  A field of another type is a damaged or foreign file, reported in one line instead of a traceback.
+_INT, _NUM, _STR = (int,), (int, float), (str,)
+RECORD_TYPES: dict[str, tuple[type, ...]] = {
+    "stage": _STR, "status": _STR, "settings": (dict,), "model": (dict,), "wall_time_s": _NUM, "cwd": _STR,
+    "checkpoints": (list,), "classes": (list,), "layer": _STR, "grid": _INT, "image_size": _INT,
+    "input_size": _INT, "total_epochs": _INT, "num_classes": _INT, "checkpoint_root": _STR, "epochs": _INT,
+    "arch": _STR, "taps": _STR, "family": _STR, "teacher": (dict,), "final": (dict,), "best_acc1": _NUM,
+    "final_val_acc1": _NUM,
+}
+
+
+def check_record_types(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``data`` (a run.json) when every field kdq reads has its type; a UserError naming file and field."""
+    for scope_name, scope in (("", data), ("settings.", data.get("settings")), ("model.", data.get("model"))):
+        if not isinstance(scope, dict):
+            continue
+        for key, kinds in RECORD_TYPES.items():
+            value = scope.get(key)
+            if value is None or (isinstance(value, kinds) and not isinstance(value, bool)):
+                continue
+            raise UserError(f"{path}: field {scope_name}{key} is {type(value).__name__} {json.dumps(value)[:60]}, "
+                            f"not {' or '.join(k.__name__ for k in kinds)}: the file is damaged or not kdq's")
+    return data
+
+
 def read_run_json(folder: Path) -> dict[str, Any]:
-    return read_json(Path(folder) / RUN_JSON)
+    """A folder's run.json ({} when it has none or it is not JSON), its fields' types checked."""
+    path = Path(folder) / RUN_JSON
+    return check_record_types(read_json(path), path)
 
 
 def git_commit() -> str | None:
@@ -228,6 +294,20 @@ class RunRecord:
 
     def update(self, **fields: Any) -> None:
         self.data.update(fields)
+
+    @contextlib.contextmanager
+    def running(self, enabled: bool = True):
+        """Record ``running`` now and, when the block ends by an exception, ``interrupted`` (Ctrl-C, SIGTERM) or
+        ``failed``; the caller saves ``complete``.  ``enabled`` False (ranks other than 0) records nothing."""
+        if enabled:
+            self.save("running")
+        try:
+            yield self
+        except BaseException as exc:
+            if enabled:
+                with contextlib.suppress(OSError):  # a full disk must not hide the error that stopped the run
+                    self.save("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
+            raise
 
     def save(self, status: str | None = None, folder: Path | None = None) -> None:
         """Write run.json (into ``folder`` instead of the run folder: a report written whole elsewhere first)."""

@@ -52,7 +52,8 @@ def analyse_layer(inp: LayerInputs, data: MaskedImageFolder, b: float, n_boot: i
         inputs={"--label-sigma": str(nets["label"].sigma.path), "--distil-sigma": str(nets["distil"].sigma.path),
                 "--label-run": str(nets["label"].run), "--distil-run": str(nets["distil"].run), "--data": inp.data_root,
                 "--split": inp.split},
-        counts={"label_effective": len(nets["label"].sigma.effect), "distil_effective": len(nets["distil"].sigma.effect),
+        counts={"label_effective": len(set(nets["label"].sigma.effect)),
+                "distil_effective": len(set(nets["distil"].sigma.effect)),
                 "both": inp.both, "used_label": len(nets["label"].names), "used_distil": len(nets["distil"].names),
                 "skipped": len(inp.skipped)},
         skipped=inp.skipped, mask_fallback=inp.fallback, mhat_skips_epoch0=inp.skip0, compat=inp.compat,
@@ -83,9 +84,13 @@ def degenerate_warnings(inp: LayerInputs, comp) -> list[str]:
     if a.resolve() == b.resolve():
         out.append(f"--label-sigma and --distil-sigma are the same sigma run ({a}): the comparison is empty")
     stages = {net: read_run_json(nets[net].run).get("stage") for net in NETS}
-    if stages["label"] == "distillation" or stages["distil"] == "train_net":
-        out.append(f"label and distil look swapped: the label sigma run was fitted on a {stages['label']} run, the "
-                   f"distil one on a {stages['distil']} run")
+    if stages["label"] == "distillation" and stages["distil"] == "train_net":
+        out.append("label and distil look swapped: the label sigma run was fitted on a distillation run, the "
+                   "distil one on a train_net run")
+    elif stages["label"] == "distillation":
+        out.append("the label sigma run was fitted on a distillation run, not on a net trained on labels")
+    elif stages["distil"] == "train_net":
+        out.append("the distil sigma run was fitted on a train_net run, not on a distilled net")
     return out + comparison_warnings(comp)
 
 

@@ -23,11 +23,11 @@ from kdq.function.cli import UserError
 from kdq.function.data.folder import MaskedImageFolder
 from kdq.function.data.layout import dataset_kind
 from kdq.function.data.masks import Foreground, resolve_foreground
-from kdq.function.io.rundir import read_run_json, recorded_path
+from kdq.function.io.rundir import check_record_types, read_run_json, recorded_path
 from kdq.function.metrics.measures import screen_sigma
 from kdq.function.sigma import layout
 from kdq.function.train.schedules import paper_schedule, parse_epochs
-from kdq.models.taps import LAYERS
+from kdq.models import LAYERS
 
 EPOCH_KEYS = ("checkpoints", "epochs", "checkpoint_epochs")
 NETS = ("label", "distil")
@@ -72,8 +72,7 @@ class SigmaRun:
                 meta = json.loads((path / "run.json").read_text())
             except ValueError as exc:
                 raise UserError(f"{flag}: {path / 'run.json'} is not valid JSON ({exc})") from None
-            if not isinstance(meta, dict):
-                meta = {}
+            meta = check_record_types(meta, path / "run.json") if isinstance(meta, dict) else {}
         index = {n: i for i, n in reversed(list(enumerate(full)))}  # the first occurrence wins
         return cls(path, flag, full, effect, meta, index)
 
@@ -106,10 +105,30 @@ class SigmaRun:
         return arr.astype(np.float64)
 
 
+def npy_header(path: Path, flag: str) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) from an ``.npy`` header, checked against the file: a header that claims more data than the
+    file holds (a damaged file, or one made to exhaust memory) or a dtype that is not a real number is refused."""
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(fh)
+            data_bytes = Path(path).stat().st_size - fh.tell()
+    except (ValueError, OSError, SyntaxError) as exc:
+        raise UserError(f"{flag}: cannot read {path} ({exc})") from None
+    if dtype.hasobject or not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)):
+        raise UserError(f"{flag}: {path} holds {dtype} values; expected real numbers")
+    if int(np.prod(shape, dtype=object)) * dtype.itemsize > data_bytes:
+        raise UserError(f"{flag}: {path} claims shape {shape} ({dtype}) but holds only {data_bytes} bytes of data")
+    return shape, dtype
+
+
 def load_npy(path: Path, flag: str, context: str = "") -> np.ndarray:
-    """``np.load`` without pickle; a missing or unreadable file is a UserError naming ``flag``."""
+    """``np.load`` without pickle, after :func:`npy_header`; a missing or unreadable file is a UserError naming
+    ``flag``."""
     if not path.is_file():
         raise UserError(f"{flag}: {path} is missing{context}")
+    npy_header(path, flag)
     try:
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError) as exc:
@@ -129,6 +148,9 @@ def load_weight_diff(run: Path, flag: str, epochs: list[int], row: int) -> np.nd
                         f"epoch {max(epochs)}")
     if not np.all(np.isfinite(wd[row, :max(epochs) + 1])):
         raise UserError(f"{flag}: {path} holds NaN/inf in the analysed layer's row")
+    if (wd[row, :max(epochs) + 1] < 0).any():
+        raise UserError(f"{flag}: {path} holds negative weight distances in the analysed layer's row (a distance "
+                        "is a norm: the file is damaged)")
     return wd[row].astype(np.float64)
 
 
@@ -160,10 +182,10 @@ def run_length(run: Path, flag: str) -> int:
     path = run / "weight_diff.npy"
     if not path.is_file():
         raise UserError(f"{flag}: {path} is missing")
-    try:
-        return int(np.load(path, allow_pickle=False, mmap_mode="r").shape[-1]) - 1
-    except (ValueError, OSError) as exc:
-        raise UserError(f"{flag}: cannot read {path} ({exc})") from None
+    shape, _ = npy_header(path, flag)
+    if len(shape) != 2:
+        raise UserError(f"{flag}: {path} has shape {shape}; expected (4, epochs+1), rows conv fc1 fc2 fc3")
+    return int(shape[-1]) - 1
 
 
 def net_epochs(sigma: SigmaRun, run: Path, spec: list[str] | None, spec_flag: str,

@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from kdq.function.cli import UserError
 from kdq.function.io.atomic import atomic_dir, write_text
 
 FULL_LIST = "full_name_list.txt"
@@ -38,10 +39,17 @@ def array_path(run: Path, index: int, name: str) -> Path:
 
 
 def read_names(path: Path) -> list[str]:
-    """Non-empty lines of a name list (missing file → empty list)."""
+    """Non-empty lines of a name list (missing file → empty list); a list that is not UTF-8 is a UserError."""
     if not Path(path).is_file():
         return []
-    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    raw = Path(path).read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise UserError(f"{path}: line {line} is not UTF-8 text (byte {raw[exc.start]:#04x}); the list is damaged "
+                        "or not a name list") from None
+    return [line.strip() for line in text.split("\n") if line.strip()]
 
 
 def write_names(path: Path, names: list[str]) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ import torch.distributed as dist
 from torch import nn
 
 from kdq.function.archs import arch_from
-from kdq.function.cli import UserError, existing_dir
+from kdq.function.cli import UserError, env_rank, existing_dir
 from kdq.function.data.folder import MaskedImageFolder
 from kdq.function.data.layout import dataset_kind
 from kdq.function.data.masks import Foreground, resolve_foreground
@@ -118,6 +119,8 @@ def plan_run(args: argparse.Namespace) -> SigmaPlan:
     dataset = MaskedImageFolder(args.data, args.split, transform=eval_transform(size),
                                 require_masks=foreground.source == "masks" and foreground.missing == "error")
     draw = draw_order(len(dataset), args.pic_num, args.pic_seed)
+    dataset.check_files(draw, masks=foreground.source == "masks", workers=min(8, os.cpu_count() or 1),
+                        show_progress=args.progress and env_rank() == 0)  # before anything is written
     return SigmaPlan(arch=info.name, info=info, layer=args.layer, config=config, checkpoints=checkpoints,
                      model=model, dataset=dataset, draw=draw, names=[dataset.names[i] for i in draw],
                      foreground=foreground, rule_start=start)

@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from kdq.function.cli import UserError
 from kdq.function.io.atomic import save_npy, write_json, write_text
-from kdq.function.io.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from kdq.function.io.checkpoint import (check_fits, checkpoint_path, first_line, load_checkpoint, save_checkpoint,
+                                       state_dict_of)
 from kdq.function.progress import progress
 from kdq.function.runtime import Dist, all_reduce_sum, derive_seed
 from kdq.function.train.weight_distance import WeightDistance
@@ -154,17 +155,29 @@ class EpochLoop:
         if not self.state_file.is_file():
             return False
         state = load_checkpoint(self.state_file, "--resume")
-        self.model.load_state_dict(state["state_dict"])
-        for key, module in self.extra_modules.items():
-            module.load_state_dict(state[key])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.plateau is not None and state.get("plateau"):
-            self.plateau.load_state_dict(state["plateau"])
-        if self.tracker is not None:
-            self.tracker.load_state_dict(state["weight_distance"])
-        self.start_epoch = int(state["epoch"])
-        self.best_acc1 = float(state["best_acc1"])
-        self.history = list(state["history"])
+        where = f"--resume: {self.state_file}"
+        try:
+            sd = state_dict_of(state)
+            check_fits(self.model, sd, self.arch, where)
+            self.model.load_state_dict(sd)
+            for key, module in self.extra_modules.items():
+                module.load_state_dict(state[key])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.plateau is not None and state.get("plateau"):
+                self.plateau.load_state_dict(state["plateau"])
+            if self.tracker is not None:
+                self.tracker.load_state_dict(state["weight_distance"])
+            self.start_epoch = int(state["epoch"])
+            self.best_acc1 = float(state["best_acc1"])
+            self.history = list(state["history"])
+        except KeyError as exc:
+            raise UserError(f"{where} is damaged: it has no {exc}; remove it to restart the run, or --overwrite") \
+                from None
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise UserError(f"{where} is damaged ({first_line(exc)}); remove it to restart the run, or "
+                            "--overwrite") from None
+        if not 0 <= self.start_epoch <= self.epochs:
+            raise UserError(f"{where} is after epoch {self.start_epoch}, outside 0..{self.epochs}")
         log.info("%s: resumed after epoch %d of %d", self.name, self.start_epoch, self.epochs)
         return True
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from kdq.function.cli import add_device_arg, finite_float, load_script, nonnegative_float, nonnegative_int, positive_float, positive_int
+from kdq.function.cli import (add_device_arg, load_script, nonnegative_float, nonnegative_int, positive_float,
+                             positive_int, seed)
 from kdq.function.train.schedules import LR_SCHEDULES
 
 AUGMENT_CHOICES = ("auto", "standard", "heavy", "none")
@@ -31,7 +32,7 @@ def add_common_training_args(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--save-optimizer", action="store_true",
                    help="also store the optimizer state in every <e>.pth.tar (≈ doubles a VGG-16 checkpoint to "
                         "1.1 GB); --resume does not need it: it reads the run's own <name>_state.pth.tar")
-    r.add_argument("--seed", type=nonnegative_int, default=0, help="seed of initialisation, shuffling and augmentation")
+    r.add_argument("--seed", type=seed, default=0, help="seed of initialisation, shuffling and augmentation")
     add_device_arg(r)
     r.add_argument("--deterministic", action="store_true", help="use deterministic algorithms (slower on CUDA)")
     r.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdq.models.taps import LAYERS
+from kdq.models import LAYERS
 
 
 class WeightDistance:

@@ -25,8 +25,9 @@ from typing import Callable, Iterable
 import numpy as np
 from PIL import Image
 
-from kdq.function.io.atomic import atomic_path, write_json
 from kdq.function.cli import UserError
+from kdq.function.io.atomic import atomic_path, write_json
+from kdq.function.io.lock import acquire
 
 log = logging.getLogger(__name__)
 
@@ -364,6 +365,7 @@ def open_output(out: Path, preparer: str, options: dict, overwrite: bool) -> boo
     manifest = out / MANIFEST
     if out.exists() and not out.is_dir():
         raise UserError(f"--out: {out} exists and is not a directory")
+    acquire(out)  # one writer per folder
     if out.is_dir() and any(out.iterdir()):
         if not manifest.is_file():
             raise UserError(f"--out: {out} exists and is not empty (and is not a prepared dataset); "

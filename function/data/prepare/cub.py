@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from kdq.function.cli import UserError
+from kdq.function.cli import UserError, in_range
 from kdq.function.data.prepare.common import Preparation, Writer, find_root, image_size, read_lines, require, select_classes
 
 NAME = "cub"
@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--segmentations", type=Path, default=None,
                    help="folder of the segmentation PNGs (segmentations/<class>/<stem>.png); default: "
                         "'segmentations' inside --src or beside the CUB_200_2011 folder")
-    p.add_argument("--mask-threshold", type=int, default=0,
+    p.add_argument("--mask-threshold", type=in_range(0, 254, kind=int), default=0,
                    help="mask = segmentation PNG value > this (0..254; values are 0..255, 0 = the method's "
                         "'segmentation > 0', 127 = annotator majority)")
 

@@ -1,0 +1,94 @@
+"""One writer per output folder: an exclusive ``fcntl.flock`` on a hidden sibling file, ``<parent>/.<name>.lock``,
+held until the stage ends (or its process dies: the kernel then releases it, so a killed run never blocks the next).
+
+The lock file sits beside the folder, not inside it, so that a folder replaced whole (the metrics report, the
+embedded dataset) or emptied by ``--overwrite`` keeps its lock; it holds the pid of the writer, which the refusal
+names.  The writer deletes it when it ends; a writer that locked a file someone deleted meanwhile (it checks that
+the path still names the file it locked) tries again, so deleting never lets two writers in.  A killed writer
+leaves the file behind, unlocked: harmless, the next writer takes it over.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from pathlib import Path
+
+from kdq.function.cli import UserError
+
+_HELD: dict[str, int] = {}  # lock file → descriptor, for this process
+
+
+def lock_path(out: Path) -> Path:
+    out = Path(os.path.abspath(out))
+    return out.parent / f".{out.name}.lock"
+
+
+def holder(out: Path) -> str:
+    """The pid recorded in ``out``'s lock file ('?' when unreadable)."""
+    try:
+        return lock_path(out).read_text().strip() or "?"
+    except OSError:
+        return "?"
+
+
+def acquire(out: Path, flag: str = "--out") -> None:
+    """Take ``out``'s lock for this process (again: a no-op); a UserError naming the other writer's pid when a
+    live process holds it."""
+    path = lock_path(out)
+    if str(path) in _HELD:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise UserError(f"{flag}: {out} is in use by another kdq process (pid {holder(out)}); wait for it "
+                                "to end or stop it") from None
+            raise
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the file was deleted by its previous holder after we opened it: lock the new one
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _HELD[str(path)] = fd
+
+
+def is_locked(out: Path) -> bool:
+    """Whether another process holds ``out``'s lock now."""
+    path = lock_path(out)
+    if str(path) in _HELD or not path.exists():
+        return False
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock this probe took
+    return False
+
+
+def release_all() -> None:
+    """Release (and delete) every lock this process holds: the end of a stage (in-process callers such as the tests
+    run many stages)."""
+    while _HELD:
+        path, fd = _HELD.popitem()
+        try:
+            os.unlink(path)  # while still locked: a writer that opened it meanwhile sees a deleted file, retries
+        except OSError:
+            pass
+        try:
+            os.close(fd)
+        except OSError:
+            pass
