@@ -32,6 +32,7 @@ from kdq.function.data.folder import MaskedImageFolder
 from kdq.function.data.transforms import eval_transform
 from kdq.function.sigma.entropy import mean_entropy
 from kdq.function.sigma.fit import SigmaConfig, SigmaFitter, select_step
+from kdq.function.sigma.run import FAMILY_LAMBDA
 from kdq.models import arch_info, build_model, feature_fn
 
 
@@ -156,7 +157,7 @@ def main(args: argparse.Namespace) -> None:
     for layer in args.layer:
         try:
             cfg = SigmaConfig(grid=args.grid, samples=args.samples, steps=args.steps, break_steps=args.break_steps,
-                              lr=args.lr, lam=7.0 if info.family != "resnet" else 6.0, compile=args.compile)
+                              lr=args.lr, lam=FAMILY_LAMBDA[info.family], compile=args.compile)
         except ValueError as exc:
             raise UserError(str(exc)) from None
         trial = cfg.with_(steps=min(args.trial_steps, args.steps), break_steps=0)

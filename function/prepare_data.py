@@ -87,16 +87,14 @@ def main(args: argparse.Namespace) -> dict:
     overwrite = open_output(args.out, module.NAME, plan.options, args.overwrite)
     writer = Writer(args.out, link=args.link, overwrite=overwrite)
     # plain lines when stderr is not a terminal (logs); on an error the bar is cleared, leaving one line
-    bar = progress(total=len(plan.units), desc=f"{module.NAME} images", enabled=args.progress)
-    try:
-        for unit in plan.units:
-            unit(writer)
-            bar.update()
-    except BaseException:
-        bar.leave = False
-        raise
-    finally:
-        bar.close()
+    with progress(total=len(plan.units), desc=f"{module.NAME} images", enabled=args.progress) as bar:
+        try:
+            for unit in plan.units:
+                unit(writer)
+                bar.update()
+        except BaseException:
+            bar.leave = False
+            raise
     removed = writer.verify(plan.splits)
     if removed:
         log.info("removed %d file(s) left by an earlier preparation with other options", len(removed))

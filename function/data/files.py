@@ -55,13 +55,19 @@ def image_header(path: Path, what: str = "image") -> tuple[str, tuple[int, int]]
         return img.mode, img.size
 
 
+def _sixteen_bit_values(img: Image.Image, what: str) -> np.ndarray:
+    """The pixels of a 16-bit grey image as int64, refused (naming ``what``) when outside 0..65535."""
+    values = np.asarray(img).astype(np.int64)
+    if values.min() < 0 or values.max() > 65535:
+        raise UnreadableFile(f"{what} has {img.mode} values outside 0..65535")
+    return values
+
+
 def read_image(path: Path) -> Image.Image:
     """The image at ``path`` as 8-bit RGB (16-bit greys scaled, not clipped)."""
     with _open(path, "image", decode=True) as img:
         if img.mode in SIXTEEN_BIT:
-            values = np.asarray(img).astype(np.int64)
-            if values.min() < 0 or values.max() > 65535:
-                raise UnreadableFile(f"image {path} has {img.mode} values outside 0..65535")
+            values = _sixteen_bit_values(img, f"image {path}")
             return Image.fromarray((values // 257).astype(np.uint8), "L").convert("RGB")
         if img.mode == "F":
             raise UnreadableFile(f"image {path} holds floating-point pixels (mode F); save it as 8-bit RGB")
@@ -89,7 +95,7 @@ def mask_values(img: Image.Image, path: Path | str = "mask") -> np.ndarray:
         if (alpha != 255).any():
             raise UnreadableFile(f"mask {path} is transparent in places ({mode}); a mask is read by its value, "
                                  "not its alpha: save it as a grey (L) PNG")
-        img = img.convert({"LA": "L", "PA": "P", "RGBA": "RGB"}[mode]) if mode != "PA" else \
+        img = img.convert({"LA": "L", "RGBA": "RGB"}[mode]) if mode != "PA" else \
             Image.fromarray(np.asarray(img)[..., 0], "P")
         mode = img.mode
     values = np.asarray(img)
@@ -98,9 +104,7 @@ def mask_values(img: Image.Image, path: Path | str = "mask") -> np.ndarray:
     if mode == "P":
         return (values > 0).astype(np.uint8) * 255  # a palette index is a label, not an intensity
     if mode in SIXTEEN_BIT:
-        v = values.astype(np.int64)
-        if v.min() < 0 or v.max() > 65535:
-            raise UnreadableFile(f"mask {path} has {mode} values outside 0..65535")
+        v = _sixteen_bit_values(img, f"mask {path}")
         return np.where(v > 0, np.maximum(v // 257, 1), 0).astype(np.uint8)  # keep every value > 0 above 0
     if mode == "RGB":
         if (values[..., 0] == values[..., 1]).all() and (values[..., 1] == values[..., 2]).all():

@@ -70,12 +70,13 @@ class MaskedImageFolder(Dataset):
         img = self.load_image(i)
         return (self.transform(img) if self.transform else img), self.samples[i][1]
 
-    def mask_values(self, i: int) -> np.ndarray | None:
-        """The mask of image ``i`` as grey values (uint8 (H, W); > 0 is foreground), None without a mask file."""
+    def mask_values(self, i: int, image_size: tuple[int, int] | None = None) -> np.ndarray | None:
+        """The mask of image ``i`` as grey values (uint8 (H, W); > 0 is foreground), None without a mask file;
+        ``image_size`` (w, h), when the caller has the image open, saves reading its header again."""
         path = self.mask_path(i)
         if not path.is_file():
             return None
-        return read_mask(path, image_header(self.image_path(i))[1])
+        return read_mask(path, image_size or image_header(self.image_path(i))[1])
 
     def mask(self, i: int) -> np.ndarray | None:
         """The mask of image ``i`` as a bool (H, W) array (value > 0), None without a mask file."""
@@ -96,9 +97,9 @@ class MaskedImageFolder(Dataset):
 
         def problem(i: int) -> str | None:
             try:
-                read_image(self.image_path(i))
+                image = read_image(self.image_path(i))
                 if masks:
-                    self.mask_values(i)
+                    self.mask_values(i, image.size)
             except UnreadableFile as exc:
                 return str(exc)
             return None

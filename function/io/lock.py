@@ -61,24 +61,6 @@ def acquire(out: Path, flag: str = "--out") -> None:
     _HELD[str(path)] = fd
 
 
-def is_locked(out: Path) -> bool:
-    """Whether another process holds ``out``'s lock now."""
-    path = lock_path(out)
-    if str(path) in _HELD or not path.exists():
-        return False
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)  # closing releases a lock this probe took
-    return False
-
-
 def release_all() -> None:
     """Release (and delete) every lock this process holds: the end of a stage (in-process callers such as the tests
     run many stages)."""

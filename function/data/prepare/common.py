@@ -13,7 +13,6 @@ planned file present, nothing else in the class folders).
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -26,12 +25,14 @@ import numpy as np
 from PIL import Image
 
 from kdq.function.cli import UserError
+from kdq.function.data.files import image_header
 from kdq.function.io.atomic import atomic_path, write_json
 from kdq.function.io.lock import acquire
+from kdq.function.io.rundir import DATASET_JSON, read_json
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "dataset.json"
+MANIFEST = DATASET_JSON
 SEG = "seg"
 LOCATION_KEYS = ("source", "segmentations")  # recorded, but a moved download is not "other options"
 
@@ -186,12 +187,8 @@ def box_mask(boxes: Iterable[tuple[int, int, int, int]], width: int, height: int
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the image header (the pixels are not decoded)."""
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except (OSError, ValueError) as exc:  # PIL.UnidentifiedImageError is an OSError
-        raise UserError(f"--src: cannot read image {path} ({exc})") from None
+    """(width, height) of a source image from its header (the pixels are not decoded)."""
+    return image_header(path, "--src: image")[1]
 
 
 @dataclass
@@ -370,10 +367,7 @@ def open_output(out: Path, preparer: str, options: dict, overwrite: bool) -> boo
         if not manifest.is_file():
             raise UserError(f"--out: {out} exists and is not empty (and is not a prepared dataset); "
                             f"choose a new folder")
-        try:
-            previous = json.loads(manifest.read_text())
-        except (OSError, ValueError):
-            previous = {}
+        previous = read_json(manifest)
         if previous.get("preparer") != preparer:
             kind = previous.get("preparer") or previous.get("generator") or "unknown"
             raise UserError(f"--out: {out} holds another dataset ({kind}), not a {preparer} preparation; "

@@ -55,8 +55,6 @@ def find_segmentations(src: Path, root: Path, given: Path | None) -> Path:
 
 
 def plan(args: argparse.Namespace) -> Preparation:
-    if not 0 <= args.mask_threshold <= 254:
-        raise UserError(f"--mask-threshold must be in 0..254, got {args.mask_threshold}")
     root = find_root(args.src, "images.txt", ["CUB_200_2011"])
     for name in LISTS:
         require(root / name)
@@ -96,10 +94,11 @@ def plan(args: argparse.Namespace) -> Preparation:
 def soft_mask(seg_path: Path, image_path: Path, threshold: int) -> np.ndarray:
     """The segmentation's grey values where they are > ``threshold``, 0 elsewhere (uint8 (H, W)); a UserError when
     its size is not the image's."""
+    width, height = image_size(image_path)
     with Image.open(seg_path) as seg:
-        if seg.size != image_size(image_path):
+        if seg.size != (width, height):
             raise UserError(f"--src: mask {seg_path} is {seg.size[0]}x{seg.size[1]} but its image {image_path} "
-                            f"is {image_size(image_path)[0]}x{image_size(image_path)[1]}")
+                            f"is {width}x{height}")
         values = np.asarray(seg.convert("L"))
     return np.where(values > threshold, values, 0).astype(np.uint8)
 
