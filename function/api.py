@@ -15,7 +15,6 @@ the metrics stage's analysis (:mod:`kdq.function.metrics.measures`) on in-memory
 """
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from kdq.function.data.masks import mask_to_grid
 from kdq.function.metrics.analysis import comparison_warnings
 from kdq.function.metrics.measures import NetInput, compare_nets
 from kdq.function.metrics.report import LayerResult, terminal_table, write_outputs
-from kdq.function.sigma.effective import entropy_gap, keeps_image
+from kdq.function.sigma.effective import entropy_gap, keeps_image, usable_sigma_f2
 from kdq.function.sigma.entropy import entropy_map
 from kdq.function.sigma.fit import SigmaConfig, SigmaFit, SigmaFitter
 from kdq.models.taps import Tap, truncated
@@ -53,7 +52,7 @@ class SigmaResult:
         """Whether the image passes the effective-sample rule (σ_f² > 0 and bg − fg ≥ 0); None without a mask."""
         if self.bg_minus_fg is None:
             return None
-        return self.sigma_f2 > 0 and math.isfinite(self.sigma_f2) and keeps_image(self.bg_minus_fg)
+        return usable_sigma_f2(self.sigma_f2) and keeps_image(self.bg_minus_fg)
 
 
 def fit_sigma(model: nn.Module, layer: str | Tap, images: torch.Tensor, masks=None,

@@ -49,7 +49,7 @@ def resolve_arch(arch: str, taps: str | None = None, image_size: int | None = No
         except KeyError as exc:
             raise UserError(f"{flag}: {exc}") from None
         if image_size is not None and image_size != info.input_size:
-            info = dataclasses.replace(info, input_size=image_size, spec={**info.spec, "image_size": image_size})
+            info = dataclasses.replace(info, input_size=image_size)
         return info
     try:
         parsed = parse_taps(taps) if taps else None

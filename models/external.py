@@ -127,6 +127,5 @@ def external_arch(arch: str, taps: dict[str, Tap] | None = None, image_size: int
     out = ordered.get("fc3")
     head = (f"{out.node}.",) if out is not None else ()
     size = image_size or DEFAULT_SIZE
-    spec = {"arch": arch, "taps": taps_text(ordered), "image_size": size}
     return ArchInfo(family, size, ordered, head, head, name=arch, builder=builder, pretrained_root="",
-                    dropout=False, spec=spec)
+                    dropout=False)

@@ -9,7 +9,7 @@ about it (family, input size, layer taps), and :func:`build_model` is the one wa
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable
 
@@ -36,7 +36,6 @@ class ArchInfo:
     builder: Callable[..., nn.Module] | None = None  # builder(num_classes=..., [dropout=...]) → model
     pretrained_root: str = "net"  # the submodule a torchvision-format state dict is loaded into ("": the model)
     dropout: bool = True  # the builder takes a dropout argument
-    spec: dict = field(default_factory=dict)  # how the architecture was named, as run.json records it
 
     @property
     def train_resize(self) -> int:
@@ -85,7 +84,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 def _entry(name: str, family: str, size: int, taps: dict[str, Tap], head: tuple, output: tuple) -> ArchInfo:
-    return ArchInfo(family, size, taps, head, output, name=name, builder=MODELS[name], spec={"arch": name})
+    return ArchInfo(family, size, taps, head, output, name=name, builder=MODELS[name])
 
 
 ARCHS: dict[str, ArchInfo] = {

@@ -110,8 +110,7 @@ def main(args: argparse.Namespace) -> None:
     check_out_apart(args.out, args)
     plan = plan_run(args)  # every check that needs no writing
     ctx, device = init_distributed(args.device)
-    open_run(args.out, "train_sigma", args, ctx, device, lambda: check_resumable(args.out, args, plan))
-    resume = args.resume and (args.out / layout.FULL_LIST).is_file()
+    resume = open_run(args.out, "train_sigma", args, ctx, device, lambda: check_resumable(args.out, args, plan))
     record = RunRecord(args.out, "train_sigma", args, {"world_size": ctx.world_size}, plan.resolved())
     record.update(model=model_record(plan.info))
     record.update(checkpoints=plan.epochs, total_epochs=plan.checkpoints.total_epochs,

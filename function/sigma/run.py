@@ -70,7 +70,6 @@ class Checkpoints:
 @dataclass
 class SigmaPlan:
     """Everything a sigma run needs, checked: nothing of it has been written yet."""
-    arch: str
     info: ArchInfo
     layer: str
     config: SigmaConfig
@@ -94,7 +93,8 @@ class SigmaPlan:
 def plan_run(args: argparse.Namespace) -> SigmaPlan:
     """Check and read the inputs of a sigma run (every problem is a UserError; nothing is written)."""
     root = existing_dir("--checkpoint_root", args.checkpoint_root)
-    info = arch_from(args, read_run_json(root), source=f"--checkpoint_root {root}")
+    record = read_run_json(root)
+    info = arch_from(args, record, source=f"--checkpoint_root {root}")
     if args.layer not in info.taps:
         raise UserError(f"--layer {args.layer}: {info.name} has no tap there (taps: {', '.join(info.taps) or 'none'})")
     size = info.input_size
@@ -110,7 +110,7 @@ def plan_run(args: argparse.Namespace) -> SigmaPlan:
                          lr=args.lr, sigma0=args.sigma0, target_entropy=args.target_entropy, lam=lam,
                          sample_chunk=args.sample_chunk, amp=args.amp, channels_last=args.channels_last,
                          compile=args.compile)
-    checkpoints, model = read_checkpoints(args, info)
+    checkpoints, model = read_checkpoints(args, info, (record.get("settings") or {}).get("epochs"))
     start = None
     if args.effective_rule == "on":
         start = args.effective_start if args.effective_start is not None else rule_start(checkpoints.total_epochs)
@@ -121,14 +121,16 @@ def plan_run(args: argparse.Namespace) -> SigmaPlan:
     draw = draw_order(len(dataset), args.pic_num, args.pic_seed)
     dataset.check_files(draw, masks=foreground.source == "masks", workers=min(8, os.cpu_count() or 1),
                         show_progress=args.progress and env_rank() == 0)  # before anything is written
-    return SigmaPlan(arch=info.name, info=info, layer=args.layer, config=config, checkpoints=checkpoints,
+    return SigmaPlan(info=info, layer=args.layer, config=config, checkpoints=checkpoints,
                      model=model, dataset=dataset, draw=draw, names=[dataset.names[i] for i in draw],
                      foreground=foreground, rule_start=start)
 
 
-def read_checkpoints(args: argparse.Namespace, info: ArchInfo) -> tuple[Checkpoints, nn.Module]:
+def read_checkpoints(args: argparse.Namespace, info: ArchInfo,
+                     total: int | None = None) -> tuple[Checkpoints, nn.Module]:
     """The checkpoints of ``--checkpoint_root`` to fit, each checked against the architecture, with their weights
-    up to ``--layer``; and the model built for them."""
+    up to ``--layer``; and the model built for them.  ``total``: the epochs the training run recorded (its
+    checkpoints' last epoch when None)."""
     root = args.checkpoint_root
     found = list_checkpoints(root)
     if not found:
@@ -141,7 +143,6 @@ def read_checkpoints(args: argparse.Namespace, info: ArchInfo) -> tuple[Checkpoi
         if missing:
             raise UserError(f"--checkpoints: epoch(s) {', '.join(map(str, missing))} not in {root} "
                             f"(it has {', '.join(map(str, found))})")
-    total = read_run_json(root).get("settings", {}).get("epochs")
     total_epochs = int(total) if isinstance(total, int) and total > 0 else max(found)
     fc3 = info.taps["fc3"].weight if "fc3" in info.taps else None
     model, keys, cache, cached = None, [], {}, 0
