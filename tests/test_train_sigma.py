@@ -353,3 +353,16 @@ def test_compile_failure_is_one_line_exit_2(ckpt_run, tiny_data, tmp_path, monke
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--compile: torch.compile failed" in err[0] and "run without --compile" in err[0], err
     torch._dynamo.reset()
+
+
+def test_resume_refuses_another_input_size_when_the_training_run_records_none(ckpt_run, tiny_data, tmp_path,
+                                                                              capsys):
+    """The training run (the original's kind) records no model: --image-size is the sigma run's own setting, and
+    a resume at another size would mix maps of two inputs."""
+    out = tmp_path / "s"
+    assert sigma(ckpt_run, tiny_data, out, "--pic-num", "2", "--effect-num", "1") == 0
+    capsys.readouterr()
+    assert sigma(ckpt_run, tiny_data, out, "--pic-num", "2", "--effect-num", "1", "--image-size", "32",
+                 "--resume") == 2
+    err = capsys.readouterr().err.strip()
+    assert "was made with other settings (--image-size: 64 → 32)" in err, err

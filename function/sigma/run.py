@@ -39,11 +39,12 @@ from kdq.function.sigma.fit import SigmaConfig, SigmaFit, SigmaFitter
 from kdq.function.sigma.selection import EFFECTIVE, NON_EFFECTIVE, PENDING, draw_order, name_lists, next_round
 from kdq.function.train.schedules import PAPER_150, PAPER_400
 from kdq.models import ArchInfo, state_keys_up_to, truncated
+from kdq.models.external import taps_text
 
 
 FAMILY_LAMBDA = {"vgg": 7.0, "alexnet": 7.0, "resnet": 6.0, "other": 7.0}  # method.md §2: λ by family
 # settings that change the numbers in the files: a resumed run must keep them
-RESULT_SETTINGS = ("arch", "layer", "split", "grid", "samples", "steps", "break_steps", "lr", "sigma0",
+RESULT_SETTINGS = ("arch", "taps", "image_size", "layer", "split", "grid", "samples", "steps", "break_steps", "lr", "sigma0",
                    "target_entropy", "lam", "seed", "pic_seed", "foreground", "missing_mask", "exact_masks",
                    "mask_pad", "amp", "effective_rule", "effective_start")
 STATE_CACHE_BYTES = 1 << 30  # keep every checkpoint's weights in memory when they total less
@@ -87,7 +88,8 @@ class SigmaPlan:
 
     def resolved(self) -> dict:
         """Settings whose value this plan derived (recorded and compared on --resume as the values used)."""
-        return {"arch": self.info.name, "lam": self.config.lam, **self.foreground.describe()}
+        return {"arch": self.info.name, "taps": taps_text(self.info.taps), "image_size": self.info.input_size,
+                "lam": self.config.lam, **self.foreground.describe()}
 
 
 def plan_run(args: argparse.Namespace) -> SigmaPlan:
