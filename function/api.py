@@ -27,7 +27,7 @@ from torch import nn
 
 from kdq.function.data.masks import mask_to_grid
 from kdq.function.metrics.analysis import comparison_warnings
-from kdq.function.metrics.measures import NetInput, compare_nets
+from kdq.function.metrics.measures import NetInput, compare_nets, mhat_allowed
 from kdq.function.metrics.report import LayerResult, terminal_table, write_outputs
 from kdq.function.sigma.effective import entropy_gap, keeps_image, usable_sigma_f2
 from kdq.function.sigma.entropy import entropy_map
@@ -148,7 +148,8 @@ def compare(label_maps, distil_maps, masks, D_label, D_distil, *, b: float = 0.2
     first).  ``masks``: the images' foregrounds, ``(N, g, g)`` bool cells or ``(N, S, S)`` masks (taken to the grid
     by the original's bilinear rule).  ``D_label``/``D_distil``: the cumulative weight
     distance of the layer's weight at each checkpoint, ``(K,)`` (``np.cumsum`` of a :class:`WeightDistance` row,
-    at the checkpoint epochs).  ``skip_epoch0`` leaves the first checkpoint out of m̂ (the ResNet rule).
+    at the checkpoint epochs).  ``skip_epoch0`` leaves epoch 0 out of m̂ (the ResNet rule; kept when it is the only
+    checkpoint).
     """
     maps = {"label": np.asarray(label_maps, dtype=np.float64), "distil": np.asarray(distil_maps, dtype=np.float64)}
     D = {"label": np.asarray(D_label, dtype=np.float64), "distil": np.asarray(D_distil, dtype=np.float64)}
@@ -164,8 +165,11 @@ def compare(label_maps, distil_maps, masks, D_label, D_distil, *, b: float = 0.2
             raise ValueError(f"{net}_maps must be positive and finite (σ*)")
     epochs = {"label": list(epochs_label or range(maps["label"].shape[1])),
               "distil": list(epochs_distil or range(maps["distil"].shape[1]))}
+    for net, eps in epochs.items():
+        if len(eps) != maps[net].shape[1]:
+            raise ValueError(f"epochs_{net} must name each of the {maps[net].shape[1]} checkpoints, got {len(eps)}")
     nets = {net: NetInput(H=entropy_map(maps[net]), fg=fg, D_at=D[net],
-                          allowed=np.array([not (skip_epoch0 and k == 0) for k in range(maps[net].shape[1])]))
+                          allowed=mhat_allowed(epochs[net], skip_epoch0))
             for net in maps}
     comp = compare_nets(nets["label"], nets["distil"], b, n_boot, seed, level)
     cautions = comparison_warnings(comp)

@@ -119,3 +119,9 @@ def test_compare_refuses_bad_maps(change, message):
     label, distil, fg = change(*hand_maps())
     with pytest.raises(ValueError, match=message):
         kdq.compare(label, distil, fg, [0.0, 0.3], [0.0, 0.5], n_boot=10)
+
+
+def test_compare_refuses_epochs_that_do_not_name_every_checkpoint():
+    label, distil, fg = hand_maps()
+    with pytest.raises(ValueError, match="epochs_label must name each of the 2 checkpoints, got 3"):
+        kdq.compare(label, distil, fg, [0.0, 0.3], [0.0, 0.5], n_boot=10, epochs_label=[0, 2, 5])

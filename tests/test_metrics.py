@@ -9,7 +9,7 @@ import pytest
 from kdq.function.metrics.bootstrap import bootstrap, mean_interval, percentile_interval
 from kdq.function.sigma.entropy import HALF_LOG_2PIE, entropy_map
 from kdq.function.metrics.measures import (NetInput, background_baseline, background_means, compare_nets,
-                              concept_counts, concept_masks, concept_ratio, first_argmax,
+                              concept_counts, concept_masks, concept_ratio, first_argmax, mhat_allowed,
                               per_image_metrics, screen_sigma, stability, summarise)
 
 
@@ -84,6 +84,13 @@ def test_mhat_is_the_first_argmax():
     assert first_argmax(n_fg, allowed).tolist() == [1, 1, 2]
     with pytest.raises(ValueError):
         first_argmax(n_fg, np.zeros(4, dtype=bool))
+
+
+def test_mhat_may_pick_every_epoch_but_epoch_0_under_the_resnet_rule():
+    assert mhat_allowed([0, 2, 5], skip_epoch0=True).tolist() == [False, True, True]
+    assert mhat_allowed([2, 5], skip_epoch0=True).tolist() == [True, True]  # by epoch, not by position
+    assert mhat_allowed([0], skip_epoch0=True).tolist() == [True]  # the only checkpoint is kept
+    assert mhat_allowed([0, 2], skip_epoch0=False).tolist() == [True, True]
 
 
 def test_rho_empty_union_is_zero_and_ratio_otherwise():

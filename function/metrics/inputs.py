@@ -24,7 +24,7 @@ from kdq.function.data.folder import MaskedImageFolder
 from kdq.function.data.layout import dataset_kind
 from kdq.function.data.masks import Foreground, resolve_foreground
 from kdq.function.io.rundir import check_record_types, read_run_json, recorded_path
-from kdq.function.metrics.measures import screen_sigma
+from kdq.function.metrics.measures import mhat_allowed, screen_sigma
 from kdq.function.sigma import layout
 from kdq.function.train.schedules import paper_schedule, parse_epochs
 from kdq.models import LAYERS
@@ -403,9 +403,8 @@ def load_layer(req: Request, layer: str, data: MaskedImageFolder, label_sigma: P
     nets = {}
     for net in NETS:
         net_epochs_, source = epochs[net]
-        allowed = np.array([not (skip0 and e == 0) for e in net_epochs_])
-        if not allowed.any():
-            allowed[:] = True
+        allowed = mhat_allowed(net_epochs_, skip0)
+        if skip0 and set(net_epochs_) == {0}:
             notes.append(f"{net} net: m̂: epoch 0 is the only checkpoint, so it is kept")
         nets[net] = NetData(net, sigmas[net], runs[net], net_epochs_, source, wd[net], kept[net],
                             np.stack([maps[net][n] for n in kept[net]]), np.stack([cells[n] for n in kept[net]]),

@@ -110,6 +110,13 @@ def concept_ratio(n_fg: np.ndarray, n_bg: np.ndarray) -> np.ndarray:
     return np.where(total > 0, n_fg / np.maximum(total, 1), 0.0)
 
 
+def mhat_allowed(epochs, skip_epoch0: bool) -> np.ndarray:
+    """(K,) bool: the checkpoints (by epoch) m̂ may pick — all, or with ``skip_epoch0`` (the ResNet rule) all but
+    epoch 0, which is kept when it is the only checkpoint."""
+    allowed = np.array([not (skip_epoch0 and e == 0) for e in epochs], dtype=bool)
+    return allowed if allowed.any() else np.ones_like(allowed)
+
+
 def first_argmax(values: np.ndarray, allowed: np.ndarray | None = None) -> np.ndarray:
     """Per row, the index of the first maximum over the last axis, among ``allowed`` (bool (K,)) columns."""
     values = np.asarray(values, dtype=np.float64)
