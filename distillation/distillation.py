@@ -22,14 +22,13 @@ from pathlib import Path
 
 from kdq.function.archs import add_arch_args
 from kdq.function.cli import Parser, UserError, in_range, nonnegative_int, positive_float, positive_int, run
-from kdq.function.train.options import add_common_training_args, add_sgd_args
+from kdq.function.train.options import TEACHER_FORMATS, add_common_training_args, add_sgd_args
 from kdq.models import LAYERS
 
 log = logging.getLogger(__name__)
 
 FINETUNE_LR = {"vgg": 1e-3, "alexnet": 1e-3, "resnet": 1e-2, "other": 1e-3}  # docs/method.md §1, by architecture family
 FINAL = "final.pth.tar"
-TEACHER_FORMATS = ("kdq", "torchvision")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -85,8 +84,6 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         raise UserError("--layer is required with --method feature (one of conv, fc1, fc2, fc3)")
     if args.method == "hinton" and args.layer not in (None, "fc3"):
         raise UserError(f"--method hinton distils the logits (fc3); --layer {args.layer} does not apply")
-    if not 0.0 <= args.alpha <= 1.0:
-        raise UserError(f"--alpha must be in [0, 1], got {args.alpha}")
     if args.adapter and args.method != "feature":
         raise UserError("--adapter applies to --method feature only")
     resolved = argparse.Namespace(**vars(args))
@@ -106,7 +103,8 @@ def main(args: argparse.Namespace) -> None:
                                             prepare_teacher, split_at_layer)
     from kdq.function.train.engine import EpochLoop, evaluate
     from kdq.function.train.schedules import lr_schedule, parse_epochs
-    from kdq.function.train.stage import check_splits, load_splits, make_loaders, resolved_augment, setup
+    from kdq.function.train.stage import (check_dropout, check_splits, load_splits, make_loaders, resolved_augment,
+                                          setup)
     from kdq.function.train.weight_distance import WeightDistance
     from kdq.models import truncated
 
@@ -123,8 +121,7 @@ def main(args: argparse.Namespace) -> None:
         raise UserError(str(exc)) from None
     train_set, val_set = load_splits(args, info.input_size)
     num_classes = len(train_set.classes)
-    if args.dropout is not None and not info.dropout:
-        raise UserError(f"--dropout applies to registry architectures; {info.name} builds its own head")
+    check_dropout(args.dropout, info)
     teacher = prepare_teacher(args.teacher_checkpoint, teacher_info, args.teacher_format, args.teacher_mode, info,
                               args.layer, args.method, args.adapter, train_set.classes, args.split, args.dropout)
 

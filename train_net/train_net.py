@@ -71,7 +71,7 @@ def main(args: argparse.Namespace) -> None:
     from kdq.function.runtime import cleanup_distributed
     from kdq.function.train.engine import EpochLoop, evaluate
     from kdq.function.train.schedules import lr_schedule, parse_epochs
-    from kdq.function.train.stage import check_splits, load_splits, make_loaders, resolved_augment, setup
+    from kdq.function.train.stage import check_dropout, check_splits, load_splits, make_loaders, resolved_augment, setup
     from kdq.function.train.weight_distance import WeightDistance
 
     info = resolve_arch(args.arch, args.taps, args.image_size)
@@ -80,9 +80,8 @@ def main(args: argparse.Namespace) -> None:
     except ValueError as exc:
         raise UserError(str(exc)) from None
     train_set, val_set = load_splits(args, info.input_size)
+    check_dropout(args.dropout, info)
     pretrained = read_pretrained(args, info, len(train_set.classes))
-    if args.dropout is not None and not info.dropout:
-        raise UserError(f"--dropout applies to registry architectures; {info.name} builds its own head")
     check_splits(args, train_set, val_set)
     ctx, device, record = setup(args, "train_net", {"augment": resolved_augment(args)})
     if record is None:

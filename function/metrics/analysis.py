@@ -127,7 +127,8 @@ def _display_image(data: MaskedImageFolder, name: str, size: int, grid: int,
 
 def shown_images(res: LayerResult, data: MaskedImageFolder, show_images: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """The first ``show_images`` images both nets were measured on, at S×S, with the foreground they used."""
-    shown = [name for name in res.names["label"] if name in set(res.names["distil"])][:show_images]
+    distil = set(res.names["distil"])
+    shown = [name for name in res.names["label"] if name in distil][:show_images]
     return [_display_image(data, name, res.image_size, res.grid, res.figure_data["central"]) for name in shown]
 
 

@@ -62,7 +62,8 @@ class SigmaRun:
             raise UserError(f"{flag}: {path} is not a sigma run (no {layout.FULL_LIST})")
         full = layout.read_names(path / layout.FULL_LIST)
         effect = layout.read_names(path / layout.EFFECT_LIST)
-        unknown = [n for n in effect if n not in set(full)]
+        listed = set(full)
+        unknown = [n for n in effect if n not in listed]
         if unknown:
             raise UserError(f"{flag}: {path / layout.EFFECT_LIST} names {len(unknown)} image(s) missing from "
                             f"{layout.FULL_LIST} (first: {unknown[0]})")

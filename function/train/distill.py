@@ -31,9 +31,9 @@ from torch.utils.data import DataLoader
 from kdq.function.cli import UserError
 from kdq.function.io.checkpoint import check_fits, check_recorded_arch, load_checkpoint, state_dict_of
 from kdq.function.runtime import all_reduce_sum
+from kdq.function.train.options import TEACHER_FORMATS
 from kdq.models.taps import Tap, modules_up_to, params_up_to, truncated
 
-TEACHER_FORMATS = ("kdq", "torchvision")
 
 
 def feature_mse(student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> torch.Tensor:

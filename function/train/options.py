@@ -10,6 +10,7 @@ from kdq.function.cli import (add_device_arg, load_script, nonnegative_float, no
 from kdq.function.train.schedules import LR_SCHEDULES
 
 AUGMENT_CHOICES = ("auto", "standard", "heavy", "none")
+TEACHER_FORMATS = ("kdq", "torchvision")  # distillation --teacher-format: how the teacher's state dict is keyed
 
 
 def add_common_training_args(parser: argparse.ArgumentParser) -> None:

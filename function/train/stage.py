@@ -31,6 +31,12 @@ def load_splits(args, size: int) -> tuple[MaskedImageFolder, MaskedImageFolder |
     return train, val
 
 
+def check_dropout(dropout: float | None, info: ArchInfo) -> None:
+    """``--dropout`` sets the dropout of a registry architecture's head; other architectures build their own."""
+    if dropout is not None and not info.dropout:
+        raise UserError(f"--dropout applies to registry architectures; {info.name} builds its own head")
+
+
 def check_splits(args, *splits: MaskedImageFolder | None) -> None:
     """Decode every image of the splits once, the last check before a training stage writes anything: a damaged
     file is one line naming it, not a traceback in the middle of an epoch."""
