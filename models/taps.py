@@ -161,9 +161,10 @@ def state_keys_up_to(model: nn.Module, tap: Tap, size: int = 64) -> list[str]:
     load to run the model up to the layer."""
     params = set(params_up_to(model, tap, size))
     ran = set(modules_up_to(model, tap, size))
+    all_params = {name for name, _ in model.named_parameters()}
     keys = []
     for key in model.state_dict(keep_vars=True):
         owner = key.rsplit(".", 1)[0] if "." in key else ""
-        if key in params or (owner in ran and key not in dict(model.named_parameters())):
+        if key in params or (owner in ran and key not in all_params):
             keys.append(key)
     return keys

@@ -137,6 +137,17 @@ def num_classes_of(sd: dict[str, torch.Tensor], arch_fc3_weight: str) -> int:
     return int(sd[arch_fc3_weight].shape[0])
 
 
+def num_classes_in(ckpt: dict[str, Any], sd: dict[str, torch.Tensor], fc3: str | None) -> int | None:
+    """The number of classes a checkpoint's net was built for: the ``num_classes`` it records (kdq's), else the
+    rows of its fc3 weight (the original code's checkpoints); None when neither says."""
+    recorded = ckpt.get("num_classes")
+    if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded > 0:
+        return recorded
+    if fc3 is not None and fc3 in sd and sd[fc3].dim() == 2:
+        return num_classes_of(sd, fc3)
+    return None
+
+
 def list_checkpoints(run: Path) -> dict[int, Path]:
     """``{epoch: path}`` of the ``<e>.pth.tar`` files in ``run``, sorted by epoch."""
     found = {int(m.group(1)): p for p in Path(run).iterdir() if (m := EPOCH_FILE.match(p.name))}

@@ -29,7 +29,7 @@ from kdq.function.data.layout import dataset_kind
 from kdq.function.data.masks import Foreground, resolve_foreground
 from kdq.function.data.transforms import eval_transform
 from kdq.function.io.checkpoint import (check_fits, check_recorded_arch, list_checkpoints, load_checkpoint,
-                                        num_classes_of, state_dict_of)
+                                        num_classes_in, state_dict_of)
 from kdq.function.io.rundir import read_run_json, setting_diffs
 from kdq.function.progress import progress
 from kdq.function.runtime import Dist, derive_seed
@@ -172,15 +172,13 @@ def read_checkpoints(args: argparse.Namespace, info: ArchInfo,
 def classes_of(ckpt: dict, sd: dict[str, torch.Tensor], fc3: str | None, path: Path, arch: str) -> int:
     """The number of classes a checkpoint's net was built for: its ``num_classes`` (kdq), else the rows of its
     fc3 weight (the original code's checkpoints)."""
-    recorded = ckpt.get("num_classes")
-    if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded > 0:
-        return recorded
+    found = num_classes_in(ckpt, sd, fc3)
+    if found is not None:
+        return found
     if fc3 is None:
         raise UserError(f"--checkpoint_root: {path} does not record its number of classes and {arch} has no fc3 "
                         "tap to read it from")
-    if fc3 not in sd or sd[fc3].dim() != 2:
-        raise UserError(f"--checkpoint_root: {path} does not fit --arch {arch} (no {fc3})")
-    return num_classes_of(sd, fc3)
+    raise UserError(f"--checkpoint_root: {path} does not fit --arch {arch} (no {fc3})")
 
 
 def default_epochs(found: dict[int, Path]) -> list[int]:

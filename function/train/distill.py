@@ -29,7 +29,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from kdq.function.cli import UserError
-from kdq.function.io.checkpoint import check_fits, check_recorded_arch, load_checkpoint, state_dict_of
+from kdq.function.io.checkpoint import (check_fits, check_recorded_arch, load_checkpoint, num_classes_in,
+                                        state_dict_of)
 from kdq.function.runtime import all_reduce_sum
 from kdq.function.train.options import TEACHER_FORMATS
 from kdq.models.taps import Tap, modules_up_to, params_up_to, truncated
@@ -160,9 +161,7 @@ def load_teacher(path: Path, info, fmt: str = "kdq", flag: str = "--teacher_chec
     if fmt == "torchvision" and info.pretrained_root:
         sd = {f"{info.pretrained_root}.{k}": v for k, v in sd.items()}
     fc3 = info.taps["fc3"].weight if "fc3" in info.taps else None
-    num_classes = ckpt.get("num_classes") if fmt == "kdq" else None
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-        num_classes = int(sd[fc3].shape[0]) if fc3 in sd and sd[fc3].dim() == 2 else 1
+    num_classes = num_classes_in(ckpt if fmt == "kdq" else {}, sd, fc3) or 1
     with torch.random.fork_rng(devices=[]):
         model = info.build(num_classes)
     hint = ""
