@@ -38,7 +38,7 @@ def add_arch_args(group, prefix: str = "", required: bool = True, what: str = "t
 def resolve_arch(arch: str, taps: str | None = None, image_size: int | None = None, flag: str = "--arch"):
     """The :class:`~kdq.models.registry.ArchInfo` the flags name; a one-line UserError otherwise."""
     from kdq.models import arch_info
-    from kdq.models.external import external_arch, is_external, parse_taps
+    from kdq.models.external import TapError, external_arch, is_external, parse_taps
 
     taps_flag = flag.replace("arch", "taps")
     if not is_external(arch):
@@ -57,11 +57,10 @@ def resolve_arch(arch: str, taps: str | None = None, image_size: int | None = No
         raise UserError(f"{taps_flag}: {exc}") from None
     try:
         return external_arch(arch, parsed, image_size)
-    except ValueError as exc:  # a tap that names nothing in the model says "--taps <layer>: ..."
-        message = str(exc)
-        if message.startswith("--taps "):
-            raise UserError(f"{taps_flag} {message.removeprefix('--taps ')}") from None
-        raise UserError(f"{flag}: {message}") from None
+    except TapError as exc:
+        raise UserError(f"{taps_flag} {exc}") from None
+    except ValueError as exc:
+        raise UserError(f"{flag}: {exc}") from None
 
 
 def arch_or_error(name: str, flag: str = "--arch"):

@@ -102,6 +102,10 @@ def default_taps(model: nn.Module) -> dict[str, Tap]:
     return taps
 
 
+class TapError(ValueError):
+    """A tap that names nothing in the model; the message starts with the layer (the caller names the flag)."""
+
+
 def external_arch(arch: str, taps: dict[str, Tap] | None = None, image_size: int | None = None) -> ArchInfo:
     """The :class:`ArchInfo` of a ``torchvision:``/``module:factory`` architecture; a ValueError for a model
     that cannot be built or a tap that names no submodule or parameter of it."""
@@ -120,9 +124,9 @@ def external_arch(arch: str, taps: dict[str, Tap] | None = None, image_size: int
     modules = dict(probe.named_modules())
     for layer, tap in chosen.items():
         if tap.node not in modules:
-            raise ValueError(f"--taps {layer}: {arch} has no submodule {tap.node!r}")
+            raise TapError(f"{layer}: {arch} has no submodule {tap.node!r}")
         if tap.weight not in params:
-            raise ValueError(f"--taps {layer}: {arch} has no parameter {tap.weight!r}")
+            raise TapError(f"{layer}: {arch} has no parameter {tap.weight!r}")
     ordered = {layer: chosen[layer] for layer in LAYERS if layer in chosen}
     out = ordered.get("fc3")
     head = (f"{out.node}.",) if out is not None else ()
