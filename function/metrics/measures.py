@@ -32,6 +32,11 @@ class Metric:
     direction: int  # +1 the paper predicts distil > label, -1 distil < label, 0 no prediction
     what: str  # one line for the report
 
+    @property
+    def predicted(self) -> str | None:
+        """The paper's prediction in words ("distil > label"); None where it makes none."""
+        return {1: "distil > label", -1: "distil < label"}.get(self.direction)
+
 
 METRICS: tuple[Metric, ...] = (
     Metric("N_fg", "N_fg", +1, "foreground concepts at the last checkpoint (mean over images)"),
@@ -315,7 +320,7 @@ def compare_nets(label: NetInput, distil: NetInput, b: float, n_boot: int, seed:
                      "difference_ci": [float(dlo[j]), float(dhi[j])],
                      "label_ci": [float(lo[j]), float(hi[j])],
                      "distil_ci": [float(lo[off["distil"] + j]), float(hi[off["distil"] + j])],
-                     "predicted": {1: "distil > label", -1: "distil < label", 0: None}[m.direction],
+                     "predicted": m.predicted,
                      "holds": holds, "ci_excludes_zero_in_predicted_direction": excl,
                      "verdict": verdict(m.direction, float(diff), float(dlo[j]), float(dhi[j]))})
     curves = {}

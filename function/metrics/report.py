@@ -16,7 +16,7 @@ from kdq.function.io.atomic import write_json, write_text
 from kdq.function.metrics.measures import ALL_METRICS, METRICS, Comparison, PerImage
 
 LABELS = {m.key: m.label for m in ALL_METRICS}
-PREDICTION = {1: "distil > label (↑)", -1: "distil < label (↓)", 0: "—"}
+ARROWS = {"distil > label": "↑", "distil < label": "↓"}
 CAPTIONS = {
     "entropy_maps": "Entropy maps H = log σ* + ½log 2πe over the checkpoints; for each image the label net is "
                     "above the distil net, one colour scale, mask outline in yellow, a red dot on each visual "
@@ -72,8 +72,9 @@ def fmt_diff(row: dict) -> tuple[str, str]:
     return f"{row['difference']:+.4g}", f"[{fmt(lo)}, {fmt(hi)}]"
 
 
-def predicted_text(row: dict) -> str:
-    return {"distil > label": "distil > label (↑)", "distil < label": "distil < label (↓)"}.get(row["predicted"], "-")
+def predicted_text(predicted: str | None, none: str = "-") -> str:
+    """A prediction with its arrow (``distil > label (↑)``); ``none`` where there is none."""
+    return f"{predicted} ({ARROWS[predicted]})" if predicted else none
 
 
 def table_rows(results: list[LayerResult], secondary: bool = True) -> list[list[str]]:
@@ -85,7 +86,7 @@ def table_rows(results: list[LayerResult], secondary: bool = True) -> list[list[
                 continue
             diff, ci = fmt_diff(row)
             out.append([res.layer, row["metric"], fmt(row["label"]), fmt(row["distil"]), diff, ci,
-                        predicted_text(row).split(" (")[0], row["verdict"] or "-"])
+                        row["predicted"] or "-", row["verdict"] or "-"])
     return out
 
 
@@ -188,7 +189,7 @@ def markdown(results: list[LayerResult], settings: dict[str, Any], level: float)
     layers = ", ".join(res.layer for res in results)
     lines = [f"# Label net vs distil net at {layers}: the three hypotheses", "", "## How to read this", "",
              HOW_TO_READ, "| metric | what it measures | the paper predicts |", "| --- | --- | --- |"]
-    lines += [f"| {m.label} | {cell(m.what)} | {PREDICTION[m.direction]} |" for m in ALL_METRICS]
+    lines += [f"| {m.label} | {cell(m.what)} | {predicted_text(m.predicted, '—')} |" for m in ALL_METRICS]
     warnings = [f"- **{res.layer}**: {w}" for res in results for w in res.warnings]
     if warnings:
         lines += ["", "## Warnings", "", *warnings]
@@ -199,7 +200,7 @@ def markdown(results: list[LayerResult], settings: dict[str, Any], level: float)
         for row in res.comparison.rows:
             diff, ci = fmt_diff(row)
             lines.append(f"| {res.layer} | {LABELS[row['metric']]} | {fmt(row['label'])} | {fmt(row['distil'])} | "
-                         f"{diff} {ci} | {predicted_text(row)} | {row['verdict'] or '-'} |")
+                         f"{diff} {ci} | {predicted_text(row['predicted'])} | {row['verdict'] or '-'} |")
     lines += ["", "## The nets", ""]
     for res in results:
         acc = ", ".join(f"{net} net {fmt(res.accuracy.get(net))} %" if res.accuracy.get(net) is not None
