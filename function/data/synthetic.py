@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from kdq.function.io.atomic import atomic_dir, write_json
+from kdq.function.io.rundir import DATASET_JSON, SYNTHETIC_GENERATOR
 from kdq.function.progress import progress
 
 SHAPES = ("disk", "cross", "square", "triangle", "star", "hexagon")
@@ -170,5 +171,5 @@ def write_dataset(out: Path, seed: int, size: int, num_classes: int, per_class: 
                         Image.fromarray(image).save(tmp / split / cls / f"{stem}.png")
                         Image.fromarray(mask.astype("uint8") * 255).save(tmp / "seg" / split / cls / f"{stem}.png")
                         bar.update()
-        write_json(tmp / "dataset.json", {"generator": "kdq.synthetic", "seed": seed, "image_size": size,
-                                          "classes": names, "per_class": per_class, "style": Style().__dict__})
+        write_json(tmp / DATASET_JSON, {"generator": SYNTHETIC_GENERATOR, "seed": seed, "image_size": size,
+                                        "classes": names, "per_class": per_class, "style": Style().__dict__})

@@ -25,6 +25,7 @@ RUN_JSON = "run.json"
 
 NEW, RESUME, REPLACE = "new", "resume", "replace"
 DATASET_JSON = "dataset.json"
+SYNTHETIC_GENERATOR = "kdq.synthetic"  # dataset.json's "generator" of the embedded dataset (make_dataset)
 
 
 def recorded_stage(folder: Path) -> str | None:
@@ -34,7 +35,7 @@ def recorded_stage(folder: Path) -> str | None:
     if isinstance(stage, str):
         return stage
     manifest = read_json(Path(folder) / DATASET_JSON)
-    if manifest.get("generator") == "kdq.synthetic":
+    if manifest.get("generator") == SYNTHETIC_GENERATOR:
         return "make_dataset"
     if isinstance(manifest.get("preparer"), str):
         return "prepare_data"
