@@ -10,26 +10,34 @@ ARCH ?= vgg_tiny
 LAYER ?= fc1
 DEVICE ?= cpu
 SEED ?= 0
+# training seeds: one label net, one distil net and their sigma runs per seed (the teacher once, seed $(SEED)), all
+# in one metrics report.  The runs of seed $(SEED) live in $(RUNS) (runs/demo/label ...), those of any other seed s
+# in $(RUNS)/seed<s>; with several seeds the report goes to $(RUNS)/seeds_<s1>_<s2>.../metrics_<layer>.
+SEEDS ?= $(SEED)
+# the seed of the training or sigma run a rule makes: $(SEED), or the seed of the seed folder (set per rule below)
+RUN_SEED = $(SEED)
 # demo scale (see README: measured ≈ minutes on 2 CPU cores)
 TEACHER_EPOCHS ?= 20
 EPOCHS ?= 20
 FINETUNE_EPOCHS ?= 20
 CHECKPOINTS ?= 0 2 5 10 15 20
-TRAIN_FLAGS ?= --batch-size 16 --lr 0.02 --device $(DEVICE) --seed $(SEED)
+TRAIN_FLAGS ?= --batch-size 16 --lr 0.02 --device $(DEVICE) --seed $(RUN_SEED)
 # a quarter of the paper's steps with a 4× larger σ learning rate follows the same trajectory (log σ* correlates
 # 0.94–0.99 per image with the full n=96, T=80 fit on vgg_tiny): ~0.5–0.9 s per fit on one core
 SIGMA_FLAGS ?= --pic-num 48 --effect-num 24 --samples 16 --steps 20 --break-steps 5 --lr 4e-4 --batch-images 6 \
-	--device $(DEVICE) --seed $(SEED)
+	--device $(DEVICE) --seed $(RUN_SEED)
 # regressing the logits (fc3) diverges at --lr 0.02: the teacher's logits start ~150 (MSE) away from the student's
 DISTIL_LR_fc3 ?= 3e-4
 METRIC_FLAGS ?= --bootstrap 1000 --seed $(SEED)
 PYTEST_ARGS ?=
 
-.PHONY: demo study test test-quick venv clean-demo help
+.PHONY: demo study validate test test-quick venv clean-demo clean-validate help
 
 help:
 	@echo "make demo        the study on the embedded dataset (CPU, minutes)"
 	@echo "make study       all four layers, vgg_tiny and resnet_tiny, more images (tens of minutes)"
+	@echo "make demo SEEDS=\"0 1 2\"  (or study) several training seeds per net, one report"
+	@echo "make validate    knowledge planted on purpose: a background shortcut and negative controls"
 	@echo "make test        the whole test suite; make test-quick skips the slow end-to-end tests"
 	@echo "make -n demo     print the commands without running them"
 
@@ -51,64 +59,140 @@ test-quick: venv
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 # ---- the study: one target per stage -------------------------------------------------------------
+DATA_FLAGS ?=
+# DATA_FLAGS: more make_dataset.py flags (make validate passes --background-cue)
 $(DATA)/dataset.json: | venv
-	$(PY) function/make_dataset.py --out $(DATA) --seed $(SEED) --overwrite
+	$(PY) function/make_dataset.py --out $(DATA) --seed $(SEED) --overwrite$(if $(DATA_FLAGS), $(DATA_FLAGS))
 
 $(RUNS)/teacher/.done: $(DATA)/dataset.json | venv
 	$(PY) train_net/train_net.py --arch $(ARCH) --data $(DATA) --split teacher --val-split val \
 		--epochs $(TEACHER_EPOCHS) --checkpoints $(TEACHER_EPOCHS) $(TRAIN_FLAGS) --out $(@D) --resume
 	touch $@
 
-$(RUNS)/label/.done: $(DATA)/dataset.json | venv
+# The runs of every seed (SEEDS and SEED): the label net in <seed folder>/label, the distil net, the sigma runs in
+# <seed folder>/{distil,sigma_label,sigma_distil}/<layer>; a recipe reads its layer and seed folder off its target.
+STAGE_LAYERS = $(sort conv fc1 fc2 fc3 $(LAYER) $(STUDY_LAYERS))
+seed_dir = $(if $(filter $(SEED),$(1)),$(RUNS),$(RUNS)/seed$(1))
+SEED_DIRS = $(foreach s,$(SEEDS),$(call seed_dir,$(s)))
+ALL_SEED_DIRS = $(foreach s,$(sort $(SEED) $(SEEDS)),$(call seed_dir,$(s)))
+# $(call seed_paths,PATH): PATH below every seed's folder, in the order of SEEDS (one value per training seed)
+seed_paths = $(foreach d,$(SEED_DIRS),$(d)/$(1))
+# $(call per_layer,STAGE[,FOLDERS]): STAGE/<layer>/.done of every layer below every seed folder (or FOLDERS)
+per_layer = $(foreach d,$(or $(2),$(ALL_SEED_DIRS)),$(foreach l,$(STAGE_LAYERS),$(d)/$(1)/$(l)/.done))
+up = $(patsubst %/,%,$(dir $(1)))
+THIS_LAYER = $(notdir $(@D))
+THIS_SEED_DIR = $(call up,$(call up,$(@D)))
+empty :=
+space := $(empty) $(empty)
+SEEDS_SUBDIR = $(if $(word 2,$(SEEDS)),/seeds_$(subst $(space),_,$(strip $(SEEDS))))
+REPORTS = $(RUNS)$(SEEDS_SUBDIR)
+# each seed folder's runs get its seed (`private`: not passed on to the dataset and the teacher, which keep SEED)
+$(foreach s,$(filter-out $(SEED),$(SEEDS)),$(eval $(call seed_dir,$(s))/label/.done \
+	$(foreach stage,distil sigma_label sigma_distil,$(call per_layer,$(stage),$(call seed_dir,$(s)))): \
+	private RUN_SEED = $(s)))
+
+.SECONDEXPANSION:
+$(foreach d,$(ALL_SEED_DIRS),$(d)/label/.done): $(DATA)/dataset.json | venv
 	$(PY) train_net/train_net.py --arch $(ARCH) --data $(DATA) --split train --val-split val \
 		--epochs $(EPOCHS) --checkpoints $(CHECKPOINTS) $(TRAIN_FLAGS) --out $(@D) --resume
 	touch $@
 
-$(RUNS)/distil/%/.done: $(RUNS)/teacher/.done | venv
+$(call per_layer,distil): $(RUNS)/teacher/.done | venv
 	$(PY) distillation/distillation.py --teacher_checkpoint $(RUNS)/teacher/$(TEACHER_EPOCHS).pth.tar \
-		--teacher-arch $(ARCH) --arch $(ARCH) --layer $* --data $(DATA) --split train --val-split val \
+		--teacher-arch $(ARCH) --arch $(ARCH) --layer $(THIS_LAYER) --data $(DATA) --split train --val-split val \
 		--epochs $(EPOCHS) --finetune-epochs $(FINETUNE_EPOCHS) --checkpoints $(CHECKPOINTS) $(TRAIN_FLAGS) \
-		$(if $(DISTIL_LR_$*),--lr $(DISTIL_LR_$*)) --out $(@D) --resume
+		$(if $(DISTIL_LR_$(THIS_LAYER)),--lr $(DISTIL_LR_$(THIS_LAYER))) --out $(@D) --resume
 	touch $@
 
-$(RUNS)/sigma_label/%/.done: $(RUNS)/label/.done | venv
-	$(PY) sigma/train_sigma.py --checkpoint_root $(RUNS)/label --arch $(ARCH) --layer $* --data $(DATA) \
+$(call per_layer,sigma_label): $$(THIS_SEED_DIR)/label/.done | venv
+	$(PY) sigma/train_sigma.py --checkpoint_root $(THIS_SEED_DIR)/label --arch $(ARCH) --layer $(THIS_LAYER) --data $(DATA) \
 		--split train $(SIGMA_FLAGS) --out $(@D) --resume
 	touch $@
 
-$(RUNS)/sigma_distil/%/.done: $(RUNS)/distil/%/.done | venv
-	$(PY) sigma/train_sigma.py --checkpoint_root $(RUNS)/distil/$* --arch $(ARCH) --layer $* --data $(DATA) \
+$(call per_layer,sigma_distil): $$(THIS_SEED_DIR)/distil/$$(THIS_LAYER)/.done | venv
+	$(PY) sigma/train_sigma.py --checkpoint_root $(THIS_SEED_DIR)/distil/$(THIS_LAYER) --arch $(ARCH) --layer $(THIS_LAYER) --data $(DATA) \
 		--split train $(SIGMA_FLAGS) --out $(@D) --resume
 	touch $@
 
-$(RUNS)/metrics_%/report.md: $(RUNS)/sigma_label/%/.done $(RUNS)/sigma_distil/%/.done | venv
-	$(PY) sigma/find_knowledge_new.py --label-sigma $(RUNS)/sigma_label/$* --distil-sigma $(RUNS)/sigma_distil/$* \
-		--label-run $(RUNS)/label --distil-run $(RUNS)/distil/$* --data $(DATA) --split train --layer $* \
+$(REPORTS)/metrics_%/report.md: $(call seed_paths,sigma_label/%/.done) $(call seed_paths,sigma_distil/%/.done) | venv
+	$(PY) sigma/find_knowledge_new.py --label-sigma $(call seed_paths,sigma_label/$*) --distil-sigma $(call seed_paths,sigma_distil/$*) \
+		--label-run $(call seed_paths,label) --distil-run $(call seed_paths,distil/$*) --data $(DATA) --split train --layer $* \
 		$(METRIC_FLAGS) --out $(@D) --overwrite
 
-demo: $(RUNS)/metrics_$(LAYER)/report.md
+demo: $(REPORTS)/metrics_$(LAYER)/report.md
 	@$(PY) function/summarize_runs.py $(RUNS)
 
 STUDY_LAYERS ?= conv fc1 fc2 fc3
 # One table over every layer whose two sigma runs exist (sigma_label/<layer>, sigma_distil/<layer>, distil/<layer>).
-$(RUNS)/metrics_all/report.md: $(foreach l,$(STUDY_LAYERS),$(RUNS)/sigma_label/$(l)/.done $(RUNS)/sigma_distil/$(l)/.done) | venv
-	$(PY) sigma/find_knowledge_new.py --label-sigma $(RUNS)/sigma_label --distil-sigma $(RUNS)/sigma_distil \
-		--label-run $(RUNS)/label --distil-run $(RUNS)/distil --data $(DATA) --split train --layer all \
+$(REPORTS)/metrics_all/report.md: $(foreach l,$(STUDY_LAYERS),$(call seed_paths,sigma_label/$(l)/.done) $(call seed_paths,sigma_distil/$(l)/.done)) | venv
+	$(PY) sigma/find_knowledge_new.py --label-sigma $(call seed_paths,sigma_label) --distil-sigma $(call seed_paths,sigma_distil) \
+		--label-run $(call seed_paths,label) --distil-run $(call seed_paths,distil) --data $(DATA) --split train --layer all \
 		$(METRIC_FLAGS) --out $(@D) --overwrite
 
 # The fuller study: both tiny archs, all four layers, more images than the demo (same per-fit settings).
-# One report per arch covering the four layers; see README for the measured time.
+# One report per arch covering the four layers; see README for the measured time.  SEEDS as for the demo; the
+# sigma flags are handed over unexpanded, so that each seed's sigma runs get their own --seed.
 STUDY_RUNS ?= runs/study
 STUDY_SIGMA_FLAGS ?= --pic-num 64 --effect-num 32 --samples 16 --steps 20 --break-steps 5 --lr 4e-4 \
-	--batch-images 8 --device $(DEVICE) --seed $(SEED)
+	--batch-images 8 --device $(DEVICE) --seed $(RUN_SEED)
 study: | venv
 	for arch in vgg_tiny resnet_tiny; do \
-		$(MAKE) --no-print-directory $(STUDY_RUNS)/$$arch/metrics_all/report.md RUNS=$(STUDY_RUNS)/$$arch \
-			ARCH=$$arch VENV=$(VENV) DATA=$(DATA) SIGMA_FLAGS="$(STUDY_SIGMA_FLAGS)" || exit 1; done
-	$(PY) function/summarize_runs.py $(STUDY_RUNS) --report $(STUDY_RUNS)/report.md
+		$(MAKE) --no-print-directory $(STUDY_RUNS)/$$arch$(SEEDS_SUBDIR)/metrics_all/report.md RUNS=$(STUDY_RUNS)/$$arch \
+			ARCH=$$arch VENV=$(VENV) DATA=$(DATA) SIGMA_FLAGS='$(value STUDY_SIGMA_FLAGS)' || exit 1; done
+	$(PY) function/summarize_runs.py $(STUDY_RUNS) --report $(STUDY_RUNS)/report.md --overwrite
+
+# ---- make validate: knowledge planted on purpose (docs/validation.md) ------------------------------------------
+# The demo's stages with the demo's flags, in a make of their own, on a dataset whose train split carries a
+# class-coded background cue (make_dataset.py --background-cue; the teacher and val splits stay clean), plus three
+# negative controls; bench/validate.py then prints the table of expected against measured.
+VALIDATE_DATA ?= data/validate
+VALIDATE_RUNS ?= runs/validate
+VALIDATE_LAYER ?= fc1
+# every drawn image is kept: the effective-sample rule (method.md §2) drops an image whose map keeps more background
+# than foreground, which is what a net using the cue does (bench/validate.py counts what the rule would drop)
+VALIDATE_SIGMA_FLAGS ?= $(SIGMA_FLAGS) --effective-rule off
+VALIDATE_TARGETS = metrics_$(VALIDATE_LAYER)/report.md control_same_$(VALIDATE_LAYER).log \
+	sigma_untrained/$(VALIDATE_LAYER)/.done fgbg_masks_$(VALIDATE_LAYER).json fgbg_shuffled_$(VALIDATE_LAYER).json
+validate: | venv
+	$(MAKE) --no-print-directory $(addprefix $(VALIDATE_RUNS)/,$(VALIDATE_TARGETS)) RUNS=$(VALIDATE_RUNS) \
+		DATA=$(VALIDATE_DATA) DATA_FLAGS=--background-cue LAYER=$(VALIDATE_LAYER) SEEDS=$(SEED) VENV=$(VENV) \
+		SIGMA_FLAGS="$(VALIDATE_SIGMA_FLAGS)"
+	$(PY) bench/validate.py --runs $(VALIDATE_RUNS) --data $(VALIDATE_DATA) --layer $(VALIDATE_LAYER) \
+		--json $(VALIDATE_RUNS)/validation.json
+
+# control: one sigma run given as both nets; the metrics stage's answer (a report, or its refusal) and its exit
+# status are kept in the log
+$(RUNS)/control_same_%.log: $(RUNS)/sigma_label/%/.done | venv
+	$(PY) sigma/find_knowledge_new.py --label-sigma $(RUNS)/sigma_label/$* --distil-sigma $(RUNS)/sigma_label/$* \
+		--label-run $(RUNS)/label --distil-run $(RUNS)/label --data $(DATA) --split train --layer $* \
+		$(METRIC_FLAGS) --no-figures --out $(RUNS)/control_same_$* --overwrite > $@.tmp 2>&1; echo "exit status $$?" >> $@.tmp
+	mv $@.tmp $@
+
+# control: the label net's checkpoint 0 alone, an untrained net
+$(RUNS)/sigma_untrained/%/.done: $(RUNS)/label/.done | venv
+	$(PY) sigma/train_sigma.py --checkpoint_root $(RUNS)/label --arch $(ARCH) --layer $* --data $(DATA) \
+		--split train $(SIGMA_FLAGS) --checkpoints 0 --out $(@D) --resume
+	touch $@
+
+# control: the label net's maps against the masks, and against masks shuffled between images
+$(RUNS)/fgbg_masks_%.json: $(RUNS)/sigma_label/%/.done | venv
+	$(PY) bench/sigma_fg_bg.py --sigma $(RUNS)/sigma_label/$* --data $(DATA) --split train --json $@
+
+$(RUNS)/fgbg_shuffled_%.json: $(RUNS)/sigma_label/%/.done | venv
+	$(PY) bench/sigma_fg_bg.py --sigma $(RUNS)/sigma_label/$* --data $(DATA) --split train --shuffle-masks --json $@
 
 clean-demo:
 	rm -rf $(RUNS) $(DATA)
 
+clean-validate:
+	rm -rf $(VALIDATE_RUNS) $(VALIDATE_DATA)
+
 .PRECIOUS: $(RUNS)/%/.done $(RUNS)/distil/%/.done $(RUNS)/sigma_label/%/.done $(RUNS)/sigma_distil/%/.done
 .SECONDARY:
+
+# ---- the GPU check (issue 26): the CUDA tests and the σ fit's speed on one NVIDIA GPU (one line without a GPU) ----
+# PYTHON: this checkout's venv where it exists, else python3 (a GPU machine's own torch; nothing is installed)
+GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
+.PHONY: gpu-check
+gpu-check:
+	PYTHON=$(GPU_PYTHON) bash bench/gpu_check.sh

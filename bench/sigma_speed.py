@@ -8,16 +8,19 @@
 (b) ``SigmaFitter`` versus the floor: ``T·n`` forward+backward passes of the truncated net, with nothing
     else (``feature(x).sum().backward()`` on an input that requires grad);
 (c) on CUDA (or with ``--sweep``): fits per second at B = 1, 8, 32 images fitted at once, with and without
-    ``--amp`` (bf16), and B = 1 against the best B of each;
+    ``--amp`` (bf16), and B = 1 against the best B of each (a warm-up fit of each B first; CUDA synchronised
+    around every timing);
 (d) with ``--map-effect N``: how much ``--amp`` and ``--channels-last`` change the maps of N images.
 
 Per-step times are the minimum over ``--repeats`` alternated short trials (``--trial-steps``), on one
 checkpoint and device; then one full-length fit is timed.  Without ``--checkpoint`` a freshly initialised net is used.
 With ``--compile`` the fits of (b), (c) and the full fit run ``torch.compile``'d (a warm-up fit compiles first).
+``--csv FILE`` also writes every figure as one row (``bench/gpu_check.sh`` reads it for its summary table).
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import math
 import time
 from pathlib import Path
@@ -30,6 +33,7 @@ from kdq.function.io.checkpoint import load_checkpoint, num_classes_of, state_di
 from kdq.function.cli import Parser, UserError, positive_int, run
 from kdq.function.data.folder import MaskedImageFolder
 from kdq.function.data.transforms import eval_transform
+from kdq.function.runtime import resolve_device
 from kdq.function.sigma.entropy import mean_entropy
 from kdq.function.sigma.fit import SigmaConfig, SigmaFitter, select_step
 from kdq.function.sigma.run import FAMILY_LAMBDA
@@ -51,6 +55,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--trial-steps", type=positive_int, default=20, help="SGD steps per timing trial")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--cudnn-benchmark", action="store_true",
+                   help="let cuDNN pick the fastest conv algorithms (as the sigma stage's flag); the first trial of "
+                        "each shape pays the search")
+    p.add_argument("--csv", type=Path, default=None, metavar="FILE",
+                   help="also write each figure as a row of FILE (layer, measure, amp, batch, value, unit, steps, "
+                        "samples, chunk), flushed as it is measured")
     p.add_argument("--skip-naive", action="store_true", help="skip (a)")
     p.add_argument("--cuda-batches", type=positive_int, nargs="+", default=[1, 8, 32],
                    help="B for (c) (B = 1 is always run: the others are compared with it)")
@@ -60,6 +70,37 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--map-effect", type=int, default=0, metavar="N",
                    help="(d) fit N random images with and without --amp / --channels-last and compare the maps")
     return p
+
+
+CSV_FIELDS = ("layer", "measure", "amp", "batch", "value", "unit", "steps", "samples", "chunk")
+
+
+class Figures:
+    """The figures as rows of a CSV file (``--csv``), each appended and flushed when it is measured, so a run cut
+    short keeps what it measured; without a file, nothing."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.started = False
+
+    def add(self, **row) -> None:
+        if self.path is None:
+            return
+        with self.path.open("a" if self.started else "w", newline="") as fh:
+            writer = csv.writer(fh)
+            if not self.started:
+                writer.writerow(CSV_FIELDS)
+            writer.writerow([row.get(key, "") for key in CSV_FIELDS])
+        self.started = True
+
+
+def gpu_description(device: torch.device) -> str:
+    """The GPU, its CUDA and cuDNN, and whether cuDNN may run fp32 convolutions in TF32 (torch's default)."""
+    if device.type != "cuda":
+        return ""
+    return (f", {torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}"
+            f", TF32 convolutions {'on' if torch.backends.cudnn.allow_tf32 else 'off'}, cuDNN benchmark "
+            f"{'on' if torch.backends.cudnn.benchmark else 'off'}")
 
 
 class NaiveFit:
@@ -136,7 +177,10 @@ def timed(fn, device):
 def main(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
+    if args.cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True
+    figures = Figures(args.csv)
     info = arch_info(args.arch)
     size = info.input_size
     num_classes = args.num_classes
@@ -153,7 +197,7 @@ def main(args: argparse.Namespace) -> None:
     print(f"device {device} ({torch.get_num_threads()} CPU threads), torch {torch.__version__}, {args.arch} at "
           f"{size} px, n={args.samples}, T={args.steps}, grid {args.grid}, "
           f"weights: {args.checkpoint or 'fresh'}; per-step times: min of {args.repeats} alternated trials of "
-          f"{min(args.trial_steps, args.steps)} steps")
+          f"{min(args.trial_steps, args.steps)} steps{gpu_description(device)}")
     for layer in args.layer:
         try:
             cfg = SigmaConfig(grid=args.grid, samples=args.samples, steps=args.steps, break_steps=args.break_steps,
@@ -194,6 +238,11 @@ def main(args: argparse.Namespace) -> None:
         print(f"[{layer}] per step: ours {best['ours'] * 1e3:.1f} ms (sample chunk {fitter.chunk or args.samples}), "
               f"floor {best['floor'] * 1e3:.1f} ms{chunked}"
               + ("" if args.skip_naive else f", straightforward {best['naive'] * 1e3:.1f} ms"))
+        for measure in ("ours", "floor", "floor_chunked", "naive"):
+            if math.isfinite(best[measure]):
+                figures.add(layer=layer, measure=f"{measure} per step", amp="off", batch=1, value=best[measure] * 1e3,
+                            unit="ms", steps=trial.steps, samples=args.samples,
+                            chunk=chunk if measure == "floor_chunked" else fitter.chunk or args.samples)
         if not args.skip_naive:
             print(f"[{layer}] (a) straightforward / ours = {best['naive'] / best['ours']:.2f}x")
         print(f"[{layer}] (b) ours / floor = {best['ours'] / floor:.3f} (the faster floor; vs one pass of n: "
@@ -205,10 +254,12 @@ def main(args: argparse.Namespace) -> None:
         t, fits = timed(lambda: full.fit(x, seeds=[0]), device)
         print(f"[{layer}] one full fit (T={cfg.steps}, T_break={cfg.break_steps}): {t:.2f} s, "
               f"{fits[0].steps_run} steps run; a sigma run costs images × checkpoints × that")
+        figures.add(layer=layer, measure="full fit", amp="off", batch=1, value=t, unit="s", steps=fits[0].steps_run,
+                    samples=args.samples, chunk=full.chunk or args.samples)
         if device.type == "cuda" or args.sweep:
-            batch_throughput(feature, cfg, size, device, args.cuda_batches, layer)
+            batch_throughput(feature, cfg, size, device, args.cuda_batches, layer, figures)
         if args.map_effect:
-            map_effect(feature, cfg.with_(compile=False), size, device, args.map_effect, layer, args.data)
+            map_effect(feature, cfg.with_(compile=False), size, device, args.map_effect, layer, args.data, figures)
 
 
 def images(n: int, size: int, device, data: Path | None) -> torch.Tensor:
@@ -219,7 +270,8 @@ def images(n: int, size: int, device, data: Path | None) -> torch.Tensor:
     return torch.stack([ds[i * len(ds) // n][0] for i in range(n)]).to(device)
 
 
-def map_effect(feature, cfg: SigmaConfig, size: int, device, n_images: int, layer: str, data) -> None:
+def map_effect(feature, cfg: SigmaConfig, size: int, device, n_images: int, layer: str, data,
+               figures: Figures) -> None:
     """(d) how much --amp (bf16) and --channels-last change the maps: same images, seeds and settings."""
     x = images(n_images, size, device, data)
     seeds = list(range(n_images))
@@ -234,9 +286,12 @@ def map_effect(feature, cfg: SigmaConfig, size: int, device, n_images: int, laye
             same_step += a.best_step == b.best_step
         print(f"[{layer}] (d) {label}: mean |ΔH| per cell {sum(d_h) / len(d_h):.4f} nats, corr(log σ*) "
               f"{sum(corr) / len(corr):.4f}, same σ* step {same_step}/{len(base)} ({device.type})")
+        figures.add(layer=layer, measure=f"{label} corr(log sigma*)", amp="bf16" if "amp" in label else "off",
+                    batch=n_images, value=sum(corr) / len(corr), unit="", steps=cfg.steps, samples=cfg.samples)
 
 
-def batch_throughput(feature, cfg: SigmaConfig, size: int, device, batches: list[int], layer: str) -> None:
+def batch_throughput(feature, cfg: SigmaConfig, size: int, device, batches: list[int], layer: str,
+                     figures: Figures) -> None:
     """(c) fits per second at several B, with and without bf16 autocast; B = 1 against the best B."""
     batches = sorted(set(batches) | {1})
     best = {}
@@ -254,6 +309,8 @@ def batch_throughput(feature, cfg: SigmaConfig, size: int, device, batches: list
             rates[B] = B / t
             print(f"[{layer}] (c) B={B:3d} amp={amp or 'off':4s}: {rates[B]:.3f} fits/s ({t / B:.2f} s per fit of "
                   f"{cfg.steps} steps; chunk {fitter.chunk or cfg.samples})")
+            figures.add(layer=layer, measure="fits/s", amp=amp or "off", batch=B, value=rates[B], unit="1/s",
+                        steps=cfg.steps, samples=cfg.samples, chunk=fitter.chunk or cfg.samples)
         if rates:
             top = max(rates, key=rates.get)
             best[amp] = rates[top]

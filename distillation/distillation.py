@@ -21,7 +21,8 @@ import logging
 from pathlib import Path
 
 from kdq.function.archs import add_arch_args
-from kdq.function.cli import Parser, UserError, in_range, nonnegative_int, positive_float, positive_int, run
+from kdq.function.cli import (Parser, UserError, epoch_count, epoch_count_or_zero, in_range, nonnegative_int,
+                             positive_float, run)
 from kdq.function.train.options import TEACHER_FORMATS, add_common_training_args, add_sgd_args
 from kdq.models import LAYERS
 
@@ -59,12 +60,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     s.add_argument("--alpha", type=in_range(0, 1), default=0.9,
                    help="hinton: weight of the soft term: α·T²·KL(teacher‖student) + (1−α)·CE")
     o = p.add_argument_group("phase 1: distillation")
-    o.add_argument("--epochs", type=positive_int, default=150, help="distillation epochs")
+    o.add_argument("--epochs", type=epoch_count, default=150, help="distillation epochs")
     add_sgd_args(o, schedule="constant", lr=0.01, lr_help=" of phase 1 (the original's notes suggest 1e-4 to 1e-3 by "
                  "layer for VGG; its argparse default, 1, belonged to its last ResNet experiment)",
                  batch_help="global batch size of both phases", scope=" of both phases")
     f = p.add_argument_group("phase 2: fine-tuning the layers above --layer on labels")
-    f.add_argument("--finetune-epochs", type=nonnegative_int, default=100, help="fine-tuning epochs (0: none)")
+    f.add_argument("--finetune-epochs", type=epoch_count_or_zero, default=100, help="fine-tuning epochs (0: none)")
     f.add_argument("--finetune-lr", type=positive_float, default=None,
                    help="learning rate (default by family: 1e-3 vgg/alexnet and others, 1e-2 resnet)")
     f.add_argument("--finetune-factor", type=in_range(0, 1, False, False), default=0.3, help="ReduceLROnPlateau factor")
@@ -95,16 +96,16 @@ def main(args: argparse.Namespace) -> None:
     import torch
     from torch import nn
 
-    from kdq.function.archs import arch_from, model_record, resolve_arch
+    from kdq.function.archs import arch_from, check_input_size, model_record, resolve_arch
     from kdq.function.io.checkpoint import save_checkpoint
     from kdq.function.io.rundir import read_run_json
-    from kdq.function.runtime import cleanup_distributed
+    from kdq.function.runtime import cleanup_distributed, startup_step
     from kdq.function.train.distill import (HintonLoss, evaluate_feature_mse, feature_mse, make_adapter,
                                             prepare_teacher, split_at_layer)
     from kdq.function.train.engine import EpochLoop, evaluate
-    from kdq.function.train.schedules import lr_schedule, parse_epochs
-    from kdq.function.train.stage import (check_dropout, check_splits, load_splits, make_loaders, resolved_augment,
-                                          setup)
+    from kdq.function.train.schedules import parse_epochs
+    from kdq.function.train.stage import (check_dropout, check_splits, checked_lr_schedule, load_splits, make_loaders,
+                                          resolved_augment, setup)
     from kdq.function.train.weight_distance import WeightDistance
     from kdq.models import truncated
 
@@ -122,20 +123,25 @@ def main(args: argparse.Namespace) -> None:
     train_set, val_set = load_splits(args, info.input_size)
     num_classes = len(train_set.classes)
     check_dropout(args.dropout, info)
+    check_input_size(info, num_classes)
+    check_input_size(teacher_info, num_classes, "--teacher-image-size")
     teacher = prepare_teacher(args.teacher_checkpoint, teacher_info, args.teacher_format, args.teacher_mode, info,
                               args.layer, args.method, args.adapter, train_set.classes, args.split, args.dropout)
 
+    lr_at = checked_lr_schedule(args)
     check_splits(args, train_set, val_set)
     ctx, device, record = setup(args, "distillation", {"augment": resolved_augment(args)})
     if record is None:
         return
-    # the student is built first after seeding, as in train_net: same --arch/--seed → same initialisation
-    student = info.build(num_classes, dropout=args.dropout).to(device)
-    adapter = make_adapter(teacher.student_shape, teacher.teacher_shape).to(device) if args.adapter else None
-    teacher.model.to(device)
-    below, frozen_modules = split_at_layer(student, info.taps[args.layer], info.input_size)
+    with startup_step("building the student and the teacher"):
+        # the student is built first after seeding, as in train_net: same --arch/--seed → same initialisation
+        student = info.build(num_classes, dropout=args.dropout).to(device)
+        adapter = make_adapter(teacher.student_shape, teacher.teacher_shape).to(device) if args.adapter else None
+        teacher.model.to(device)
+        below, frozen_modules = split_at_layer(student, info.taps[args.layer], info.input_size)
 
-    loader, val_loader = make_loaders(args, train_set, val_set, info, ctx, device)
+    with startup_step("building the data loaders"):
+        loader, val_loader = make_loaders(args, train_set, val_set, info, ctx, device)
     meta = {"classes": train_set.classes, "num_classes": num_classes, "method": args.method,
             "layer": args.layer, "teacher_arch": teacher_info.name}
 
@@ -175,7 +181,7 @@ def main(args: argparse.Namespace) -> None:
               "tensorboard": args.tensorboard}
     distill = EpochLoop(optimizer=optimizer, step_fn=step, epochs=args.epochs, checkpoints=set(checkpoints),
                         tracker=WeightDistance(student, {layer: tap.weight for layer, tap in info.taps.items()}),
-                        lr_at=lr_schedule(args.lr_schedule, args.lr, args.epochs, args.lr_down), validate=validate,
+                        lr_at=lr_at, validate=validate,
                         name="distill", meta={**meta, "phase": "distill"},
                         extra_modules={"adapter": adapter} if adapter is not None else {}, **common)
     if args.resume:

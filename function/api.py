@@ -25,9 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdq.function.data.masks import mask_to_grid
+from kdq.function.checks import (BOOTSTRAP_COUNT, LEVEL, NONNEGATIVE, SEED, CheckError, check_bool, check_epochs,
+                                 check_grid, check_in, check_weight_distances)
+from kdq.function.data.files import mask_fits
+from kdq.function.data.masks import grey_values, mask_to_grid
 from kdq.function.metrics.analysis import comparison_warnings
-from kdq.function.metrics.measures import NetInput, compare_nets, mhat_allowed
+from kdq.function.metrics.caveats import single_run_caveat
+from kdq.function.metrics.measures import NetInput, compare_runs, mhat_allowed
 from kdq.function.metrics.report import LayerResult, terminal_table, write_outputs
 from kdq.function.sigma.effective import entropy_gap, keeps_image, usable_sigma_f2
 from kdq.function.sigma.entropy import entropy_map
@@ -60,22 +64,30 @@ def fit_sigma(model: nn.Module, layer: str | Tap, images: torch.Tensor, masks=No
               device: torch.device | str | None = None, activation=F.relu) -> list[SigmaResult]:
     """Fit one σ map per image at the output of submodule ``layer`` of ``model`` (method.md §2).
 
-    ``images``: ``(N, 3, S, S)``, normalised as the model expects.  ``masks`` (optional): ``(N, H, W)`` foreground
-    masks (bool or grey values, any resolution; the original's bilinear rule takes them to the grid) or ``(N, g, g)``
-    bool cells; they give each result its ``bg_minus_fg`` and ``effective``.  ``seeds[i]`` seeds image i's noise
-    (default 0, 1, …).  The model is put in eval mode and its gradients are off during the fit, as it was
-    before afterwards.  ``activation`` is applied to the layer's output (ReLU: the method's ``h = ReLU(layer(x))``).
+    ``images``: ``(N, 3, S, S)`` (a tensor or a numpy array), normalised as the model expects (integer pixels are
+    fitted as given, with a warning).  ``masks`` (optional): ``(N, H, W)`` foreground masks of the images' size or
+    aspect ratio, or ``(N, g, g)`` cells; bool, uint8, int or float in [0, 1], a pixel is foreground where its value
+    is > 0, and the original's bilinear rule takes a mask to the grid (method.md §2,
+    :func:`~kdq.function.data.masks.grey_values`); they give each result its ``bg_minus_fg`` and ``effective``.
+    ``seeds[i]`` seeds image i's noise (default 0, 1, …).  The model is put in eval mode and its gradients are off
+    during the fit, as it was before afterwards.  ``activation`` is applied to the layer's output (ReLU: the
+    method's ``h = ReLU(layer(x))``).  A bad argument is a ValueError or TypeError naming it (the rules of the sigma
+    stage's flags, :mod:`kdq.function.checks`).
     """
-    config = config or SigmaConfig()
+    config = SigmaConfig() if config is None else config
+    if not isinstance(config, SigmaConfig):
+        raise TypeError(f"config must be a kdq.SigmaConfig, got {type(config).__name__}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(layer, (str, Tap)):
+        raise TypeError(f"layer must name a submodule (a str), got {type(layer).__name__}")
     tap = layer if isinstance(layer, Tap) else Tap(layer, f"{layer}.weight")
-    if images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must be (N, 3, S, S), got {tuple(images.shape)}")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    images = _images(images)
     n, size = images.shape[0], images.shape[-1]
-    seeds = list(range(n)) if seeds is None else list(seeds)
-    cells = None if masks is None else [_cells(m, size, config.grid) for m in masks]
-    if cells is not None and len(cells) != n:
-        raise ValueError(f"{n} images but {len(cells)} masks")
+    check_grid("config.grid", config.grid, size)
+    device = _device(model, device)
+    seeds = _seeds(seeds, n)
+    cells = None if masks is None else _mask_cells(masks, (images.shape[-2], size), config.grid, n)
     was_training = model.training
     flags = [p.requires_grad for p in model.parameters()]
     model.eval().requires_grad_(False)
@@ -96,11 +108,92 @@ def fit_sigma(model: nn.Module, layer: str | Tap, images: torch.Tensor, masks=No
     return out
 
 
-def _cells(mask, size: int, grid: int) -> np.ndarray:
-    mask = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
-    if mask.shape == (grid, grid):
-        return mask.astype(bool)
-    return mask_to_grid(mask if mask.dtype == bool else mask.astype(np.uint8), size, grid)
+def _images(images) -> torch.Tensor:
+    """``images`` as a tensor ``(N, 3, S, S)`` (a numpy array is converted); a CheckError or TypeError names
+    ``images``; integer pixels (uint8: not normalised) are fitted as given, with a warning."""
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(np.ascontiguousarray(images))
+    elif not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor or a numpy array (N, 3, S, S), got {type(images).__name__}")
+    if images.dim() != 4 or images.shape[1] != 3 or images.shape[2] != images.shape[3]:
+        raise CheckError(f"images must be (N, 3, S, S) (square RGB images), got {tuple(images.shape)}")
+    if images.is_complex():
+        raise TypeError(f"images must hold real numbers, got {images.dtype}")
+    if not images.is_floating_point():
+        warnings.warn(f"kdq.fit_sigma: images are {images.dtype} (raw pixel values?), fitted as given; a model "
+                      "expects them as in training: floats, normalised (e.g. x / 255, then its mean and std)",
+                      UserWarning, stacklevel=3)
+    elif not torch.isfinite(images).all():
+        raise CheckError("images hold NaN or infinite values")
+    return images
+
+
+def _seeds(seeds, n: int) -> list[int]:
+    """One seed per image, each in the range of the stages' ``--seed`` (default 0, 1, …)."""
+    seeds = list(range(n)) if seeds is None else list(seeds)
+    if len(seeds) != n:
+        raise CheckError(f"seeds must hold one seed per image ({n}), got {len(seeds)}")
+    for i, value in enumerate(seeds):
+        check_in(f"seeds[{i}]", value, SEED)
+    return seeds
+
+
+def _device(model: nn.Module, device) -> torch.device:
+    """``device``, else the device of the model's first parameter (or buffer), else the CPU; a CheckError names
+    ``model`` when its weights are on the meta device (shapes without values)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if any(t.is_meta for t in tensors):
+        raise CheckError("model has parameters on the meta device (shapes without values): initialise or load its "
+                         "weights first (e.g. model.to_empty(device='cpu'), then load_state_dict)")
+    if device is not None:
+        device = torch.device(device)
+        if device.type == "meta":
+            raise CheckError("device must hold values; 'meta' holds shapes only")
+        return device
+    return tensors[0].device if tensors else torch.device("cpu")
+
+
+def _mask_array(masks, name: str = "masks") -> np.ndarray:
+    """``masks`` (a tensor, an array or a list of equal-shaped masks) as one array of shape ``(N, H, W)``; a
+    CheckError names ``name`` and the shape otherwise (a ``(N, 1, H, W)`` stack among them)."""
+    if isinstance(masks, torch.Tensor):
+        masks = masks.detach().cpu()
+        masks = (masks.double() if masks.is_floating_point() else masks).numpy()
+    try:
+        array = np.asarray(masks)
+    except ValueError:
+        array = np.empty(0, dtype=object)
+    if array.dtype == object:
+        raise CheckError(f"{name} must be one (N, H, W) array: the masks given differ in shape")
+    if array.ndim == 4 and array.shape[1] == 1:
+        raise CheckError(f"{name} must be (N, H, W), one 2-D mask per image, got {array.shape}: drop the channel "
+                         f"axis ({name}[:, 0])")
+    if array.ndim != 3:
+        raise CheckError(f"{name} must be (N, H, W), one 2-D mask per image, got shape {array.shape}")
+    return array
+
+
+def _mask_cells(masks, image_hw: tuple[int, int], grid: int, n: int, name: str = "masks") -> list[np.ndarray]:
+    """The ``(g, g)`` foreground cells of each of ``n`` images' masks: ``(N, g, g)`` cells, or masks of the images'
+    size or aspect ratio (``image_hw``: the images' H, W), taken to the grid by :func:`mask_to_grid`."""
+    array = _mask_array(masks, name)
+    if array.shape[0] != n:
+        raise CheckError(f"{name} holds {array.shape[0]} masks for {n} images")
+    (h, w), (ih, iw) = array.shape[1:], image_hw
+    if (h, w) != (grid, grid) and not mask_fits((w, h), (iw, ih)):
+        raise CheckError(f"{name} are {h}×{w} but the images are {ih}×{iw}: a mask must have its image's size or "
+                         f"aspect ratio, or be the {grid}×{grid} grid of cells")
+    return [_cells(array[i], iw, grid, f"{name}[{i}]") for i in range(n)]
+
+
+def _cells(mask, size: int, grid: int, name: str = "mask") -> np.ndarray:
+    """One image's ``(g, g)`` foreground cells: a cell or pixel is foreground when its value is > 0, for every
+    dtype (:func:`~kdq.function.data.masks.grey_values`); a ``g×g`` mask is the cells themselves, any other is
+    resized as method.md §2 (bilinear to ``size``, nearest to ``g``)."""
+    grey = grey_values(mask, name)
+    if grey.shape == (grid, grid):
+        return grey > 0
+    return mask_to_grid(grey, size, grid)
 
 
 @dataclass
@@ -145,33 +238,58 @@ def compare(label_maps, distil_maps, masks, D_label, D_distil, *, b: float = 0.2
     """method.md §3 on in-memory maps: label net vs distil net on the same N images.
 
     ``label_maps``/``distil_maps``: σ* per image and checkpoint, ``(N, K, g, g)`` (each net its own K, oldest
-    first).  ``masks``: the images' foregrounds, ``(N, g, g)`` bool cells or ``(N, S, S)`` masks (taken to the grid
-    by the original's bilinear rule).  ``D_label``/``D_distil``: the cumulative weight
-    distance of the layer's weight at each checkpoint, ``(K,)`` (``np.cumsum`` of a :class:`WeightDistance` row,
-    at the checkpoint epochs).  ``skip_epoch0`` leaves epoch 0 out of m̂ (the ResNet rule; kept when it is the only
-    checkpoint).
+    first), or ``(R, N, K, g, g)`` for R training runs of that net (each trained with another seed; then
+    ``D_label``/``D_distil`` are ``(R, K)``, one row per run): every metric is computed per run, a net's value is
+    the mean over its runs, and the interval of distil − label is the two-level bootstrap over runs and images
+    (method.md §3, "Several training runs").  ``masks``: the images' foregrounds, ``(N, g, g)`` cells or square ``(N, S, S)`` masks (taken to the
+    grid by the original's bilinear rule); bool, uint8, int or float in [0, 1], foreground where > 0 (as in
+    :func:`fit_sigma`).  ``D_label``/``D_distil``: the cumulative weight distance of the layer's weight at each
+    checkpoint, ``(K,)``, finite, ≥ 0 and non-decreasing (``np.cumsum`` of a :class:`WeightDistance` row, at the
+    checkpoint epochs).  ``epochs_*``: distinct, increasing epochs ≥ 0.  ``skip_epoch0`` leaves epoch 0 out of m̂
+    (the ResNet rule; kept when it is the only checkpoint).  ``b``, ``n_boot``, ``seed`` and ``level`` follow the
+    rules of the metrics stage's ``--b``, ``--bootstrap``, ``--seed`` and ``--level``; a bad argument is a
+    ValueError or TypeError naming it.
     """
-    maps = {"label": np.asarray(label_maps, dtype=np.float64), "distil": np.asarray(distil_maps, dtype=np.float64)}
-    D = {"label": np.asarray(D_label, dtype=np.float64), "distil": np.asarray(D_distil, dtype=np.float64)}
+    for name, value, rule in (("b", b, NONNEGATIVE), ("n_boot", n_boot, BOOTSTRAP_COUNT), ("seed", seed, SEED),
+                              ("level", level, LEVEL)):
+        check_in(name, value, rule)  # the rules of the metrics stage's --b, --bootstrap, --seed, --level
+    check_bool("skip_epoch0", skip_epoch0)
+    maps = {"label": _run_maps("label_maps", label_maps), "distil": _run_maps("distil_maps", distil_maps)}
+    D = {net: _run_distances(f"D_{net}", value, maps[net].shape[0])
+         for net, value in (("label", D_label), ("distil", D_distil))}
+    fg_masks = _mask_array(masks)
+    n, (h, w) = fg_masks.shape[0], fg_masks.shape[1:]
+    if n == 0:
+        raise CheckError("masks holds no image: compare needs at least one")
+    if h != w:
+        raise CheckError(f"masks must be (N, g, g) cells or square (N, S, S) masks, got {fg_masks.shape}")
     grid = maps["label"].shape[-1]
-    fg = np.stack([_cells(m, np.asarray(m).shape[-1], grid) for m in masks])
+    fg = np.stack([_cells(fg_masks[i], w, grid, f"masks[{i}]") for i in range(n)])
     for net, arr in maps.items():
-        if arr.ndim != 4 or arr.shape[0] != fg.shape[0] or arr.shape[-2:] != fg.shape[-2:]:
-            raise ValueError(f"{net}_maps must be (N, K, g, g) over the masks' N images and grid, got {arr.shape} "
+        shape = arr.shape[1:] if arr.shape[0] == 1 else arr.shape
+        if arr.shape[1] != fg.shape[0] or arr.shape[-2:] != fg.shape[-2:]:
+            raise CheckError(f"{net}_maps must be (N, K, g, g) over the masks' N images and grid, got {shape} "
                              f"for masks {fg.shape}")
-        if D[net].shape != (arr.shape[1],):
-            raise ValueError(f"D_{net} must hold one value per checkpoint ({arr.shape[1]}), got {D[net].shape}")
+        for r, d in enumerate(D[net]):
+            name = f"D_{net}" + (f"[{r}]" if arr.shape[0] > 1 else "")
+            if d.shape != (arr.shape[2],):
+                raise CheckError(f"{name} must hold one value per checkpoint ({arr.shape[2]}), got {d.shape}")
+            if (np.diff(d) < 0).any():
+                raise CheckError(f"{name} must not decrease: it is the cumulative distance at each checkpoint, oldest "
+                                 f"first (np.cumsum of a WeightDistance row), got {d.tolist()}")
         if not (np.isfinite(arr).all() and (arr > 0).all()):
-            raise ValueError(f"{net}_maps must be positive and finite (σ*)")
-    epochs = {"label": list(epochs_label or range(maps["label"].shape[1])),
-              "distil": list(epochs_distil or range(maps["distil"].shape[1]))}
+            raise CheckError(f"{net}_maps must be positive and finite (σ*)")
+    given = {"label": epochs_label, "distil": epochs_distil}
+    epochs = {net: check_epochs(f"epochs_{net}", range(maps[net].shape[2]) if given[net] is None else given[net])
+              for net in maps}
     for net, eps in epochs.items():
-        if len(eps) != maps[net].shape[1]:
-            raise ValueError(f"epochs_{net} must name each of the {maps[net].shape[1]} checkpoints, got {len(eps)}")
-    nets = {net: NetInput(H=entropy_map(maps[net]), fg=fg, D_at=D[net],
-                          allowed=mhat_allowed(epochs[net], skip_epoch0))
-            for net in maps}
-    comp = compare_nets(nets["label"], nets["distil"], b, n_boot, seed, level)
+        if len(eps) != maps[net].shape[2]:
+            raise CheckError(f"epochs_{net} must name each of the {maps[net].shape[2]} checkpoints, got {len(eps)}")
+    if names is not None and len(names) != n:
+        raise CheckError(f"names must hold one name per image ({n}), got {len(names)}")
+    runs = {net: [NetInput(H=entropy_map(run), fg=fg, D_at=d, allowed=mhat_allowed(epochs[net], skip_epoch0))
+                  for run, d in zip(maps[net], D[net])] for net in maps}
+    comp = compare_runs(runs["label"], runs["distil"], b, n_boot, seed, level)
     cautions = comparison_warnings(comp)
     for message in cautions:
         warnings.warn(f"kdq.compare: {message}", stacklevel=2)
@@ -183,9 +301,33 @@ def compare(label_maps, distil_maps, masks, D_label, D_distil, *, b: float = 0.2
                              "used_label": len(names), "used_distil": len(names), "skipped": 0},
                          skipped={}, mask_fallback=[], mhat_skips_epoch0=skip_epoch0, compat="kdq",
                          foreground={"foreground": "given"}, comparison=comp, warnings=cautions,
-                         notes=list(comp.notes))
-    result.figure_data = {"H": {net: nets[net].H for net in nets}, "wd": None, "D": D, "central": False, "b": b}
+                         notes=list(comp.notes), not_paper=single_run_caveat(comp.n_runs),
+                         runs={net: [{"run": f"{net}_maps[{r}]", "seed": None} for r in range(len(runs[net]))]
+                               for net in runs})
+    result.figure_data = {"H": {net: runs[net][0].H for net in runs}, "wd": None,
+                          "D": {net: D[net][0] for net in D}, "central": False, "b": b}
     return Comparison(result)
+
+
+def _run_maps(name: str, maps) -> np.ndarray:
+    """σ* of one net as ``(R, N, K, g, g)``: one run ``(N, K, g, g)`` or ``R`` training runs stacked."""
+    arr = np.asarray(maps, dtype=np.float64)
+    if arr.ndim == 4:
+        return arr[None]
+    if arr.ndim != 5:
+        raise CheckError(f"{name} must be (N, K, g, g), or (R, N, K, g, g) for R training runs, got shape {arr.shape}")
+    return arr
+
+
+def _run_distances(name: str, D, n_runs: int) -> list[np.ndarray]:
+    """One net's cumulative weight distances per run: ``(K,)`` for one run, ``(R, K)`` for ``R`` runs; each row
+    checked by the stage's rule (finite, ≥ 0)."""
+    if n_runs == 1:
+        return [check_weight_distances(name, D).astype(np.float64)]
+    rows = list(D) if isinstance(D, (list, tuple, np.ndarray)) else []
+    if len(rows) != n_runs or any(np.ndim(row) != 1 for row in rows):
+        raise CheckError(f"{name} must be (R, K), one row per training run ({n_runs}), got shape {np.shape(D)}")
+    return [check_weight_distances(f"{name}[{r}]", row).astype(np.float64) for r, row in enumerate(rows)]
 
 
 __all__ = ["Comparison", "SigmaConfig", "SigmaResult", "compare", "fit_sigma"]

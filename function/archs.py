@@ -112,3 +112,30 @@ def arch_from(args: argparse.Namespace, record: dict[str, Any] | None, prefix: s
     if size is not None and old_size is not None and size != old_size:
         raise UserError(f"--{prefix}image-size {size} but {source} was made with {old_size}")
     return resolve_arch(arch, taps if taps is not None else old_taps, size or old_size, f"--{prefix}arch")
+
+
+def check_input_size(info, num_classes: int, flag: str = "--image-size") -> None:
+    """One forward of a 1-image batch at the architecture's input size S, on the meta device (shapes only: no
+    weights are made, nothing is computed; on the CPU when the model cannot run there): an S too small for the
+    architecture (a pooling that would leave no pixel) is one UserError naming ``flag``, before a stage writes
+    anything.  ``num_classes``: the head's outputs."""
+    import torch
+
+    from kdq.function.io.checkpoint import first_line
+
+    size = info.input_size
+
+    def forward(device: str) -> None:
+        with torch.random.fork_rng(devices=[]), torch.device(device):
+            model = info.build(num_classes).eval()
+            with torch.no_grad():
+                model(torch.zeros(1, 3, size, size))
+
+    try:
+        forward("meta")
+    except Exception:  # noqa: BLE001 - an op without a meta kernel; the real forward decides
+        try:
+            forward("cpu")
+        except Exception as exc:  # noqa: BLE001 - whatever the model raises, it cannot take this input
+            raise UserError(f"{flag} {size}: {info.name} cannot take {size}x{size} inputs (a forward of one image "
+                            f"fails: {first_line(exc)})") from exc

@@ -4,9 +4,10 @@
   shows each flag's default in ``--help`` and keeps descriptions and epilogs as written.
 * :class:`UserError` — raised for bad input anywhere; :func:`run` turns it into that one line.
 * :func:`run` — the ``__main__`` of every script: parse, set up logging, call ``main``.
-* argparse types (:func:`positive_int`, :func:`finite_float`, ...), so that a bad value is reported under
-  its flag's name, and :func:`load_script`, which imports a script by its path (the supplement's entry
-  points reuse the stage scripts' parsers; the tests run the scripts in-process).
+* argparse types (:func:`positive_int`, :func:`finite_float`, :func:`within` ...), so that a bad value is reported
+  under its flag's name; each calls the rule of :mod:`kdq.function.checks` that the Python API applies too; and
+  :func:`load_script`, which imports a script by its path (the supplement's entry points reuse the stage scripts'
+  parsers; the tests run the scripts in-process).
 
 Nothing here imports torch: ``--help`` of a script stays fast when the script imports torch after parsing.
 """
@@ -16,7 +17,6 @@ import argparse
 import errno
 import importlib.util
 import logging
-import math
 import os
 import signal
 import sys
@@ -24,6 +24,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable, Sequence
 
+from kdq.function.checks import (BOOTSTRAP_COUNT, FINITE, NONNEGATIVE, NONNEGATIVE_INT, POSITIVE, POSITIVE_INT, SEED,
+                                 CheckError, Interval, RangeError, check_in)
 
 REPO = Path(__file__).resolve().parents[1]  # the repository root: the stage scripts live below it
 
@@ -69,18 +71,19 @@ class Parser(argparse.ArgumentParser):
 
 def run(get_parser: Callable[[], argparse.ArgumentParser], main: Callable[[argparse.Namespace], object],
         argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv``, run ``main`` and map :class:`UserError` and I/O errors (``OSError``: a missing or
-    unreadable path, a read-only or full disk) to one line on stderr and exit 2."""
+    """Parse ``argv``, run ``main`` and map :class:`UserError`, a broken argument rule
+    (:class:`~kdq.function.checks.CheckError`) and I/O errors (``OSError``: a missing or unreadable path, a
+    read-only or full disk) to one line on stderr and exit 2."""
     parser = get_parser()
     args = parser.parse_args(argv)
     setup_logging(env_rank())
-    previous = _terminate_as_interrupt()
+    previous = _terminate_as_interrupt(parser.prog)
     try:
         main(args)
-    except (UserError, OSError) as exc:
+    except (UserError, CheckError, OSError) as exc:
         if getattr(args, "debug", False) or (isinstance(exc, OSError) and exc.errno not in USER_ERRNOS):
             raise
-        msg = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc} (--debug shows where)"
+        msg = str(exc) if not isinstance(exc, OSError) else f"{type(exc).__name__}: {exc} (--debug shows where)"
         sys.stderr.write(f"{parser.prog}: error: {msg}\n")
         return 2
     except KeyboardInterrupt:
@@ -92,19 +95,41 @@ def run(get_parser: Callable[[], argparse.ArgumentParser], main: Callable[[argpa
         from kdq.function.io.lock import release_all
 
         release_all()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in (previous or {}).items():
+            signal.signal(signum, handler)
     return 0
 
 
-def _terminate_as_interrupt():
-    """SIGTERM (``kill``, a batch system's time limit) ends a stage the way Ctrl-C does: run.json records
-    ``interrupted`` and the message says how to continue.  Returns the previous handler (None off the main thread)."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt
+class Interruption:
+    """The handler of Ctrl-C (SIGINT) and SIGTERM while a script runs.  The first signal raises KeyboardInterrupt,
+    so the stage cleans up (run.json records ``interrupted``) and :func:`run` says how to continue; one that comes
+    while it cleans up is answered with one line and otherwise ignored, so that the clean-up finishes and no
+    traceback appears; a third quits at once (exit 130) for a clean-up that hangs."""
 
-    try:
-        return signal.signal(signal.SIGTERM, handler)
+    def __init__(self, prog: str):
+        self.prog, self.count = prog, 0
+
+    def __call__(self, signum, frame) -> None:
+        self.count += 1
+        if self.count == 1:
+            raise KeyboardInterrupt
+        if self.count == 2:
+            sys.stderr.write(f"{self.prog}: interrupted again: finishing the clean-up first (interrupt once more "
+                             "to quit at once)\n")
+            return
+        sys.stderr.write(f"{self.prog}: quitting without finishing the clean-up\n")
+        sys.stderr.flush()
+        os._exit(130)
+
+
+def _terminate_as_interrupt(prog: str = "kdq") -> dict | None:
+    """Ctrl-C and SIGTERM (``kill``, a batch system's time limit) end a stage the same way, through one
+    :class:`Interruption`: run.json records ``interrupted`` and the message says how to continue.  Returns the
+    previous handlers by signal (None off the main thread, where Python cannot set them)."""
+    handler = Interruption(prog)
+    wanted = [signal.SIGTERM] + ([signal.SIGINT] if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN else [])
+    try:  # (a Ctrl-C the shell had us ignore, as for a background job, stays ignored)
+        return {signum: signal.signal(signum, handler) for signum in wanted}
     except ValueError:  # not the main thread
         return None
 
@@ -167,64 +192,43 @@ def _number(text: str, kind: type):
         raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
 
 
-def positive_int(text: str) -> int:
-    value = _number(text, int)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def within(interval: Interval):
+    """An argparse type for a number in ``interval``: the rule of :func:`kdq.function.checks.check_in`, which the
+    Python API applies too, its message under the flag's name (``argument --sigma0: must be in (0, 1], got 5``)."""
+    kind = int if interval.integer else float
+
+    def parse(text: str):
+        value = _number(text, kind)
+        try:
+            check_in("", value, interval)
+        except RangeError as exc:
+            raise argparse.ArgumentTypeError(f"{exc.requirement}, got {text}") from None
+        return value
+
+    parse.__name__ = interval.wording or interval.requirement.removeprefix("must be ")
+    return parse
 
 
-def nonnegative_int(text: str) -> int:
-    value = _number(text, int)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer ≥ 0, got {text}")
-    return value
+positive_int = within(POSITIVE_INT)
+nonnegative_int = within(NONNEGATIVE_INT)
+finite_float = within(FINITE)  # a float that is neither NaN nor infinite
+positive_float = within(POSITIVE)
+nonnegative_float = within(NONNEGATIVE)
+seed = within(SEED)  # a random seed: what torch, numpy and Python's random all accept
 
-
-def finite_float(text: str) -> float:
-    """A float that is neither NaN nor infinite."""
-    value = _number(text, float)
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = finite_float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
-def nonnegative_float(text: str) -> float:
-    value = finite_float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {text}")
-    return value
-
-
-def seed(text: str) -> int:
-    """A random seed: an integer in 0 .. 2**64 − 1 (what torch, numpy and Python's random all accept)."""
-    value = _number(text, int)
-    if not 0 <= value < 2 ** 64:
-        raise argparse.ArgumentTypeError(f"must be an integer in 0..2**64-1, got {text}")
-    return value
+# counts whose tables a run holds in memory, bounded so that they fit: a training phase of E epochs keeps per-epoch
+# tables (the learning rates, weight_diff.npy's 4 x (E+1) distances, the log), the bootstrap n_boot x statistics
+MAX_EPOCHS = 1_000_000
+epoch_count = within(Interval(1, MAX_EPOCHS, integer=True,
+                              wording=f"an integer in 1..{MAX_EPOCHS} (a run keeps a table row per epoch)"))
+epoch_count_or_zero = within(Interval(0, MAX_EPOCHS, integer=True,
+                                      wording=f"an integer in 0..{MAX_EPOCHS} (a run keeps a table row per epoch)"))
+bootstrap_count = within(BOOTSTRAP_COUNT)  # kdq.compare's n_boot follows the same rule
 
 
 def in_range(lo: float, hi: float, lo_included: bool = True, hi_included: bool = True, kind: type = float):
     """An argparse type for a number between ``lo`` and ``hi`` (each bound included or not)."""
-    text_range = f"{'[' if lo_included else '('}{lo}, {hi}{']' if hi_included else ')'}"
-
-    def parse(text: str):
-        value = _number(text, int) if kind is int else finite_float(text)
-        above = lo <= value if lo_included else lo < value
-        below = value <= hi if hi_included else value < hi
-        if not (above and below):
-            raise argparse.ArgumentTypeError(f"must be in {text_range}, got {text}")
-        return value
-
-    parse.__name__ = f"number in {text_range}"
-    return parse
+    return within(Interval(lo, hi, lo_open=not lo_included, hi_open=not hi_included, integer=kind is int))
 
 
 DEVICE_HELP = "auto (CUDA, else Apple's MPS, else the CPU), cpu, cuda, cuda:N or mps (under torchrun, cuda is " \

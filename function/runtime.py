@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 import random
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from kdq.function.checks import CheckError
 from kdq.function.cli import UserError
 
 
@@ -31,6 +33,14 @@ class Dist:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def mps_available() -> bool:
@@ -63,11 +73,43 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+RENDEZVOUS_VARIABLES = ("MASTER_ADDR", "MASTER_PORT")  # what torchrun sets for env:// besides the ranks
+
+
+def dist_from_env(env=None) -> Dist:
+    """The rank, world size and local rank torchrun put in the environment (``Dist()`` outside torchrun), checked:
+    integers with ``0 ≤ RANK < WORLD_SIZE`` and ``LOCAL_RANK ≥ 0``, and, for a world of more than one process,
+    every variable torchrun sets; anything else is one UserError naming the variable."""
+    env = os.environ if env is None else env
+    values = {}
+    for name, default in zip(TORCHRUN_VARIABLES, ("0", "1", "0")):
+        text = env.get(name, default)
+        try:
+            values[name] = int(text)
+        except ValueError:
+            raise UserError(f"environment variable {name}={text!r} is not an integer (it is set by torchrun; "
+                            f"unset it to run a single process)") from None
+    rank, world, local = values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"]
+    if world < 1:
+        raise UserError(f"environment variable WORLD_SIZE={world} must be ≥ 1 (unset it to run a single process)")
+    if not 0 <= rank < world:
+        raise UserError(f"environment variable RANK={rank} must be in 0..{world - 1} (WORLD_SIZE={world})")
+    if local < 0:
+        raise UserError(f"environment variable LOCAL_RANK={local} must be ≥ 0")
+    if world > 1:
+        missing = [name for name in (*TORCHRUN_VARIABLES, *RENDEZVOUS_VARIABLES) if not env.get(name)]
+        if missing:
+            raise UserError(f"environment variable WORLD_SIZE={world} asks for a distributed run but "
+                            f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: launch it with "
+                            f"torchrun, or unset WORLD_SIZE to run a single process")
+    return Dist(rank, world, local)
+
+
 def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
     """Initialise the process group when launched by torchrun; return the rank info and the device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
+    ctx = dist_from_env()
+    world, rank, local = ctx.world_size, ctx.rank, ctx.local_rank
     device = resolve_device(device_name, local)
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
@@ -75,6 +117,26 @@ def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend)
     return Dist(rank, world, local), device
+
+
+# what torch and numpy raise for a start-up step that cannot be done (an allocation that fails, a shape that does
+# not work out, an op the device lacks); OSError is left to kdq.function.cli.run, which knows the user's errnos
+STEP_ERRORS = (RuntimeError, ValueError, TypeError, IndexError, KeyError, OverflowError, MemoryError,
+               NotImplementedError, AssertionError)
+
+
+@contextmanager
+def startup_step(what: str):
+    """A step of a stage's start-up (``"building the model"``, ``"building the data loaders"``): an error torch or
+    numpy raises inside it is one UserError naming the step — never a traceback (``--debug`` shows it, chained)."""
+    try:
+        yield
+    except (UserError, CheckError):
+        raise
+    except STEP_ERRORS as exc:
+        from kdq.function.io.checkpoint import first_line
+
+        raise UserError(f"{what}: {first_line(exc)}") from exc
 
 
 def cleanup_distributed() -> None:
@@ -100,6 +162,14 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
+
+
+def torch_seed(seed: int) -> int:
+    """``seed`` (0..2**64-1, what ``--seed`` accepts) as the signed 64-bit integer that seeds a torch generator
+    exactly as ``seed`` does (torch reads both as the same 64 bits), so that code adding to it (the
+    ``DistributedSampler`` seeds epoch ``e`` with ``seed + e``) wraps around modulo 2**64 instead of overflowing;
+    seeds below 2**63 are returned unchanged."""
+    return seed - 2 ** 64 if seed >= 2 ** 63 else seed
 
 
 def seed_everything(seed: int) -> None:

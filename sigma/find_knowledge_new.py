@@ -15,7 +15,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from kdq.function.cli import Parser, UserError, finite_float, nonnegative_float, positive_int, run, seed
+from kdq.function.cli import (Parser, UserError, bootstrap_count, finite_float, nonnegative_float, positive_int, run,
+                             seed)
 from kdq.function.data.options import add_foreground_args
 from kdq.models import LAYERS
 
@@ -54,12 +55,17 @@ exit status: 0 ok, 2 bad input (one line on stderr; --debug shows the traceback)
 def get_args_parser() -> argparse.ArgumentParser:
     p = Parser(description=__doc__.split("\n\n")[0], epilog=LAYOUT_HELP)
     i = p.add_argument_group("inputs")
-    i.add_argument("--label-sigma", metavar="DIR", type=Path, required=True, help="sigma run of the label net (baseline)")
-    i.add_argument("--distil-sigma", metavar="DIR", type=Path, required=True, help="sigma run of the distil net (student)")
-    i.add_argument("--label-run", metavar="RUN", type=Path, default=None,
-                   help="training run of the label net (its weight_diff.npy); default: recorded in the sigma run")
-    i.add_argument("--distil-run", metavar="RUN", type=Path, default=None,
-                   help="training run of the distil net (phase-1 weight_diff.npy); default: recorded in the sigma run")
+    i.add_argument("--label-sigma", metavar="DIR", type=Path, nargs="+", required=True,
+                   help="sigma run(s) of the label net (baseline): one per training run of it, each trained with "
+                        "another --seed (several: a two-level bootstrap over runs and images, docs/method.md §3)")
+    i.add_argument("--distil-sigma", metavar="DIR", type=Path, nargs="+", required=True,
+                   help="sigma run(s) of the distil net (student), one per training run, as --label-sigma")
+    i.add_argument("--label-run", metavar="RUN", type=Path, nargs="+", default=None,
+                   help="training run(s) of the label net (their weight_diff.npy), one per --label-sigma in the same "
+                        "order; default: recorded in each sigma run")
+    i.add_argument("--distil-run", metavar="RUN", type=Path, nargs="+", default=None,
+                   help="training run(s) of the distil net (phase-1 weight_diff.npy), one per --distil-sigma; "
+                        "default: recorded in each sigma run")
     i.add_argument("--data", metavar="ROOT", type=Path, required=True, help="dataset root with masks under seg/ (docs/method.md §4)")
     i.add_argument("--split", metavar="SPLIT", default="train", help="the split the sigma runs' image names are relative to")
     i.add_argument("--layer", choices=list(LAYERS) + ["all"], default=None,
@@ -86,7 +92,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "(whose off-by-one reading of D there kdq corrects: --compat original keeps it)")
     m.add_argument("--compat", choices=["kdq", "original"], default="kdq",
                    help="original: reproduce the original code's arithmetic where it differs (see folders below)")
-    m.add_argument("--bootstrap", metavar="N", type=positive_int, default=1000, help="bootstrap resamples over images")
+    m.add_argument("--bootstrap", metavar="N", type=bootstrap_count, default=1000,
+                   help="bootstrap resamples over images")
     m.add_argument("--level", metavar="P", type=finite_float, default=0.95, help="interval level")
     m.add_argument("--seed", metavar="SEED", type=seed, default=0, help="bootstrap seed")
     f = p.add_argument_group("output")
@@ -110,13 +117,15 @@ def make_request(args: argparse.Namespace):
         if own is not None and args.checkpoints is not None:
             raise UserError(f"--checkpoints and --{net}-checkpoints exclude each other")
         checkpoints[net] = (own, f"--{net}-checkpoints") if own is not None else (args.checkpoints, "--checkpoints")
-    return Request(label_run=args.label_run, distil_run=args.distil_run, checkpoints=checkpoints, grid=args.grid,
+    runs = {net: tuple(getattr(args, f"{net}_run")) if getattr(args, f"{net}_run") else None for net in ("label", "distil")}
+    return Request(label_run=runs["label"], distil_run=runs["distil"], checkpoints=checkpoints, grid=args.grid,
                    arch=args.arch, image_size=args.image_size, foreground=args.foreground,
                    missing_mask=args.missing_mask, exact_masks=args.exact_masks, mask_pad=args.mask_pad,
                    mhat_skip_epoch0=args.mhat_skip_epoch0, compat=args.compat)
 
 
 def main(args: argparse.Namespace) -> None:
+    from kdq.function.checks import LEVEL, check_in
     from kdq.function.data.folder import MaskedImageFolder
     from kdq.function.io.atomic import atomic_dir, write_bytes
     from kdq.function.io.rundir import RunRecord, check_out, check_out_apart
@@ -124,13 +133,12 @@ def main(args: argparse.Namespace) -> None:
     from kdq.function.metrics.inputs import NETS, SigmaRun, layer_dirs, load_layer
     from kdq.function.metrics.report import terminal_table, write_outputs
 
-    if not 0 < args.level < 1:
-        raise UserError(f"--level must be in (0, 1), got {args.level}")
+    check_in("--level", args.level, LEVEL)  # the rule kdq.compare applies to level
     check_out_apart(args.out, args)
     check_out(args.out, STAGE, overwrite=args.overwrite, resumable=False)
     layer = args.layer
     if layer is None:
-        layer = SigmaRun.open(args.label_sigma, "--label-sigma").recorded("layer")
+        layer = SigmaRun.open(args.label_sigma[0], "--label-sigma").recorded("layer")
         if layer not in LAYERS:
             raise UserError("--layer is needed: the label sigma run does not record its layer")
     record = RunRecord(args.out, STAGE, args, resolved={"layer": layer}, carry_wall_time=False)
@@ -138,8 +146,8 @@ def main(args: argparse.Namespace) -> None:
     request = make_request(args)
     inputs = [load_layer(request, name, data, a, b)  # every check before any output
               for name, a, b in layer_dirs(layer, args.label_sigma, args.distil_sigma)]
-    check_out_apart(args.out, args, recorded={f"the {net} net's training run {inp.nets[net].run} (recorded in its "
-                                              f"sigma run)": inp.nets[net].run for inp in inputs for net in NETS})
+    check_out_apart(args.out, args, recorded={f"the {net} net's training run {d.run} (recorded in its sigma run)": d.run
+                                              for inp in inputs for net in NETS for d in inp.runs[net]})
     if layer == "all":
         missing = [name for name in LAYERS if name not in {i.layer for i in inputs}]
         if missing:

@@ -22,8 +22,9 @@ import logging
 from pathlib import Path
 
 from kdq.function.archs import add_arch_args
-from kdq.function.cli import (Parser, add_device_arg, finite_float, in_range, nonnegative_int, positive_float,
-                             positive_int, run, seed)
+from kdq.function.checks import SIGMA0
+from kdq.function.cli import (Parser, add_device_arg, finite_float, nonnegative_int, positive_float, positive_int,
+                             run, seed, within)
 from kdq.function.data.options import add_foreground_args
 from kdq.models import LAYERS
 
@@ -65,7 +66,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     f.add_argument("--break-steps", type=int, default=20,
                    help="T_break: after step T-T_break-1 stop if the target entropy was exceeded, else λ×1.5")
     f.add_argument("--lr", type=positive_float, default=1e-4, help="SGD learning rate on σ")
-    f.add_argument("--sigma0", type=in_range(0, 1, lo_included=False), default=0.01,
+    f.add_argument("--sigma0", type=within(SIGMA0), default=0.01,
                    help="initial σ and noise scale of σ_f² (σ is clamped to [0.001, 1] during the fit)")
     f.add_argument("--target-entropy", type=finite_float, default=-2.8, help="H*: σ* is the step whose H̄ is nearest")
     f.add_argument("--lambda", dest="lam", type=positive_float, default=None,

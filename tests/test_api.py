@@ -74,40 +74,57 @@ def test_weight_distance_in_a_users_loop():
     assert table[3, 1] == 0
 
 
-def hand_maps():
-    """5 images, grid 2, 2 checkpoints; the foreground is cell (0, 0).  Label net: σ = 1 everywhere (no concept).
+def hand_maps(n: int = 5):
+    """n images, grid 2, 2 checkpoints; the foreground is cell (0, 0).  Label net: σ = 1 everywhere (no concept).
     Distil net: at checkpoint 1 the foreground cell has σ = e^-1, i.e. H 1 below the background (a concept)."""
-    fg = np.zeros((5, 2, 2), bool)
+    fg = np.zeros((n, 2, 2), bool)
     fg[:, 0, 0] = True
-    label = np.ones((5, 2, 2, 2))
-    distil = np.ones((5, 2, 2, 2))
+    label = np.ones((n, 2, 2, 2))
+    distil = np.ones((n, 2, 2, 2))
     distil[:, 1, 0, 0] = math.exp(-1)
     return label, distil, fg
 
 
 def test_compare_on_hand_computed_maps(tmp_path):
-    label, distil, fg = hand_maps()
+    label, distil, fg = hand_maps(12)
     with pytest.warns(UserWarning, match="label net has no visual concept"):
         result = kdq.compare(label, distil, fg, D_label=[0.0, 0.3], D_distil=[0.0, 0.5], n_boot=50)
     rows = {row["metric"]: row for row in result.rows}
     expected = {"N_fg": (0, 1), "N_bg": (0, 0), "lambda": (0, 1), "D_mean": (0, 0.5), "D_std": (0, 0), "rho": (0, 1)}
     for metric, (lab, dis) in expected.items():
         assert rows[metric]["label"] == pytest.approx(lab) and rows[metric]["distil"] == pytest.approx(dis), metric
-    assert rows["N_fg"]["verdict"] == "supported"  # every resample gives +1: the interval is [1, 1]
-    assert rows["D_mean"]["verdict"] == "opposite, significant"
+    # every resample gives +1 (N_fg) and +0.5 (D_mean): zero-width intervals carry no verdict
+    for metric in ("N_fg", "D_mean"):
+        assert rows[metric]["verdict"] is None
+        assert rows[metric]["no_verdict"] == "every resample gives the same difference: a zero-width interval"
     assert "N_fg" in result.table()
     report = result.write_report(tmp_path / "report").read_text()
     assert "## Warnings" in report and "label net has no visual concept" in report
-    assert "| N_fg | 0 | 1 | +1 [1, 1] |" in report.replace("| layer ", "")
+    assert "| N_fg | 0 | 1 | +1 [1, 1] | distil > label (↑) | no verdict: every resample" in report.replace("| layer ", "")
+    assert "one training run of the label and the distil net" in report
 
 
-def test_compare_warns_below_five_images():
+def test_compare_gives_no_verdict_below_ten_images():
     label, distil, fg = hand_maps()
     with pytest.warns(UserWarning) as caught:
-        kdq.compare(label[:4], distil[:4], fg[:4], [0.0, 0.3], [0.0, 0.5], n_boot=10)
-    messages = sorted(str(w.message).split(": ", 1)[1].split(":")[0] for w in caught)
-    assert messages == ["only 4 images for the distil net", "only 4 images for the label net",
-                        "the label net has no visual concept at any checkpoint (b too high, or maps without contrast)"]
+        result = kdq.compare(label[:4], distil[:4], fg[:4], [0.0, 0.3], [0.0, 0.5], n_boot=10)
+    messages = sorted(str(w.message).split(": ", 1)[1].split(" (")[0] for w in caught)
+    assert messages == ["only 4 images enter the comparison", "the label net has no visual concept at any checkpoint"]
+    assert all(row["verdict"] is None for row in result.rows)
+
+
+def test_compare_pools_several_training_runs():
+    label, distil, fg = hand_maps(12)
+    distil_runs = np.stack([distil, distil, np.ones_like(distil)])  # the third distil run learned nothing
+    with pytest.warns(UserWarning, match="distil net \\(run 3 of 3\\) has no visual concept"):
+        result = kdq.compare(np.stack([label, label]), distil_runs, fg, [[0.0, 0.3], [0.0, 0.4]],
+                             [[0.0, 0.5]] * 3, n_boot=50)
+    row = {r["metric"]: r for r in result.rows}["N_fg"]
+    assert row["per_run"] == {"label": [0.0, 0.0], "distil": [1.0, 1.0, 0.0]}
+    assert row["distil"] == pytest.approx(2 / 3) and row["label"] == 0.0
+    assert row["spread"]["distil"] == pytest.approx(np.std([1, 1, 0], ddof=1))
+    with pytest.raises(ValueError, match=r"D_label must be \(R, K\), one row per training run \(2\)"):
+        kdq.compare(np.stack([label, label]), distil, fg, [0.0, 0.3], [0.0, 0.5], n_boot=5)
 
 
 @pytest.mark.parametrize("change, message", [

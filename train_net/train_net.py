@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 
 from kdq.function.archs import add_arch_args
-from kdq.function.cli import Parser, UserError, in_range, positive_int, run
+from kdq.function.cli import Parser, UserError, epoch_count, in_range, run
 from kdq.function.train.options import add_common_training_args, add_sgd_args
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     m.add_argument("--dropout", type=in_range(0, 1, hi_included=False), default=None,
                    help="dropout of the fc head of registry architectures (default: the arch's 0.5)")
     o = p.add_argument_group("optimisation (docs/method.md §1 defaults)")
-    o.add_argument("--epochs", type=positive_int, default=150, help="training epochs")
+    o.add_argument("--epochs", type=epoch_count, default=150, help="training epochs")
     add_sgd_args(o, schedule="logspace", lr=1e-3,
                  lr_help="; the original's default, whose notes suggest 1e-2 for VGG and 1e-1 for ResNets from "
                          "scratch, 1e-3 and 1e-2 fine-tuning pretrained ones (each log-spaced down one decade)")
@@ -67,11 +67,12 @@ def main(args: argparse.Namespace) -> None:
     import torch
     from torch import nn
 
-    from kdq.function.archs import model_record, resolve_arch
-    from kdq.function.runtime import cleanup_distributed
+    from kdq.function.archs import check_input_size, model_record, resolve_arch
+    from kdq.function.runtime import cleanup_distributed, startup_step
     from kdq.function.train.engine import EpochLoop, evaluate
-    from kdq.function.train.schedules import lr_schedule, parse_epochs
-    from kdq.function.train.stage import check_dropout, check_splits, load_splits, make_loaders, resolved_augment, setup
+    from kdq.function.train.schedules import parse_epochs
+    from kdq.function.train.stage import (check_dropout, check_splits, checked_lr_schedule, load_splits, make_loaders,
+                                          resolved_augment, setup)
     from kdq.function.train.weight_distance import WeightDistance
 
     info = resolve_arch(args.arch, args.taps, args.image_size)
@@ -81,17 +82,21 @@ def main(args: argparse.Namespace) -> None:
         raise UserError(str(exc)) from None
     train_set, val_set = load_splits(args, info.input_size)
     check_dropout(args.dropout, info)
+    check_input_size(info, len(train_set.classes))
     pretrained = read_pretrained(args, info, len(train_set.classes))
+    lr_at = checked_lr_schedule(args)
     check_splits(args, train_set, val_set)
     ctx, device, record = setup(args, "train_net", {"augment": resolved_augment(args)})
     if record is None:
         return
-    model = info.build(len(train_set.classes), pretrained, args.dropout, args.keep_pretrained_head)
-    model.to(device)
-    net = nn.parallel.DistributedDataParallel(model) if ctx.enabled else model
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
-                                weight_decay=args.weight_decay)
-    loader, val_loader = make_loaders(args, train_set, val_set, info, ctx, device)
+    with startup_step("building the model"):
+        model = info.build(len(train_set.classes), pretrained, args.dropout, args.keep_pretrained_head)
+        model.to(device)
+        net = nn.parallel.DistributedDataParallel(model) if ctx.enabled else model
+        optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+                                    weight_decay=args.weight_decay)
+    with startup_step("building the data loaders"):
+        loader, val_loader = make_loaders(args, train_set, val_set, info, ctx, device)
 
     def step(images, labels):
         logits = net(images)
@@ -101,7 +106,7 @@ def main(args: argparse.Namespace) -> None:
                      device=device, ctx=ctx, seed=args.seed, epochs=args.epochs, arch=info.name,
                      checkpoints=set(checkpoints),
                      tracker=WeightDistance(model, {layer: tap.weight for layer, tap in info.taps.items()}),
-                     lr_at=lr_schedule(args.lr_schedule, args.lr, args.epochs, args.lr_down),
+                     lr_at=lr_at,
                      validate=(lambda: evaluate(model, val_loader, device)) if val_loader else None,
                      meta={"classes": train_set.classes, "num_classes": len(train_set.classes)},
                      save_optimizer=args.save_optimizer, progress=args.progress, tensorboard=args.tensorboard)

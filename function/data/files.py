@@ -6,6 +6,7 @@
 * :func:`read_mask` — a mask as grey values by *value*: the palette index of a mode-P mask (not its colour, which may
   be black for index 1), the grey channel of L/LA, 16-bit values scaled to 8 bits, the channel of a grey RGB(A) mask
   (a coloured one: its largest channel); a transparent mask is refused. A value > 0 is foreground.
+* :func:`read_indices` — a label map (mode P or L) as its raw values (VOC's instance and class PNGs).
 * :func:`mask_fits` — a mask must have its image's size or be an exact rescale of it (the same aspect ratio).
 * :func:`bad_name` — names that do not survive a one-name-per-line list (newlines, surrounding spaces, bytes that are
   not UTF-8) are refused up front.
@@ -83,6 +84,15 @@ def read_mask(path: Path, image_size: tuple[int, int] | None = None) -> np.ndarr
                                  f"{image_size[0]}x{image_size[1]} (a mask must have its image's size or the same "
                                  "aspect ratio)")
         return mask_values(img, path)
+
+
+def read_indices(path: Path, what: str = "mask") -> np.ndarray:
+    """The raw pixel values of an indexed (palette, mode P) or grey (L) PNG — a label map such as VOC's
+    ``SegmentationObject`` — as uint8 (H, W): the palette *index*, not its colour; another mode is refused."""
+    with _open(path, what, decode=True) as img:
+        if img.mode not in ("P", "L"):
+            raise UnreadableFile(f"{what} {path} is a {img.mode} image, not an indexed (palette) PNG")
+        return np.asarray(img)
 
 
 def mask_values(img: Image.Image, path: Path | str = "mask") -> np.ndarray:

@@ -22,6 +22,8 @@ class MaskedImageFolder(Dataset):
 
     ``names[i]`` is the image path relative to the split root (e.g. ``003.Sooty/img_1.jpg``), the
     form used by the sigma stage's name lists.  ``require_masks`` makes a missing mask a UserError.
+    ``classes``: another split's class list (validation reads the training split's); a class folder holding images
+    outside it is a UserError naming it.
     """
 
     def __init__(self, root: Path, split: str, transform: Callable | None = None,
@@ -39,6 +41,8 @@ class MaskedImageFolder(Dataset):
             p.name for p in self.split_dir.iterdir() if p.is_dir())
         if not self.classes:
             raise UserError(f"--data: {self.split_dir} has no class folders")
+        if classes is not None:
+            check_no_other_classes(self.split_dir, classes, split_flag)
         self.samples: list[tuple[str, int]] = []
         for label, cls in enumerate(self.classes):
             folder = self.split_dir / cls
@@ -104,9 +108,12 @@ class MaskedImageFolder(Dataset):
                 return str(exc)
             return None
 
-        with ThreadPoolExecutor(max(1, workers)) as pool:  # decoding releases the GIL
+        pool = ThreadPoolExecutor(max(1, workers))  # decoding releases the GIL
+        try:
             found = [p for p in progress(pool.map(problem, indices), total=len(indices), leave=False,
                                          desc=f"checking {self.split} images", enabled=show_progress) if p]
+        finally:  # on Ctrl-C, the images not yet decoded are dropped instead of waited for
+            pool.shutdown(wait=True, cancel_futures=True)
         if found:
             more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
             raise UserError(f"--data: {len(found)} file(s) of split {self.split!r} cannot be used: {found[0]}{more}")
@@ -115,6 +122,17 @@ class MaskedImageFolder(Dataset):
         if name not in self._index:
             raise UserError(f"--data: image {name!r} is not in split {self.split!r} of {self.root}")
         return self._index[name]
+
+
+def check_no_other_classes(split_dir: Path, classes: list[str], flag: str) -> None:
+    """A split read with another split's ``classes`` (validation with the training split's) must not hold images of
+    a class outside them: the net has no output for it, and its images would be left out without a word."""
+    other = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and p.name not in classes
+                   and any(f.suffix.lower() in IMAGE_EXTENSIONS for f in p.iterdir()))
+    if other:
+        raise UserError(f"{flag}: {split_dir} holds class folder(s) that the training split lacks: "
+                        f"{', '.join(other)} (the net has no output for them); move them away or add them to the "
+                        "training split")
 
 
 class SeededTransform(Dataset):

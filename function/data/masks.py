@@ -3,8 +3,11 @@
 :func:`mask_to_grid` makes the ``g×g`` foreground cells of a mask as the original code does: the grey mask image
 is resized to ``S×S`` with PIL's bilinear filter (what ``transforms.Resize((S, S))`` does to a PIL image), then
 taken to ``g×g`` by nearest-neighbour sampling (``F.interpolate(..., mode='nearest')``), and a cell is
-foreground when its value is > 0.  The bilinear step widens a mask by about one cell's edge; ``exact=True``
-thresholds first (``> 0``) and samples nearest twice, so a cell is foreground exactly when the pixel it samples is.
+foreground when its value is > 0.  A mask given as an array rather than a PNG (the Python API) is first taken to
+the grey values a PNG would hold by :func:`grey_values` — bool as 0/255, floats in [0, 1] scaled to 0..255 with
+every value > 0 kept ≥ 1, other integers as labels — so a pixel is foreground when its value is > 0 whatever
+the dtype.  The bilinear step widens a mask by about one cell's edge; ``exact=True`` thresholds first (``> 0``)
+and samples nearest twice, so a cell is foreground exactly when the pixel it samples is.
 
 ``pad`` reads masks of the original code's VOC layout, whose masks are the object's box while its images are
 the box enlarged 1.2×: the mask is first placed in the middle of a zero array ``pad`` times its size.
@@ -21,13 +24,50 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from kdq.function.checks import CheckError, check_in
+from kdq.function.data.options import MASK_PAD
+
+
+def grey_values(mask, name: str = "mask") -> np.ndarray:
+    """A ``(H, W)`` mask of any dtype as the uint8 grey values of a mask PNG, > 0 where the mask is > 0.
+
+    The readings of the CLI's PNGs (:func:`kdq.function.data.files.mask_values`): bool as 0 / 255 (a 1-bit PNG);
+    uint8 as is (a grey PNG's levels); other integers as labels, ``> 0`` → 255 (a palette PNG's indices; so a 0/1
+    int mask is a bool one); floats as intensities in [0, 1]: ``round(255·v)``, but at least 1 where ``v > 0``, so
+    1.0 is 255 (like True) and no positive value becomes 0 before the bilinear resize.  A CheckError names
+    ``name`` for another number of dimensions, NaN or infinite values, or values outside those ranges; a TypeError
+    for non-real values.  A torch tensor is read as its array.
+    """
+    if isinstance(mask, torch.Tensor):
+        mask = mask.detach().cpu()
+        mask = (mask.double() if mask.is_floating_point() else mask).numpy()
+    values = np.asarray(mask)
+    if values.ndim != 2:
+        raise CheckError(f"{name} must be one 2-D (H, W) mask, got shape {values.shape}")
+    if values.dtype == bool:
+        return values.astype(np.uint8) * 255
+    if values.dtype == np.uint8:
+        return values
+    if np.iscomplexobj(values) or not np.issubdtype(values.dtype, np.number):
+        raise TypeError(f"{name} must hold real numbers (bool, integers or floats), got {values.dtype}")
+    if np.issubdtype(values.dtype, np.integer):
+        if values.size and values.min() < 0:
+            raise CheckError(f"{name}: an integer mask holds labels ≥ 0 (> 0 is foreground), got {values.min()}")
+        return (values > 0).astype(np.uint8) * 255
+    values = values.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise CheckError(f"{name} holds NaN or infinite values")
+    if values.size and (values.min() < 0 or values.max() > 1):
+        raise CheckError(f"{name}: a float mask holds intensities in [0, 1] (> 0 is foreground), got values "
+                         f"{values.min():g}..{values.max():g}; divide grey levels by 255")
+    grey = np.rint(values * 255)
+    return np.where(values > 0, np.maximum(grey, 1), 0).astype(np.uint8)
+
 
 def mask_to_grid(values: np.ndarray, size: int, grid: int, exact: bool = False, pad: float = 1.0) -> np.ndarray:
-    """``(g, g)`` bool foreground cells of a ``(H, W)`` mask: grey values (uint8, > 0 is foreground; what
-    ``Image.convert("L")`` gives) or a bool array (read as 0/255)."""
-    values = np.asarray(values)
-    if values.dtype == bool:
-        values = values.astype(np.uint8) * 255
+    """``(g, g)`` bool foreground cells of a ``(H, W)`` mask of any dtype, first taken to its grey values by
+    :func:`grey_values` (uint8 grey values, what a mask PNG holds, are used as they are)."""
+    values = grey_values(values)
     if exact:
         fg = _padded(values > 0, pad).astype(np.float32)
         t = F.interpolate(torch.from_numpy(fg)[None, None], size=(size, size), mode="nearest")
@@ -92,6 +132,7 @@ def resolve_foreground(source: str, missing: str, kind: str | None, exact: bool 
     """The flags ``--foreground`` and ``--missing-mask`` with ``auto`` resolved by the dataset's kind, as the
     original code: ILSVRC data get the central square for every image (and, with ``masks``, for the images
     without a box), every other dataset its masks."""
+    check_in("--mask-pad", pad, MASK_PAD)  # also a value read from a run.json
     ilsvrc = kind == "ilsvrc"
     if source == "auto":
         source = "central" if ilsvrc else "masks"

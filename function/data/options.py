@@ -2,19 +2,17 @@
 so that ``--help`` stays fast.  The rule itself is :class:`kdq.function.data.masks.Foreground`."""
 from __future__ import annotations
 
-import argparse
-
-from kdq.function.cli import positive_float
+from kdq.function.checks import Interval
+from kdq.function.cli import within
 
 FOREGROUNDS = ("auto", "masks", "central")
 MISSING_MASK = ("auto", "error", "central")
-
-
-def mask_pad(text: str) -> float:
-    value = positive_float(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be ≥ 1 (the padded mask is that many times the mask), got {text}")
-    return value
+# --mask-pad F: the mask is placed in a zero array F times its size (F² times its pixels, as float64) before it is
+# resized; at F = 10 it covers a tenth of the side, under two cells of the 16-cell grid: more leaves nothing to compare
+MAX_MASK_PAD = 10.0
+MASK_PAD = Interval(1, MAX_MASK_PAD, wording=f"a number in 1..{MAX_MASK_PAD:g} (the padded mask is that many times "
+                                             "the mask)")
+mask_pad = within(MASK_PAD)
 
 
 def add_foreground_args(group, recorded: bool = False) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -13,6 +14,23 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+
+
+NAME_MAX = 255  # bytes in one file name (Linux, macOS)
+SUFFIX_ROOM = 24  # bytes a hidden sibling adds after its stem (the longest: ".XXXXXXXX.old.tmp", 17)
+
+
+def hidden_stem(name: str) -> str:
+    """``.<name>``: the start of every hidden sibling kdq makes beside a file or folder called ``name`` (its lock,
+    its temporary and its moved-aside copies).  When a suffix would take it past the file-system limit of
+    :data:`NAME_MAX` bytes, the name is cut to its first bytes and ``~`` plus 8 hex digits of its SHA-256 are added,
+    so every legal name has legal siblings and two long names with the same start have different ones."""
+    raw = os.fsencode(name)
+    if 1 + len(raw) + SUFFIX_ROOM <= NAME_MAX:
+        return f".{name}"
+    digest = hashlib.sha256(raw).hexdigest()[:8]
+    prefix = raw[:NAME_MAX - SUFFIX_ROOM - 10].decode("utf-8", "ignore")  # 10: "." + "~" + 8 digits
+    return f".{prefix}~{digest}"
 
 
 @contextlib.contextmanager
@@ -62,10 +80,10 @@ def atomic_dir(path: Path) -> Iterator[Path]:
 
 
 def _make_temp(path: Path, directory: bool) -> Path:
-    """A new file or folder ``.<name>.XXXXXXXX.tmp`` beside ``path``, with the permissions the process's umask
-    gives a new file (0666) or folder (0777) — results are shared like any other file, not private."""
+    """A new file or folder ``.<name>.XXXXXXXX.tmp`` beside ``path`` (:func:`hidden_stem`), with the permissions the
+    process's umask gives a new file (0666) or folder (0777) — results are shared like any other file, not private."""
     for _ in range(100):
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        tmp = path.with_name(f"{hidden_stem(path.name)}.{secrets.token_hex(4)}.tmp")
         try:
             if directory:
                 os.mkdir(tmp, 0o777)
@@ -81,7 +99,7 @@ def _recover_siblings(path: Path) -> None:
     """Put back a previous folder that a killed or failed swap left aside; delete the other temporaries
     of ``path`` (exactly :func:`_make_temp`'s names for it, not those of a folder whose name merely starts
     alike)."""
-    pattern = re.compile(rf"^\.{re.escape(path.name)}\.[A-Za-z0-9_]{{8}}(\.old)?\.tmp$")
+    pattern = re.compile(rf"^{re.escape(hidden_stem(path.name))}\.[A-Za-z0-9_]{{8}}(\.old)?\.tmp$")
     siblings = [p for p in path.parent.iterdir() if pattern.match(p.name)]
     for p in siblings:
         if p.name.endswith(".old.tmp") and not path.exists():
@@ -118,7 +136,24 @@ def write_text(path: Path, text: str) -> None:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    """``obj`` as strict JSON, the one writer of every JSON file kdq writes: a NaN or infinite float is written
+    as ``null`` (Python's ``NaN``/``Infinity`` are not JSON: ``jq`` and ``JSON.parse`` reject them); a writer whose
+    numbers may be such says so in a note of its own."""
+    write_text(path, json.dumps(finite_or_none(obj), indent=2, sort_keys=False, default=_json_default,
+                                allow_nan=False) + "\n")
+
+
+def finite_or_none(obj: Any) -> Any:
+    """``obj`` with every NaN/inf float (NumPy's too, in arrays as well) replaced by None."""
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.ndarray):
+        return finite_or_none(obj.tolist())
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    return obj
 
 
 def _json_default(obj: Any) -> Any:
@@ -126,8 +161,6 @@ def _json_default(obj: Any) -> Any:
         return str(obj)
     if isinstance(obj, np.generic):
         return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 

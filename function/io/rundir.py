@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fnmatch
 import json
+import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -17,9 +18,10 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from kdq.function.cli import UserError
-from kdq.function.io.atomic import is_temp, remove_stale_temps, write_json
-from kdq.function.io.lock import acquire
+from kdq.function.io.atomic import hidden_stem, is_temp, remove_stale_temps, write_json
+from kdq.function.io.lock import acquire, on_release
 
+log = logging.getLogger(__name__)
 RUN_JSON = "run.json"
 
 
@@ -42,40 +44,206 @@ def recorded_stage(folder: Path) -> str | None:
     return None
 
 
-# What each stage writes at the top of its --out (glob patterns; ``.done`` is the Makefile's marker): --overwrite
-# replaces a folder only when it holds nothing else, so it never deletes a file kdq did not write.
-STAGE_FILES: dict[str, tuple[str, ...]] = {
-    "train_net": ("run.json", "*.pth.tar", "weight_diff.npy", "train_log.json", "train_log.csv", ".done"),
-    "distillation": ("run.json", "*.pth.tar", "weight_diff.npy", "distill_log.json", "distill_log.csv",
-                     "finetune_log.json", "finetune_log.csv", ".done"),
-    "train_sigma": ("run.json", "full_name_list.txt", "effect_name_list.txt", "non_effect_name_list.txt",
-                    "img_*_effect", ".done"),
-    "find_knowledge": ("run.json", "metrics.json", "metrics.csv", "report.md", "figures"),
-    "make_dataset": ("dataset.json", "teacher", "train", "val", "seg"),
-}
+DONE = ".done"  # the Makefile's marker of a finished stage
+PHASES = {"train_net": ("train",), "distillation": ("distill", "finetune")}  # EpochLoop names of each stage
+
+
+def phase_files(phase: str) -> tuple[str, str, str]:
+    """What a training phase (an EpochLoop ``name``) writes besides its checkpoints: its resume state and its
+    log as JSON and CSV."""
+    return f"{phase}_state.pth.tar", f"{phase}_log.json", f"{phase}_log.csv"
+
+
+Owns = Callable[[tuple[str, ...], bool], bool]  # (path parts relative to the run folder, is a folder) → ours?
+
+
+def _int_list(value: Any) -> list[int]:
+    return [v for v in value if isinstance(v, int) and not isinstance(v, bool)] if isinstance(value, list) else []
+
+
+def _training_owns(out: Path, stage: str) -> Owns:
+    """A training run: run.json, the epochs its run.json records as ``<e>.pth.tar``, each phase's state and logs,
+    weight_diff.npy and the final checkpoint it records; no folders."""
+    from kdq.function.io.checkpoint import checkpoint_path  # torch: only for a training run
+
+    record = read_run_json(out)
+    names = {RUN_JSON, DONE, "weight_diff.npy"} | {checkpoint_path(out, e).name for e in _int_list(record.get("checkpoints"))}
+    for phase in PHASES[stage]:
+        names.update(phase_files(phase))
+    final = record.get("final_checkpoint")
+    if isinstance(final, str) and Path(final).name == final:
+        names.add(final)
+    return lambda parts, is_dir: not is_dir and len(parts) == 1 and parts[0] in names
+
+
+def _sigma_owns(out: Path) -> Owns:
+    """A sigma run: run.json, its name lists and ``img_<i>_{effect,non_effect}/`` for each ``i`` of its draw,
+    holding ``fit.json`` and ``npy_files/<array>.npy``."""
+    from kdq.function.sigma import layout
+
+    record = read_run_json(out)
+    drawn = record.get("candidates")
+    if not isinstance(drawn, int) or isinstance(drawn, bool):
+        drawn = len(layout.read_names(out / layout.FULL_LIST))
+    top = {RUN_JSON, DONE, layout.FULL_LIST, layout.EFFECT_LIST, layout.NON_EFFECT_LIST}
+    arrays = {f"{name}.npy" for name in layout.ARRAYS}
+
+    def image(name: str) -> bool:
+        index = name.removeprefix("img_").removesuffix(layout.NON_EFFECT_SUFFIX).removesuffix(layout.EFFECT_SUFFIX)
+        return index.isdigit() and int(index) < drawn and name in (
+            layout.image_folder(out, int(index), effective).name for effective in (True, False))
+
+    def owns(parts: tuple[str, ...], is_dir: bool) -> bool:
+        if len(parts) == 1:
+            return image(parts[0]) if is_dir else parts[0] in top
+        if len(parts) == 2:
+            return parts[1] == "npy_files" if is_dir else parts[1] == layout.FIT_JSON
+        return len(parts) == 3 and not is_dir and parts[1] == "npy_files" and parts[2] in arrays
+    return owns
+
+
+METRICS_FILES = ("metrics.json", "metrics.csv", "report.md")
+FIGURES = "figures"
+
+
+def recorded_figures(value: Any) -> set[str]:
+    """Every figure path a metrics.json records (the ``figures`` maps of its layers, at any depth)."""
+    found: set[str] = set()
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == FIGURES and isinstance(item, dict):
+                found.update(v for v in item.values() if isinstance(v, str))
+            else:
+                found |= recorded_figures(item)
+    elif isinstance(value, list):
+        for item in value:
+            found |= recorded_figures(item)
+    return found
+
+
+def _metrics_owns(out: Path) -> Owns:
+    """A metrics report: run.json, metrics.json, metrics.csv, report.md and the figures its metrics.json lists."""
+    figures = {tuple(Path(f).parts) for f in recorded_figures(read_json(out / "metrics.json"))}
+    top = {RUN_JSON, *METRICS_FILES}
+    return lambda parts, is_dir: (parts == (FIGURES,) if is_dir else
+                                  (len(parts) == 1 and parts[0] in top) or parts in figures)
+
+
+def _dataset_owns(out: Path) -> Owns:
+    """The embedded dataset: dataset.json and, for each split and class it records, the images make_dataset
+    writes there and their masks under ``seg/``."""
+    from kdq.function.data.synthetic import dataset_files
+
+    manifest = read_json(out / DATASET_JSON)
+    files = {(DATASET_JSON,)} | {tuple(Path(f).parts) for f in dataset_files(manifest)}
+    folders = {parts[:i] for parts in files for i in range(1, len(parts))}
+    return lambda parts, is_dir: parts in (folders if is_dir else files)
+
+
+def _owner(out: Path, stage: str) -> Owns | None:
+    """What a run of ``stage`` in ``out`` wrote, from its own records (None: a stage that never replaces a run)."""
+    if stage in PHASES:
+        return _training_owns(out, stage)
+    return {"train_sigma": _sigma_owns, "find_knowledge": _metrics_owns,
+            "make_dataset": _dataset_owns}.get(stage, lambda _: None)(out)
 
 
 def foreign_entries(out: Path, stage: str) -> list[str]:
-    """Entries of ``out`` that a run of ``stage`` does not write (temporary files of a killed writer excepted)."""
-    patterns = STAGE_FILES.get(stage)
-    if patterns is None:
+    """Everything in ``out``, at any depth, that a run of ``stage`` did not write — by exact name: the files its
+    records name (the epochs of its schedule, its image folders and their files ...), nothing matched by a pattern.
+    A foreign folder is listed once (``name/``), a symbolic link always counts as foreign, and the temporary files of
+    a killed writer directly in ``out`` do not count."""
+    owns = _owner(Path(out), stage)
+    if owns is None:
         return []
-    return sorted(p.name for p in Path(out).iterdir()
-                  if not is_temp(p) and not any(fnmatch.fnmatchcase(p.name, pat) for pat in patterns))
+    found: list[str] = []
+
+    def walk(folder: Path, parts: tuple[str, ...]) -> None:
+        with os.scandir(folder) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                here, is_dir = parts + (entry.name,), entry.is_dir(follow_symlinks=False)
+                if not parts and is_temp(Path(entry.path)):
+                    continue
+                if entry.is_symlink() or not owns(here, is_dir):
+                    found.append("/".join(here) + ("/" if is_dir else ""))
+                elif is_dir:
+                    walk(Path(entry.path), here)
+    walk(Path(out), ())
+    return found
+
+
+# ---- --overwrite: the previous run waits aside until the new one has written a result ----------------------------
+
+_ASIDE: dict[Path, Path] = {}  # real run folder → where its previous run waits, for this process
+
+
+def aside_path(out: Path) -> Path:
+    """``<parent>/.<name>.old``: where ``--overwrite`` keeps the previous run of ``out`` until the new one has
+    written its first result (beside the real folder; a hashed stem for a long name)."""
+    real = Path(out).resolve()
+    return real.parent / f"{hidden_stem(real.name)}.old"
+
+
+def move_aside(out: Path) -> Path:
+    """Move the run in ``out`` (whose lock this process holds) aside; :func:`proved` deletes it, and if this process
+    releases the lock before that (the new run failed, was interrupted or refused) it is put back."""
+    real = Path(out).resolve()
+    aside = aside_path(real)
+    os.rename(real, aside)
+    _ASIDE[real] = aside
+    on_release(real, lambda: put_back(real))
+    return aside
+
+
+def proved(out: Path) -> None:
+    """The new run in ``out`` has written its first result (an epoch, an image, its record ``complete``): delete the
+    previous run that ``--overwrite`` moved aside (nothing to do when there is none)."""
+    aside = _ASIDE.pop(Path(out).resolve(), None) if _ASIDE else None
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def put_back(out: Path) -> None:
+    """Replace what the new run in ``out`` wrote by the previous run, when it is still aside."""
+    real = Path(out).resolve()
+    aside = _ASIDE.pop(real, None)
+    if aside is None:
+        return
+    try:
+        if real.is_dir() and not real.is_symlink():
+            shutil.rmtree(real)
+        os.rename(aside, real)
+    except OSError as exc:
+        log.warning("%s: the previous run could not be put back (%s); it is kept at %s", real, exc, aside)
+        return
+    log.info("%s: the new run stopped before its first result; the previous run is back in place", real)
+
+
+def check_no_aside(out: Path, flag: str = "--out") -> None:
+    """Refuse ``out`` while a previous run of it waits aside from a killed ``--overwrite``, saying where it is
+    and how to put it back or drop it."""
+    aside = aside_path(out)
+    if Path(out).resolve() in _ASIDE or not (aside.exists() or aside.is_symlink()):
+        return
+    real, a = shlex.quote(str(Path(out).resolve())), shlex.quote(str(aside))
+    restore = f"rm -rf {real} && mv {a} {real}" if Path(out).exists() else f"mv {a} {real}"
+    raise UserError(f"{flag}: the previous run of {out} is kept at {aside} (an --overwrite stopped before its new "
+                    f"run wrote a result); put it back with `{restore}`, or drop it with `rm -rf {a}`")
 
 
 def check_out(out: Path, stage: str, resume: bool = False, overwrite: bool = False, flag: str = "--out",
               resumable: bool = True) -> str:
     """What a run of ``stage`` may do with ``out``, checked before anything is written or deleted:
     ``NEW`` (absent or empty), ``RESUME`` (``--resume`` of a run of the same stage) or ``REPLACE``
-    (``--overwrite`` of a run of the same stage that holds nothing but what that stage writes: kdq replaces only
-    what it wrote itself, of the same kind).  Anything else is a UserError.  The caller becomes ``out``'s only
-    writer (:mod:`kdq.function.io.lock`) until it ends.  Temporary files a killed writer left (``.*.tmp``) do not
-    count as files."""
+    (``--overwrite`` of a run of the same stage that holds nothing but what that stage writes, at any depth: kdq
+    replaces only what it wrote itself, of the same kind).  Anything else is a UserError.  The caller becomes the
+    only writer of the real folder ``out`` names (:mod:`kdq.function.io.lock`) until it ends.  Temporary files a
+    killed writer left (``.*.tmp``) do not count as files."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{flag}: {out} exists and is not a directory")
     acquire(out, flag)
+    check_no_aside(out, flag)
     if not (out.is_dir() and any(not is_temp(p) for p in out.iterdir())):
         return NEW
     owner = recorded_stage(out)
@@ -106,13 +274,14 @@ def check_out(out: Path, stage: str, resume: bool = False, overwrite: bool = Fal
 
 
 def prepare_out(out: Path, resume: bool, overwrite: bool, stage: str, flag: str = "--out") -> bool:
-    """Make ``out`` ready for a run of ``stage`` (:func:`check_out`, then create it, or empty it for
-    ``--overwrite``); True when an earlier run there is resumed.  Stale temporary files are removed."""
+    """Make ``out`` ready for a run of ``stage`` (:func:`check_out`, then create it; for ``--overwrite`` the
+    previous run is moved aside, :func:`move_aside`); True when an earlier run there is resumed.  Stale temporary
+    files are removed.  ``out`` may be a symbolic link: the folder it names is used."""
     out = Path(out)
     mode = check_out(out, stage, resume, overwrite, flag)
     if mode == REPLACE:
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+        move_aside(out)
+    out.resolve().mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out)
     return mode == RESUME
 
@@ -192,8 +361,13 @@ def check_out_apart(out: Path, args: argparse.Namespace, flag: str = "--out",
     ``--overwrite`` there would delete inputs, and a run's files would mix with what it reads.  The inputs
     are every ``Path``-valued setting of ``args`` other than ``flag``'s, and ``recorded`` (description → path):
     inputs found through a record rather than a flag, e.g. the training run a sigma run names."""
-    inputs = {CONTRACT_SPELLING.get(key, f"--{key.replace('_', '-')}"): value for key, value in vars(args).items()
-              if isinstance(value, Path) and f"--{key.replace('_', '-')}" != flag}
+    inputs = {}
+    for key, value in vars(args).items():
+        name = CONTRACT_SPELLING.get(key, f"--{key.replace('_', '-')}")
+        values = value if isinstance(value, (list, tuple)) else [value]
+        paths = [v for v in values if isinstance(v, Path)]
+        if f"--{key.replace('_', '-')}" != flag:
+            inputs.update({name if len(paths) == 1 else f"{name} {p}": p for p in paths})
     target = Path(out).resolve()
     for name, value in {**inputs, **(recorded or {})}.items():
         source = Path(value).resolve()
@@ -318,3 +492,5 @@ class RunRecord:
         self.data["wall_time_s"] = round(self.data["wall_time_s"] + now - self.start, 3)
         self.start = now
         write_json(self.path if folder is None else Path(folder) / RUN_JSON, self.data)
+        if status == "complete" and folder is None:
+            proved(self.path.parent)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -14,7 +15,8 @@ from kdq.function.data.masks import central_square
 from kdq.function.io.rundir import read_run_json
 from kdq.function.metrics import plots
 from kdq.function.metrics.inputs import NETS, LayerInputs
-from kdq.function.metrics.measures import METRICS, NetInput, compare_nets
+from kdq.function.metrics.caveats import final_accuracy, not_paper_settings, training_warnings
+from kdq.function.metrics.measures import METRICS, MIN_IMAGES, NetInput, compare_nets, compare_runs
 from kdq.function.metrics.report import LABELS, LayerResult, plural
 from kdq.function.progress import progress
 from kdq.function.sigma.entropy import entropy_map
@@ -24,11 +26,31 @@ from kdq.function.train.weight_distance import cumulative_distance, distance_at
 log = logging.getLogger(__name__)
 
 
-def net_input(inp: LayerInputs, net: str) -> NetInput:
-    """What :func:`~kdq.function.metrics.measures.compare_nets` measures of one net."""
-    d = inp.nets[net]
+def net_input(inp: LayerInputs, net: str, run: int = 0) -> NetInput:
+    """What :func:`~kdq.function.metrics.measures.compare_runs` measures of one training run of a net."""
+    d = inp.runs[net][run]
     return NetInput(H=entropy_map(d.maps), fg=d.fg, D_at=distance_at(d.wd_row, d.epochs), allowed=d.allowed,
                     original=inp.compat == "original")
+
+
+def _inputs_record(inp: LayerInputs) -> dict[str, str]:
+    """flag → path(s) of what the layer read (several runs: the paths joined by spaces, in order)."""
+    def joined(paths):
+        return " ".join(str(p) for p in paths)
+
+    return {"--label-sigma": joined(d.sigma.path for d in inp.runs["label"]),
+            "--distil-sigma": joined(d.sigma.path for d in inp.runs["distil"]),
+            "--label-run": joined(d.run for d in inp.runs["label"]),
+            "--distil-run": joined(d.run for d in inp.runs["distil"]), "--data": inp.data_root, "--split": inp.split}
+
+
+def not_paper(inp: LayerInputs) -> list[str]:
+    """The settings of the layer's sigma and training runs that are not the paper's (:mod:`.caveats`)."""
+    from kdq.function.data.layout import dataset_kind
+
+    return not_paper_settings({net: [d.sigma.meta for d in inp.runs[net]] for net in NETS},
+                              {net: [read_run_json(d.run) for d in inp.runs[net]] for net in NETS},
+                              dataset_kind(Path(inp.data_root)), {net: len(inp.runs[net]) for net in NETS})
 
 
 def analyse_layer(inp: LayerInputs, data: MaskedImageFolder, b: float, n_boot: int, seed: int,
@@ -36,77 +58,86 @@ def analyse_layer(inp: LayerInputs, data: MaskedImageFolder, b: float, n_boot: i
     """docs/method.md §3 with the bootstrap for one layer (logs the layer's warnings first)."""
     for message in inp.warnings:
         log.warning("%s: %s", inp.layer, message)
-    nets = inp.nets
-    log.info("%s: %s images, %s checkpoints, grid %d; bootstrap %d resamples", inp.layer,
+    nets, runs = inp.nets, inp.runs
+    log.info("%s: %s images, %s checkpoints, %s training run(s), grid %d; bootstrap %d resamples", inp.layer,
              "/".join(str(len(nets[n].names)) for n in NETS), "/".join(str(len(nets[n].epochs)) for n in NETS),
-             inp.grid, n_boot)
-    inputs = {net: net_input(inp, net) for net in NETS}
+             "/".join(str(len(runs[n])) for n in NETS), inp.grid, n_boot)
+    inputs = {net: [net_input(inp, net, r) for r in range(len(runs[net]))] for net in NETS}
     loop = partial(progress, desc=f"{inp.layer}: bootstrap", enabled=show_progress)
-    comp = compare_nets(inputs["label"], inputs["distil"], b, n_boot, seed, level, paired=inp.paired, loop=loop)
+    several = any(len(runs[n]) > 1 for n in NETS)
+    if inp.paired or several:  # several runs whose images differ: the nested two-level bootstrap
+        comp = compare_runs(inputs["label"], inputs["distil"], b, n_boot, seed, level, loop=loop, paired=inp.paired)
+    else:  # the original's per-net image sets (--compat original)
+        comp = compare_nets(inputs["label"][0], inputs["distil"][0], b, n_boot, seed, level, paired=False, loop=loop)
     degenerate = degenerate_warnings(inp, comp)
+    caveats = not_paper(inp)
     for message in degenerate:
         log.warning("%s: %s", inp.layer, message)
+    if caveats:
+        log.warning("%s: %d of the runs' settings are not the paper's (listed in report.md, \"Settings that are "
+                    "not the paper's\")", inp.layer, len(caveats))
     result = LayerResult(
         layer=inp.layer, names={n: nets[n].names for n in NETS}, epochs={n: nets[n].epochs for n in NETS},
         epochs_source={n: nets[n].epochs_source for n in NETS}, grid=inp.grid, image_size=inp.size,
-        inputs={"--label-sigma": str(nets["label"].sigma.path), "--distil-sigma": str(nets["distil"].sigma.path),
-                "--label-run": str(nets["label"].run), "--distil-run": str(nets["distil"].run), "--data": inp.data_root,
-                "--split": inp.split},
+        inputs=_inputs_record(inp),
         counts={"label_effective": len(set(nets["label"].sigma.effect)),
                 "distil_effective": len(set(nets["distil"].sigma.effect)),
                 "both": inp.both, "used_label": len(nets["label"].names), "used_distil": len(nets["distil"].names),
-                "skipped": len(inp.skipped)},
+                "skipped": len(inp.skipped),
+                "effective_per_run": {n: [len(set(d.sigma.effect)) for d in runs[n]] for n in NETS}},
         skipped=inp.skipped, mask_fallback=inp.fallback, mhat_skips_epoch0=inp.skip0, compat=inp.compat,
         foreground=inp.foreground.describe(), comparison=comp, notes=inp.notes + comp.notes,
-        accuracy={net: final_accuracy(read_run_json(nets[net].run)) for net in NETS}, warnings=degenerate)
-    result.figure_data = {"H": {n: inputs[n].H for n in NETS}, "wd": {n: nets[n].wd_row for n in NETS},
+        accuracy={net: final_accuracy(read_run_json(nets[net].run)) for net in NETS}, warnings=degenerate,
+        not_paper=caveats, run_names={n: [d.names for d in runs[n]] for n in NETS},
+        runs={n: [{"sigma": str(d.sigma.path), "run": str(d.run), "images": len(d.names),
+                                      "seed": (read_run_json(d.run).get("settings") or {}).get("seed"),
+                                      "accuracy": final_accuracy(read_run_json(d.run))} for d in runs[n]]
+                                 for n in NETS})
+    result.figure_data = {"H": {n: inputs[n][0].H for n in NETS}, "wd": {n: nets[n].wd_row for n in NETS},
                           "central": inp.foreground.source == "central"}
     return result
 
 
-def final_accuracy(record: dict) -> float | None:
-    """A training run's final validation top-1 (%) as its run.json records it (None when it does not)."""
-    for value in (record.get("final_val_acc1"), (record.get("final") or {}).get("val_acc1")):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    return None
-
-
-MIN_IMAGES = 5
-
-
 def degenerate_warnings(inp: LayerInputs, comp) -> list[str]:
-    """What makes a comparison say little: too few images, no concept at all, the same sigma run for both nets,
-    or label and distil given the wrong way round (the training run each sigma run records says which it is)."""
+    """What makes a comparison say little: the comparison's own warnings (:func:`comparison_warnings`), the same
+    sigma run for both nets, label and distil given the wrong way round (the training run each sigma run records
+    says which it is), and how the nets trained (:func:`~.caveats.training_warnings`)."""
     out = []
-    nets = inp.nets
-    a, b = nets["label"].sigma.path, nets["distil"].sigma.path
-    if a.resolve() == b.resolve():
-        out.append(f"--label-sigma and --distil-sigma are the same sigma run ({a}): the comparison is empty")
-    stages = {net: read_run_json(nets[net].run).get("stage") for net in NETS}
-    if stages["label"] == "distillation" and stages["distil"] == "train_net":
-        out.append("label and distil look swapped: the label sigma run was fitted on a distillation run, the "
-                   "distil one on a train_net run")
-    elif stages["label"] == "distillation":
-        out.append("the label sigma run was fitted on a distillation run, not on a net trained on labels")
-    elif stages["distil"] == "train_net":
-        out.append("the distil sigma run was fitted on a train_net run, not on a distilled net")
-    return out + comparison_warnings(comp)
+    label_paths = {d.sigma.path.resolve(): d.sigma.path for d in inp.runs["label"]}
+    for d in inp.runs["distil"]:
+        if d.sigma.path.resolve() in label_paths:
+            out.append(f"--label-sigma and --distil-sigma name the same sigma run ({d.sigma.path}): the comparison "
+                       "is empty")
+    for lab, dis in zip(inp.runs["label"], inp.runs["distil"]):
+        stages = {"label": read_run_json(lab.run).get("stage"), "distil": read_run_json(dis.run).get("stage")}
+        if stages["label"] == "distillation" and stages["distil"] == "train_net":
+            out.append("label and distil look swapped: the label sigma run was fitted on a distillation run, the "
+                       "distil one on a train_net run")
+        elif stages["label"] == "distillation":
+            out.append("the label sigma run was fitted on a distillation run, not on a net trained on labels")
+        elif stages["distil"] == "train_net":
+            out.append("the distil sigma run was fitted on a train_net run, not on a distilled net")
+    out += training_warnings([d.run for d in inp.runs["label"]], [d.run for d in inp.runs["distil"]])
+    return list(dict.fromkeys(out + comparison_warnings(comp)))
 
 
 def comparison_warnings(comp) -> list[str]:
-    """The warnings a comparison itself gives (also for in-memory maps): fewer than ``MIN_IMAGES`` images, a net
-    without any visual concept."""
+    """The warnings a comparison itself gives (also for in-memory maps): fewer than ``MIN_IMAGES`` images (then
+    there is no verdict at all), a net without any visual concept, or without a foreground concept at the last
+    checkpoint (each run named when a net has several)."""
     out = []
+    n = min(len(getattr(comp, net).n_fg) for net in NETS)
+    if n < MIN_IMAGES:
+        out.append(f"only {plural(n, 'image')} enter the comparison (fewer than {MIN_IMAGES}): no verdict is given")
     for net in NETS:
-        per = getattr(comp, net)
-        n = len(per.n_fg)
-        if n < MIN_IMAGES:
-            out.append(f"only {plural(n, 'image')} for the {net} net: the intervals say little "
-                       f"(fewer than {MIN_IMAGES})")
-        if not (per.n_fg.any() or per.n_bg.any()):
-            out.append(f"the {net} net has no visual concept at any checkpoint (b too high, or maps without "
-                       "contrast)")
+        runs = comp.runs.get(net) or [getattr(comp, net)]
+        for r, per in enumerate(runs):
+            which = f"the {net} net" + (f" (run {r + 1} of {len(runs)})" if len(runs) > 1 else "")
+            if not (per.n_fg.any() or per.n_bg.any()):
+                out.append(f"{which} has no visual concept at any checkpoint (b too high, or maps without contrast)")
+            elif not per.n_fg[:, -1].any():
+                out.append(f"{which} has no foreground concept at the last checkpoint: N_fg, λ and ρ compare nothing "
+                           "on the object")
     return out
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from kdq.function.checks import CheckError, check_epochs, check_weight_distances
 from kdq.function.cli import UserError
 from kdq.function.data.folder import MaskedImageFolder
 from kdq.function.data.layout import dataset_kind
@@ -147,11 +148,10 @@ def load_weight_diff(run: Path, flag: str, epochs: list[int], row: int) -> np.nd
     if max(epochs) > wd.shape[1] - 1:
         raise UserError(f"{flag}: {path} covers epochs 0..{wd.shape[1] - 1} but the sigma checkpoints reach "
                         f"epoch {max(epochs)}")
-    if not np.all(np.isfinite(wd[row, :max(epochs) + 1])):
-        raise UserError(f"{flag}: {path} holds NaN/inf in the analysed layer's row")
-    if (wd[row, :max(epochs) + 1] < 0).any():
-        raise UserError(f"{flag}: {path} holds negative weight distances in the analysed layer's row (a distance "
-                        "is a norm: the file is damaged)")
+    try:  # the rule kdq.compare applies to its D_label and D_distil
+        check_weight_distances(f"{flag}: {path}", wd[row, :max(epochs) + 1], " in the analysed layer's row")
+    except CheckError as exc:
+        raise UserError(f"{exc}: the file is damaged") from None
     return wd[row].astype(np.float64)
 
 
@@ -208,8 +208,10 @@ def net_epochs(sigma: SigmaRun, run: Path, spec: list[str] | None, spec_flag: st
             epochs, source = parse_epochs(spec, None, spec_flag), spec_flag
         except ValueError as exc:
             raise UserError(str(exc)) from None
-        if [int(e) for e in spec] != epochs:
-            raise UserError(f"{spec_flag} must be distinct epochs ≥ 0 in increasing order, got {' '.join(spec)}")
+        try:  # the rule of kdq.compare's epochs_label and epochs_distil
+            check_epochs(spec_flag, [int(e) for e in spec])
+        except CheckError as exc:
+            raise UserError(str(exc)) from None
     if recorded is not None and recorded != epochs:
         raise UserError(f"{spec_flag} {epochs} disagrees with the epochs {sigma.flag} records: {recorded}")
     return epochs, source
@@ -224,8 +226,8 @@ def common_effective(label: SigmaRun, distil: SigmaRun) -> list[str]:
 @dataclass(frozen=True)
 class Request:
     """What the metrics stage was asked for one analysis (its flags), to be resolved per layer."""
-    label_run: Path | None = None
-    distil_run: Path | None = None
+    label_run: tuple[Path, ...] | None = None  # one per label sigma run, in order (None: as the sigma runs record)
+    distil_run: tuple[Path, ...] | None = None
     # net → (its --checkpoints words or None, the flag they came from)
     checkpoints: dict[str, tuple[list[str] | None, str]] = field(
         default_factory=lambda: {net: (None, "--checkpoints") for net in NETS})
@@ -257,9 +259,10 @@ class NetData:
 
 @dataclass
 class LayerInputs:
-    """Everything one layer's analysis needs, read and checked (nothing logged yet)."""
+    """Everything one layer's analysis needs, read and checked (nothing logged yet).  Each net has one or more
+    training runs (``runs[net]``, one sigma run each), all measured on the same images."""
     layer: str
-    nets: dict[str, NetData]
+    runs: dict[str, list[NetData]]
     both: int  # images effective in both runs
     skipped: dict[str, str]  # image → why it is left out (of both nets, or of one in compat mode)
     paired: bool  # both nets are measured on the same images
@@ -273,6 +276,11 @@ class LayerInputs:
     split: str
     warnings: list[str]
     notes: list[str]
+
+    @property
+    def nets(self) -> dict[str, NetData]:
+        """Each net's first run (the only one unless several training runs were given)."""
+        return {net: runs[0] for net, runs in self.runs.items()}
 
 
 def family_and_size(req: Request, sigmas: list[SigmaRun], runs: list[Path], warnings: list[str],
@@ -341,49 +349,190 @@ def foreground_cells(data: MaskedImageFolder, names: list[str], rule: Foreground
     return cells, fallback
 
 
-def load_layer(req: Request, layer: str, data: MaskedImageFolder, label_sigma: Path,
-               distil_sigma: Path) -> LayerInputs:
-    """Read and check one layer's inputs; every problem is a UserError, nothing is logged here."""
-    if req.compat not in COMPAT:
-        raise UserError(f"--compat must be one of {', '.join(COMPAT)}, got {req.compat!r}")
-    sigmas = {"label": SigmaRun.open(label_sigma, "--label-sigma"), "distil": SigmaRun.open(distil_sigma,
-                                                                                             "--distil-sigma")}
-    for sr in sigmas.values():
+def _open_sigmas(net: str, paths: list[Path], layer: str) -> list[SigmaRun]:
+    """A net's sigma runs (one per training run), each checked to be fitted at ``layer``; the same folder twice
+    is refused."""
+    flag = f"--{net}-sigma"
+    runs = [SigmaRun.open(path, flag) for path in paths]
+    for sr in runs:
         recorded = sr.recorded("layer")
         if recorded is not None and recorded != layer:
             raise UserError(f"{sr.flag}: {sr.path} was fitted at layer {recorded}, not {layer}")
-    grids = {sr.flag: sr.recorded("grid") for sr in sigmas.values()}
-    if None not in grids.values() and len({int(g) for g in grids.values()}) > 1:
-        (fa, ga), (fb, gb) = grids.items()
-        raise UserError(f"the sigma runs were fitted with different grids: {fa} {ga}x{ga} vs {fb} {gb}x{gb}")
+    seen: dict[Path, Path] = {}
+    for sr in runs:
+        key = sr.path.resolve()
+        if key in seen:
+            raise UserError(f"{flag}: {seen[key]} and {sr.path} are the same sigma run given twice")
+        seen[key] = sr.path
+    return runs
+
+
+def _check_same(what: str, values: dict[str, Any], hint: str) -> None:
+    """Refuse runs that differ in ``what`` (runs named by their flag and path → value; None = not recorded)."""
+    known = {k: v for k, v in values.items() if v is not None}
+    if len({json.dumps(v, sort_keys=True, default=str) for v in known.values()}) > 1:
+        shown = "; ".join(f"{k}: {v}" for k, v in known.items())
+        raise UserError(f"the sigma runs mix {what} ({shown}); {hint}")
+
+
+# what may differ between training runs of one net: the seed, where the run went, and which teacher checkpoint a
+# student learned from (another training of the same teacher is training randomness too)
+PER_RUN_SETTINGS = frozenset({"seed", "out", "checkpoints", "teacher_checkpoint"})
+
+
+def _training_settings(record: dict) -> dict[str, Any]:
+    """The settings of a training run that define what it computes, the per-run ones aside."""
+    from kdq.function.io.rundir import RUNTIME_SETTINGS
+
+    settings = record.get("settings") or {}
+    return {k: v for k, v in settings.items() if k not in RUNTIME_SETTINGS | PER_RUN_SETTINGS}
+
+
+def check_training_runs(net: str, runs: list[Path]) -> list[str]:
+    """Several training runs of one net must be *different* runs (other folders, other ``--seed``) of the *same*
+    setting (every other result-defining setting equal); notes for runs that record nothing to check."""
+    notes: list[str] = []
+    if len(runs) < 2:
+        return notes
+    flag = f"--{net}-run"
+    seen: dict[Path, Path] = {}
+    for run in runs:
+        key = Path(run).resolve()
+        if key in seen:
+            raise UserError(f"{flag}: {seen[key]} and {run} are the same training run: several runs of a net must "
+                            "be separate trainings (another --seed)")
+        seen[key] = Path(run)
+    records = {Path(run): read_run_json(run) for run in runs}
+    with_settings = {run: rec for run, rec in records.items() if rec.get("settings")}
+    if len(with_settings) < len(records):
+        notes.append(f"{net} net: {len(records) - len(with_settings)} training run(s) record no settings: kdq cannot "
+                     "check that they differ only in --seed")
+    seeds: dict[Any, Path] = {}
+    for run, rec in with_settings.items():
+        seed = rec["settings"].get("seed")
+        if seed in seeds:
+            raise UserError(f"{flag}: {seeds[seed]} and {run} were both trained with --seed {seed}: several runs of a "
+                            "net must differ in their seed")
+        seeds[seed] = run
+    if with_settings:
+        first_run, first = next(iter(with_settings.items()))
+        base = _training_settings(first)
+        for run, rec in list(with_settings.items())[1:]:
+            other = _training_settings(rec)
+            diffs = sorted(k for k in base.keys() | other.keys() if base.get(k) != other.get(k))
+            if diffs:
+                shown = ", ".join(f"--{k.replace('_', '-')} {base.get(k)!r} vs {other.get(k)!r}" for k in diffs[:4])
+                raise UserError(f"{flag}: {first_run} and {run} are not runs of the same setting ({shown}): several "
+                                "runs of a net may differ only in --seed")
+    return notes
+
+
+def _given_runs(net: str, given: tuple[Path, ...] | None, n: int) -> list[Path | None]:
+    """``--<net>-run`` values, one per sigma run (or none given: what each sigma run records)."""
+    if given is None:
+        return [None] * n
+    if len(given) != n:
+        raise UserError(f"--{net}-run: {len(given)} training run(s) for {n} sigma run(s) of --{net}-sigma; give one "
+                        f"per sigma run, in the same order (or leave --{net}-run out to use what they record)")
+    return list(given)
+
+
+def load_layer(req: Request, layer: str, data: MaskedImageFolder, label_sigma: Path | list[Path],
+               distil_sigma: Path | list[Path]) -> LayerInputs:
+    """Read and check one layer's inputs; every problem is a UserError, nothing is logged here.
+    ``label_sigma``/``distil_sigma``: one sigma run per training run of that net (a single path: one run)."""
+    if req.compat not in COMPAT:
+        raise UserError(f"--compat must be one of {', '.join(COMPAT)}, got {req.compat!r}")
+    paths = {"label": [label_sigma] if isinstance(label_sigma, (str, Path)) else list(label_sigma),
+             "distil": [distil_sigma] if isinstance(distil_sigma, (str, Path)) else list(distil_sigma)}
+    several = any(len(v) > 1 for v in paths.values())
+    if several and req.compat == "original":
+        raise UserError("--compat original reproduces the original code, which compares one run per net: give one "
+                        "--label-sigma and one --distil-sigma")
+    sigmas = {net: _open_sigmas(net, paths[net], layer) for net in NETS}
+    every = [sr for net in NETS for sr in sigmas[net]]
+    _check_same("grids", {f"{sr.flag} {sr.path}": sr.recorded("grid") for sr in every},
+                "every run must be fitted on the same grid")
     given = {"label": req.label_run, "distil": req.distil_run}
-    runs = {net: training_run(f"--{net}-run", given[net], sigmas[net], layer) for net in NETS}
-    epochs = {net: net_epochs(sigmas[net], runs[net], *req.checkpoints[net], f"--{net}-run") for net in NETS}
-    names = common_effective(sigmas["label"], sigmas["distil"])
+    runs = {net: [training_run(f"--{net}-run", g, sr, layer)
+                  for g, sr in zip(_given_runs(net, given[net], len(sigmas[net])), sigmas[net])] for net in NETS}
+    notes: list[str] = []
+    for net in NETS:
+        notes += check_training_runs(net, runs[net])
+        if several:
+            records = [read_run_json(run) for run in runs[net]]
+            _check_same(f"architectures in the {net} net's runs",
+                        {f"--{net}-run {run}": (rec.get("model") or {}).get("arch") or (rec.get("settings") or {}).get("arch")
+                         for run, rec in zip(runs[net], records)}, "pool runs of one architecture")
+            _check_same(f"datasets in the {net} net's runs",
+                        {f"{sr.flag} {sr.path}": [sr.recorded("data"), sr.recorded("split")] for sr in sigmas[net]},
+                        "pool runs fitted on the same images")
+    epochs = {net: [net_epochs(sr, run, *req.checkpoints[net], f"--{net}-run")
+                    for sr, run in zip(sigmas[net], runs[net])] for net in NETS}
+    for net in NETS:
+        if len({tuple(e) for e, _ in epochs[net]}) > 1:
+            shown = "; ".join(f"{sr.path}: {' '.join(map(str, e))}" for sr, (e, _) in zip(sigmas[net], epochs[net]))
+            raise UserError(f"--{net}-sigma: the runs hold different checkpoints ({shown}); pool runs of one schedule")
+    # the images: with one run per net, those effective in both (paired, as the original); with several runs, each
+    # run's own effective images (their sets differ from seed to seed), paired only when every run has the same
+    names = common_effective(sigmas["label"][0], sigmas["distil"][0]) if not several else \
+        list(dict.fromkeys(n for sr in every for n in sr.effect))
     if not names:
-        raise UserError(f"no image is effective in both sigma runs (--label-sigma: {len(sigmas['label'].effect)} "
-                        f"effective, --distil-sigma: {len(sigmas['distil'].effect)} effective, none in common)")
-    maps = {net: _read_maps(sigmas[net], names, epochs[net][0], req.grid) for net in NETS}
-    grid = next(iter(maps["label"].values())).shape[-1]
-    other = next(iter(maps["distil"].values())).shape[-1]
-    if grid != other:
-        raise UserError(f"the sigma runs were fitted with different grids: --label-sigma {grid}x{grid} vs "
-                        f"--distil-sigma {other}x{other}")
+        raise UserError(f"no image is effective in both sigma runs (--label-sigma: {len(sigmas['label'][0].effect)} "
+                        f"effective, --distil-sigma: {len(sigmas['distil'][0].effect)} effective, none in common)")
+    own = {net: [names if not several else list(dict.fromkeys(sr.effect)) for sr in sigmas[net]] for net in NETS}
+    for net in NETS:
+        for sr, listed in zip(sigmas[net], own[net]):
+            if not listed:
+                raise UserError(f"{sr.flag}: {sr.path} has no effective image")
+    maps = {net: [_read_maps(sr, listed, e[0], req.grid) for sr, listed, e in zip(sigmas[net], own[net], epochs[net])]
+            for net in NETS}
+    grids = {(sr.flag if len(sigmas[net]) == 1 else f"{sr.flag} {sr.path}"): next(iter(m.values())).shape[-1]
+             for net in NETS for sr, m in zip(sigmas[net], maps[net])}
+    if len(set(grids.values())) > 1:
+        raise UserError("the sigma runs were fitted with different grids: "
+                        + " vs ".join(f"{k} {g}x{g}" for k, g in grids.items()))
+    grid = next(iter(grids.values()))
     row = LAYERS.index(layer)
-    wd = {net: load_weight_diff(runs[net], f"--{net}-run", epochs[net][0], row) for net in NETS}
+    wd = {net: [load_weight_diff(run, f"--{net}-run", e[0], row) for run, e in zip(runs[net], epochs[net])]
+          for net in NETS}
 
     warnings: list[str] = []
-    notes: list[str] = []
-    family, size = family_and_size(req, [sigmas["label"], sigmas["distil"]], [runs["label"], runs["distil"]],
-                                   warnings, notes)
+    family, size = family_and_size(req, every, [r for net in NETS for r in runs[net]], warnings, notes)
     skip0 = {"yes": True, "no": False}.get(req.mhat_skip_epoch0, family == "resnet")
+    skipped, kept = (_screen_runs(maps, own) if several else _screen_pair(maps, names, req.compat))
+    rule = _foreground(req, every, data)
+    cells, fallback = foreground_cells(data, list(dict.fromkeys(n for net in NETS for k in kept[net] for n in k)),
+                                       rule, int(size), grid)
+    nets: dict[str, list[NetData]] = {}
+    for net in NETS:
+        net_epochs_, source = epochs[net][0]
+        allowed = mhat_allowed(net_epochs_, skip0)
+        if skip0 and set(net_epochs_) == {0}:
+            notes.append(f"{net} net: m̂: epoch 0 is the only checkpoint, so it is kept")
+        nets[net] = [NetData(net, sr, run, net_epochs_, source, w, k, np.stack([m[n] for n in k]),
+                             np.stack([cells[n] for n in k]), allowed)
+                     for sr, run, w, m, k in zip(sigmas[net], runs[net], wd[net], maps[net], kept[net])]
+    paired = len({tuple(k) for net in NETS for k in kept[net]}) == 1
+    _describe({net: nets[net][0] for net in NETS}, names, skipped, fallback, rule, req.compat, paired, notes,
+              warnings)
+    if several and not paired:
+        notes.append("the runs' effective images differ (" + "; ".join(
+            f"{net}: " + "/".join(str(len(k)) for k in kept[net]) for net in NETS) + " images): each run is measured "
+            "on its own images, and the two-level bootstrap draws every drawn run's images on their own")
+    return LayerInputs(layer, nets, len(names), skipped, paired, int(size), grid, skip0, req.compat, rule, fallback,
+                       str(data.root), data.split, warnings, notes)
 
-    # which images each net is measured on
+
+def _screen_pair(maps: dict[str, list[dict[str, np.ndarray]]], names: list[str], compat: str
+                 ) -> tuple[dict[str, str], dict[str, list[list[str]]]]:
+    """One run per net: the images each net is measured on (paired: an image unusable in either run is left out
+    of both; ``compat="original"``: each net drops its own) and why the others are left out."""
     skipped: dict[str, str] = {}
-    kept = {net: [] for net in NETS}
+    kept: dict[str, list[str]] = {net: [] for net in NETS}
     for name in names:
-        reasons = {net: screen_sigma(maps[net][name]) for net in NETS}
-        if req.compat == "original":
+        reasons = {net: screen_sigma(maps[net][0][name]) for net in NETS}
+        if compat == "original":
             for net in NETS:  # the original drops, per net, an image whose min σ* is ≤ 0
                 if reasons[net] is None:
                     kept[net].append(name)
@@ -398,22 +547,28 @@ def load_layer(req: Request, layer: str, data: MaskedImageFolder, label_sigma: P
         if not kept[net]:
             raise UserError(f"none of the {len(names)} image(s) effective in both runs has a usable σ* in the "
                             f"{net} run (all hold NaN/inf or values ≤ 0)")
-    rule = _foreground(req, list(sigmas.values()), data)
-    cells, fallback = foreground_cells(data, list(dict.fromkeys(kept["label"] + kept["distil"])), rule, int(size),
-                                       grid)
-    nets = {}
+    return skipped, {net: [kept[net]] for net in NETS}
+
+
+def _screen_runs(maps: dict[str, list[dict[str, np.ndarray]]], own: dict[str, list[list[str]]]
+                 ) -> tuple[dict[str, str], dict[str, list[list[str]]]]:
+    """Several runs per net: each run keeps its own effective images whose σ* is usable in it."""
+    skipped: dict[str, str] = {}
+    kept: dict[str, list[list[str]]] = {net: [] for net in NETS}
     for net in NETS:
-        net_epochs_, source = epochs[net]
-        allowed = mhat_allowed(net_epochs_, skip0)
-        if skip0 and set(net_epochs_) == {0}:
-            notes.append(f"{net} net: m̂: epoch 0 is the only checkpoint, so it is kept")
-        nets[net] = NetData(net, sigmas[net], runs[net], net_epochs_, source, wd[net], kept[net],
-                            np.stack([maps[net][n] for n in kept[net]]), np.stack([cells[n] for n in kept[net]]),
-                            allowed)
-    paired = kept["label"] == kept["distil"]
-    _describe(nets, names, skipped, fallback, rule, req.compat, paired, notes, warnings)
-    return LayerInputs(layer, nets, len(names), skipped, paired, int(size), grid, skip0, req.compat, rule, fallback,
-                       str(data.root), data.split, warnings, notes)
+        for r, (m, listed) in enumerate(zip(maps[net], own[net])):
+            keep = []
+            for name in listed:
+                reason = screen_sigma(m[name])
+                if reason is None:
+                    keep.append(name)
+                else:
+                    skipped[f"{name} ({net} run {r + 1})"] = reason
+            if not keep:
+                raise UserError(f"--{net}-sigma run {r + 1}: none of its {len(listed)} effective image(s) has a usable "
+                                "σ* (all hold NaN/inf or values ≤ 0)")
+            kept[net].append(keep)
+    return skipped, kept
 
 
 def _read_maps(run: SigmaRun, names: list[str], epochs: list[int], grid: int | None) -> dict[str, np.ndarray]:
@@ -464,17 +619,20 @@ def _describe(nets: dict[str, NetData], names: list[str], skipped: dict[str, str
                      f"{len(nets['distil'].names)}): their bootstrap resamples each net's images on its own")
 
 
-def layer_dirs(layer: str, label_sigma: Path, distil_sigma: Path) -> list[tuple[str, Path, Path]]:
-    """``(layer, label sigma run, distil sigma run)`` for one layer, or for every layer with ``all``."""
+def layer_dirs(layer: str, label_sigma: list[Path], distil_sigma: list[Path]
+               ) -> list[tuple[str, list[Path], list[Path]]]:
+    """``(layer, label sigma runs, distil sigma runs)`` for one layer, or for every layer with ``all`` (a layer
+    enters when every given folder holds it).  Each net's list holds one sigma run per training run."""
+    label_sigma, distil_sigma = [Path(p) for p in label_sigma], [Path(p) for p in distil_sigma]
     if layer != "all":
-        return [(layer, pick_folder(label_sigma, layer, "full_name_list.txt"),
-                 pick_folder(distil_sigma, layer, "full_name_list.txt"))]
+        return [(layer, [pick_folder(p, layer, "full_name_list.txt") for p in label_sigma],
+                 [pick_folder(p, layer, "full_name_list.txt") for p in distil_sigma])]
     found = []
     for name in LAYERS:
-        a, b = label_sigma / name, distil_sigma / name
-        if (a / "full_name_list.txt").is_file() and (b / "full_name_list.txt").is_file():
+        a, b = [p / name for p in label_sigma], [p / name for p in distil_sigma]
+        if all((x / "full_name_list.txt").is_file() for x in a + b):
             found.append((name, a, b))
     if not found:
-        raise UserError(f"--layer all: no layer has sigma runs in both {label_sigma}/<layer> and "
-                        f"{distil_sigma}/<layer> (layers: {', '.join(LAYERS)})")
+        raise UserError(f"--layer all: no layer has sigma runs in every {label_sigma[0]}/<layer> and "
+                        f"{distil_sigma[0]}/<layer> given (layers: {', '.join(LAYERS)})")
     return found

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kdq.function.metrics.bootstrap import bootstrap, percentile_interval
+from kdq.function.metrics.bootstrap import bootstrap, percentile_interval, two_level_bootstrap
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class Metric:
     label: str  # name in report.md
     direction: int  # +1 the paper predicts distil > label, -1 distil < label, 0 no prediction
     what: str  # one line for the report
+    peak: str | None = None  # "fg"/"bg": the metric is read at m̂ / m̂_bg (so a one-checkpoint schedule fixes it)
 
     @property
     def predicted(self) -> str | None:
@@ -42,18 +43,18 @@ METRICS: tuple[Metric, ...] = (
     Metric("N_fg", "N_fg", +1, "foreground concepts at the last checkpoint (mean over images)"),
     Metric("N_bg", "N_bg", -1, "background concepts at the last checkpoint (mean over images)"),
     Metric("lambda", "λ", +1, "mean of N_fg / (N_fg + N_bg) at the last checkpoint (0 without concepts)"),
-    Metric("D_mean", "D_mean", -1, "mean over images of the cumulative weight distance at m̂"),
-    Metric("D_std", "D_std", -1, "std over images (ddof 0) of the cumulative weight distance at m̂"),
+    Metric("D_mean", "D_mean", -1, "mean over images of the cumulative weight distance at m̂", "fg"),
+    Metric("D_std", "D_std", -1, "std over images (ddof 0) of the cumulative weight distance at m̂", "fg"),
     Metric("rho", "ρ", +1, "mean of |S_last| / |∪_k S_k| over foreground concept cells"),
 )
 SECONDARY: tuple[Metric, ...] = (
-    Metric("D_var", "D_var", -1, "variance over images (ddof 0) of D(x), as the original code printed"),
+    Metric("D_var", "D_var", -1, "variance over images (ddof 0) of D(x), as the original code printed", "fg"),
     Metric("rho_bg", "ρ_bg", 0, "ρ over background concept cells"),
     Metric("rho_total", "ρ_total", 0, "ρ over all concept cells"),
-    Metric("slope", "slope", 0, "mean over images of N_fg(m̂) / D(m̂), as the original printed it"),
-    Metric("D_mean_bg", "D_mean_bg", 0, "D_mean for background concepts: D at m̂_bg = argmax_k N_bg"),
-    Metric("D_var_bg", "D_var_bg", 0, "variance over images of D at m̂_bg"),
-    Metric("slope_bg", "slope_bg", 0, "mean over images of N_bg(m̂_bg) / D(m̂_bg)"),
+    Metric("slope", "slope", 0, "mean over images of N_fg(m̂) / D(m̂), as the original printed it", "fg"),
+    Metric("D_mean_bg", "D_mean_bg", 0, "D_mean for background concepts: D at m̂_bg = argmax_k N_bg", "bg"),
+    Metric("D_var_bg", "D_var_bg", 0, "variance over images of D at m̂_bg", "bg"),
+    Metric("slope_bg", "slope_bg", 0, "mean over images of N_bg(m̂_bg) / D(m̂_bg)", "bg"),
 )
 ALL_METRICS = METRICS + SECONDARY
 SCALARS = tuple(m.key for m in ALL_METRICS)
@@ -155,10 +156,14 @@ def peak_slopes(peak_counts: np.ndarray, D: np.ndarray) -> np.ndarray:
         return np.asarray(peak_counts, dtype=np.float64) / np.asarray(D, dtype=np.float64)
 
 
+MIN_IMAGES = 10  # fewer images than this in a comparison: no verdict at all (docs/method.md §3, "Verdicts")
+
+
 def verdict(direction: int, difference: float, lo: float, hi: float) -> str | None:
     """What the interval says of the paper's prediction (``direction``: +1 distil > label, −1 distil < label):
     ``supported`` only when the whole interval lies on the predicted side of 0; ``same sign, not significant``
-    when the point estimate does but the interval includes 0; likewise ``opposite …``; None without a prediction."""
+    when the point estimate does but the interval includes 0; likewise ``opposite …``; None without a prediction.
+    Call it only where :func:`no_verdict_reason` finds none."""
     if direction == 0:
         return None
     if not all(np.isfinite([difference, lo, hi])):
@@ -170,6 +175,27 @@ def verdict(direction: int, difference: float, lo: float, hi: float) -> str | No
     if difference == 0:
         return "no difference"
     return "same sign, not significant" if difference * direction > 0 else "opposite sign, not significant"
+
+
+def no_verdict_reason(values: tuple[float, float, float], interval: tuple[float, float], replicates: np.ndarray,
+                      fixed_by_schedule: bool, n_images: int) -> str | None:
+    """Why a predicted metric gets no verdict, or None when the data can carry one (docs/method.md §3,
+    "Verdicts"): fewer than :data:`MIN_IMAGES` images; a metric read at m̂ when a net's schedule leaves m̂ a single
+    checkpoint to pick; a label, distil or difference estimate that is not finite; an interval that is not
+    finite; or a bootstrap whose resamples of the difference are all equal (a zero-width interval)."""
+    if n_images < MIN_IMAGES:
+        return f"only {n_images} image{'s' if n_images != 1 else ''} (fewer than {MIN_IMAGES})"
+    if fixed_by_schedule:
+        return "fixed by the checkpoint schedule: m̂ has a single checkpoint to pick"
+    if not np.all(np.isfinite(values)):
+        return "the estimate is not a number (NaN/inf)"
+    if not np.all(np.isfinite(interval)):
+        return "the interval is undefined (its resamples are NaN/inf)"
+    reps = np.asarray(replicates, dtype=np.float64)
+    reps = reps[np.isfinite(reps)]
+    if interval[0] == interval[1] or (reps.size and reps.min() == reps.max()):
+        return "every resample gives the same difference: a zero-width interval"
+    return None
 
 
 # ---- one net, all images ---------------------------------------------------------------------------
@@ -249,13 +275,32 @@ def mean_slope(slopes: np.ndarray, D: np.ndarray, keep_inf: bool) -> float:
     return float(kept.mean()) if kept.size else float("nan")
 
 
+def centred(values: np.ndarray) -> tuple[float, np.ndarray]:
+    """``(x₀, x − x₀)`` with ``x₀`` the first value: moments computed on the deviations are free of rounding
+    residue when every value is the same (the mean is then exactly ``x₀``, the spread exactly 0)."""
+    values = np.asarray(values, dtype=np.float64)
+    x0 = float(values.flat[0]) if values.size and np.isfinite(values.flat[0]) else 0.0
+    return x0, values - x0
+
+
+def exact_mean(values: np.ndarray) -> float:
+    """The mean, exactly ``x`` for values that are all ``x`` (floating-point residue is not a value)."""
+    x0, dev = centred(values)
+    return float(x0 + dev.mean())
+
+
+def exact_var(values: np.ndarray, ddof: int = 0) -> float:
+    """The variance (ddof 0 by default), exactly 0 for values that are all equal."""
+    return float(centred(values)[1].var(ddof=ddof))
+
+
 def summarise(p: PerImage) -> dict[str, float]:
     """The reported numbers of one net: means over images (std/var with ddof 0)."""
     return {"N_fg": float(p.n_fg[:, -1].mean()), "N_bg": float(p.n_bg[:, -1].mean()),
-            "lambda": float(p.fg_ratio.mean()), "D_mean": float(p.D.mean()), "D_std": float(p.D.std()),
-            "D_var": float(p.D.var()), "rho": float(p.rho.mean()), "rho_bg": float(p.rho_bg.mean()),
+            "lambda": float(p.fg_ratio.mean()), "D_mean": exact_mean(p.D), "D_std": float(np.sqrt(exact_var(p.D))),
+            "D_var": exact_var(p.D), "rho": float(p.rho.mean()), "rho_bg": float(p.rho_bg.mean()),
             "rho_total": float(p.rho_total.mean()), "slope": mean_slope(p.slope, p.D, p.keep_inf_slopes),
-            "D_mean_bg": float(p.D_bg.mean()), "D_var_bg": float(p.D_bg.var()),
+            "D_mean_bg": exact_mean(p.D_bg), "D_var_bg": exact_var(p.D_bg),
             "slope_bg": mean_slope(p.slope_bg, p.D_bg, p.keep_inf_slopes)}
 
 
@@ -268,30 +313,149 @@ def _stat_vector(p: PerImage) -> np.ndarray:
 
 @dataclass
 class Comparison:
-    label: PerImage
+    label: PerImage  # the first label run's per-image values (the figures and metrics.csv show each run)
     distil: PerImage
-    summary: dict[str, dict[str, float]]  # net → metric → value
-    rows: list[dict]  # one per metric of ALL_METRICS: values, difference, intervals, prediction
+    summary: dict[str, dict[str, float]]  # net → metric → value (pooled over the net's runs)
+    rows: list[dict]  # one per metric of ALL_METRICS: values, difference, intervals, prediction, verdict
     curves: dict[str, dict[str, list]]  # net → n_fg_mean / n_bg_mean and their interval bands
     n_boot: int
     seed: int
     level: float
     paired: bool = True  # one resample of the images for both nets (they share their images)
     notes: list[str] = field(default_factory=list)
+    runs: dict[str, list[PerImage]] = field(default_factory=dict)  # net → per-image values of each of its runs
+    run_summaries: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # net → each run's numbers
+
+    @property
+    def n_runs(self) -> dict[str, int]:
+        """net → how many training runs it pools (1 when runs were not given)."""
+        return {net: len(self.runs.get(net) or [None]) for net in ("label", "distil")}
+
+
+def peak_fixed(nets: list[NetInput]) -> dict[str, bool]:
+    """``{"fg": …, "bg": …}``: whether m̂ (and m̂_bg) is fixed by a schedule, i.e. some net may pick only one
+    checkpoint, so every metric read at the peak is the schedule's, not the data's."""
+    fixed = any(int(np.count_nonzero(net.allowed)) == 1 for net in nets)
+    return {"fg": fixed, "bg": fixed}
+
+
+def _finite_or_nan(value: float, interval: list[float]) -> list[float]:
+    """An interval shown beside a non-finite estimate is meaningless: NaN bounds then."""
+    return interval if np.isfinite(value) else [float("nan"), float("nan")]
+
+
+def comparison_rows(point: dict[str, np.ndarray], reps: dict[str, np.ndarray], level: float,
+                    fixed: dict[str, bool], n_images: int,
+                    per_run: dict[str, list[np.ndarray]] | None = None) -> list[dict]:
+    """One row per metric of ALL_METRICS from the point vectors and replicates of both nets (their first
+    ``len(SCALARS)`` entries), with the difference's interval, the verdict or the reason there is none, and —
+    with ``per_run`` — each run's value and the spread between runs (std, ddof 1)."""
+    n = len(SCALARS)
+    lo, hi = {}, {}
+    for net in ("label", "distil"):
+        lo[net], hi[net] = percentile_interval(reps[net][:, :n], level)
+    with np.errstate(invalid="ignore"):  # inf − inf (the original's slopes) is NaN, which the interval skips
+        diff_reps = reps["distil"][:, :n] - reps["label"][:, :n]
+    dlo, dhi = percentile_interval(diff_reps, level)
+    rows = []
+    for j, m in enumerate(ALL_METRICS):
+        lv, dv = float(point["label"][j]), float(point["distil"][j])
+        with np.errstate(invalid="ignore"):
+            diff = dv - lv
+        interval = _finite_or_nan(diff, [float(dlo[j]), float(dhi[j])])
+        reason = None if m.direction == 0 else no_verdict_reason(
+            (lv, dv, diff), tuple(interval), diff_reps[:, j], bool(m.peak and fixed[m.peak]), n_images)
+        holds = None if m.direction == 0 or not np.isfinite(diff) else bool(diff * m.direction > 0)
+        excl = None if m.direction == 0 or reason else bool(
+            (interval[0] > 0 and m.direction > 0) or (interval[1] < 0 and m.direction < 0))
+        row = {"metric": m.key, "label": lv, "distil": dv, "difference": float(diff), "difference_ci": interval,
+               "label_ci": _finite_or_nan(lv, [float(lo["label"][j]), float(hi["label"][j])]),
+               "distil_ci": _finite_or_nan(dv, [float(lo["distil"][j]), float(hi["distil"][j])]),
+               "predicted": m.predicted, "holds": holds, "ci_excludes_zero_in_predicted_direction": excl,
+               "verdict": None if reason else verdict(m.direction, float(diff), *interval),
+               "no_verdict": reason}
+        if per_run is not None:
+            row["per_run"] = {net: [float(v[j]) for v in per_run[net]] for net in per_run}
+            row["spread"] = {net: (exact_var([v[j] for v in per_run[net]], ddof=1) ** 0.5
+                                   if len(per_run[net]) > 1 else None) for net in per_run}
+        rows.append(row)
+    return rows
+
+
+def _curves(point: dict[str, np.ndarray], reps: dict[str, np.ndarray], K: dict[str, int],
+            level: float) -> dict[str, dict[str, list]]:
+    n = len(SCALARS)
+    curves = {}
+    for net in ("label", "distil"):
+        lo, hi = percentile_interval(reps[net], level)
+        k = K[net]
+        curves[net] = {"n_fg_mean": point[net][n:n + k].tolist(), "n_fg_ci": [lo[n:n + k].tolist(), hi[n:n + k].tolist()],
+                       "n_bg_mean": point[net][n + k:n + 2 * k].tolist(),
+                       "n_bg_ci": [lo[n + k:n + 2 * k].tolist(), hi[n + k:n + 2 * k].tolist()]}
+    return curves
+
+
+def _slope_notes(per: dict[str, list[PerImage]]) -> list[str]:
+    notes = []
+    for net, runs in per.items():
+        for r, p in enumerate(runs):
+            fg_out, bg_out = p.slope_left_out
+            if fg_out or bg_out:
+                which = f" (run {r + 1})" if len(runs) > 1 else ""
+                notes.append(f"{net} net{which}: D is 0 at the peak of {fg_out} image(s) (m̂) and {bg_out} (m̂_bg); "
+                             "they are left out of slope and slope_bg (--compat original keeps the original's inf)")
+    return notes
+
+
+def compare_runs(label: list[NetInput], distil: list[NetInput], b: float, n_boot: int, seed: int,
+                 level: float = 0.95, loop=iter, paired: bool = True) -> Comparison:
+    """docs/method.md §3 for both nets, each pooled over one or more training runs, with the two-level bootstrap of
+    :func:`~kdq.function.metrics.bootstrap.two_level_bootstrap` (runs within each net, and the images: one draw
+    shared by every run when ``paired`` — every run measured on the same images —, else drawn per drawn run).
+    Every metric is computed per run; a net's value is the mean over its runs.  With one run per net and paired
+    images this is the paired image bootstrap of :func:`compare_nets`, number for number."""
+    nets = {"label": list(label), "distil": list(distil)}
+    for net, runs in nets.items():
+        if not runs:
+            raise ValueError(f"the {net} net needs at least one run")
+        if len({x.H.shape[1] for x in runs}) != 1:
+            raise ValueError(f"the runs of the {net} net have different numbers of checkpoints")
+    bgm = {net: [background_means(x.H, x.fg) for x in runs] for net, runs in nets.items()}
+
+    def statistic(net: str, r: int, idx: np.ndarray) -> np.ndarray:
+        return _stat_vector(_per_image(nets[net][r], bgm[net][r], b, idx))
+
+    sizes = {net: [x.H.shape[0] for x in runs] for net, runs in nets.items()}
+    if paired and len({n for s in sizes.values() for n in s}) != 1:
+        raise ValueError(f"a paired comparison needs the same images in every run, got {sizes}")
+    point, per_run, reps = two_level_bootstrap(statistic, sizes, n_boot, seed, paired, loop)
+    per = {net: [_per_image(x, bgm[net][r], b, np.arange(x.H.shape[0])) for r, x in enumerate(runs)]
+           for net, runs in nets.items()}
+    N = min(n for s in sizes.values() for n in s)
+    summaries = {net: [summarise(p) for p in runs] for net, runs in per.items()}
+    summary = {net: dict(zip(SCALARS, map(float, point[net][:len(SCALARS)]))) for net in nets}
+    several = any(len(runs) > 1 for runs in nets.values())
+    rows = comparison_rows(point, reps, level, peak_fixed(nets["label"] + nets["distil"]), N,
+                           per_run if several else None)
+    curves = _curves(point, reps, {net: runs[0].H.shape[1] for net, runs in nets.items()}, level)
+    return Comparison(per["label"][0], per["distil"][0], summary, rows, curves, n_boot, seed, level, paired,
+                      _slope_notes(per), per, summaries)
 
 
 def compare_nets(label: NetInput, distil: NetInput, b: float, n_boot: int, seed: int, level: float = 0.95,
                  paired: bool = True, loop=iter) -> Comparison:
-    """docs/method.md §3 for both nets, with a percentile bootstrap over images.
+    """docs/method.md §3 for one run per net, with a percentile bootstrap over images.
 
     ``paired``: the nets were measured on the same images and a replicate resamples them once for both (the
-    difference distil − label is resampled image by image); otherwise each net's images are resampled on their
-    own.  Every replicate recomputes everything from the maps, the baseline ``H̄_bg(k)`` included.  ``loop``
-    wraps the bootstrap's loop (a progress bar).
+    difference distil − label is resampled image by image: :func:`compare_runs` with one run each); otherwise
+    (the original's per-net image sets) each net's images are resampled on their own.  Every replicate recomputes
+    everything from the maps, the baseline ``H̄_bg(k)`` included.  ``loop`` wraps the bootstrap's loop.
     """
+    if paired:
+        if label.H.shape[0] != distil.H.shape[0]:
+            raise ValueError("a paired comparison needs the same images for both nets")
+        return compare_runs([label], [distil], b, n_boot, seed, level, loop)
     nets = {"label": label, "distil": distil}
-    if paired and label.H.shape[0] != distil.H.shape[0]:
-        raise ValueError("a paired comparison needs the same images for both nets")
     bgm = {k: background_means(v.H, v.fg) for k, v in nets.items()}
     sizes = {k: v.H.shape[0] for k, v in nets.items()}
     per = {k: _per_image(v, bgm[k], b, np.arange(sizes[k])) for k, v in nets.items()}
@@ -300,39 +464,13 @@ def compare_nets(label: NetInput, distil: NetInput, b: float, n_boot: int, seed:
         return np.concatenate([_stat_vector(_per_image(nets[k], bgm[k], b, idx))
                                for k, idx in (("label", idx_label), ("distil", idx_distil))])
 
-    point, reps = bootstrap(statistic, sizes["label"], sizes["distil"], n_boot, seed, paired, loop)
-    widths = {k: len(SCALARS) + 2 * v.H.shape[1] for k, v in nets.items()}
-    off = {"label": 0, "distil": widths["label"]}
-    lo, hi = percentile_interval(reps, level)
-    n = len(SCALARS)
-    with np.errstate(invalid="ignore"):  # inf − inf (the original's slopes) is NaN, which the interval skips
-        dlo, dhi = percentile_interval(reps[:, off["distil"]:off["distil"] + n] - reps[:, :n], level)
+    flat, flat_reps = bootstrap(statistic, sizes["label"], sizes["distil"], n_boot, seed, paired=False, loop=loop)
+    width = len(SCALARS) + 2 * label.H.shape[1]
+    point = {"label": flat[:width], "distil": flat[width:]}
+    reps = {"label": flat_reps[:, :width], "distil": flat_reps[:, width:]}
     summary = {net: summarise(per[net]) for net in nets}
-    rows = []
-    for j, m in enumerate(ALL_METRICS):
-        lv, dv = point[j], point[off["distil"] + j]
-        with np.errstate(invalid="ignore"):
-            diff = dv - lv
-        holds = None if m.direction == 0 else bool(diff * m.direction > 0)
-        excl = None if m.direction == 0 else bool(
-            (dlo[j] > 0 and m.direction > 0) or (dhi[j] < 0 and m.direction < 0))
-        rows.append({"metric": m.key, "label": float(lv), "distil": float(dv), "difference": float(diff),
-                     "difference_ci": [float(dlo[j]), float(dhi[j])],
-                     "label_ci": [float(lo[j]), float(hi[j])],
-                     "distil_ci": [float(lo[off["distil"] + j]), float(hi[off["distil"] + j])],
-                     "predicted": m.predicted,
-                     "holds": holds, "ci_excludes_zero_in_predicted_direction": excl,
-                     "verdict": verdict(m.direction, float(diff), float(dlo[j]), float(dhi[j]))})
-    curves = {}
-    for net in nets:
-        K, s = nets[net].H.shape[1], off[net] + n
-        curves[net] = {"n_fg_mean": point[s:s + K].tolist(), "n_fg_ci": [lo[s:s + K].tolist(), hi[s:s + K].tolist()],
-                       "n_bg_mean": point[s + K:s + 2 * K].tolist(),
-                       "n_bg_ci": [lo[s + K:s + 2 * K].tolist(), hi[s + K:s + 2 * K].tolist()]}
-    notes = []
-    for net in nets:
-        fg_out, bg_out = per[net].slope_left_out
-        if fg_out or bg_out:
-            notes.append(f"{net} net: D is 0 at the peak of {fg_out} image(s) (m̂) and {bg_out} (m̂_bg); they are "
-                         "left out of slope and slope_bg (--compat original keeps the original's inf)")
-    return Comparison(per["label"], per["distil"], summary, rows, curves, n_boot, seed, level, paired, notes)
+    rows = comparison_rows(point, reps, level, peak_fixed([label, distil]), min(sizes.values()))
+    curves = _curves(point, reps, {net: x.H.shape[1] for net, x in nets.items()}, level)
+    return Comparison(per["label"], per["distil"], summary, rows, curves, n_boot, seed, level, False,
+                      _slope_notes({k: [v] for k, v in per.items()}), {k: [v] for k, v in per.items()},
+                      {k: [v] for k, v in summary.items()})

@@ -182,11 +182,11 @@ def metric_panels(rows: list[dict], labels: dict[str, str], level: float, title:
         ax.set_xlim(-0.6, 1.6)
         lo, hi = row["difference_ci"]
         arrow = {"distil > label": "↑", "distil < label": "↓"}.get(row["predicted"], "")
-        verdict = row.get("verdict") or ""
+        verdict = "no verdict" if row.get("no_verdict") else (row.get("verdict") or "")
         ax.set_title(f"{labels[row['metric']]}  (predicted {arrow})\nΔ={row['difference']:.3g} "
                      f"[{lo:.3g}, {hi:.3g}]\n{verdict}", fontsize=9,
-                     color={"supported": "darkgreen", "same sign, not significant": "dimgray"}.get(
-                         verdict, "black" if not verdict else "darkred"))
+                     color={"supported": "darkgreen", "same sign, not significant": "dimgray",
+                            "no verdict": "dimgray"}.get(verdict, "black" if not verdict else "darkred"))
         ax.grid(alpha=0.3, axis="y")
     axes[0].set_ylabel(f"value ({level:.0%} bootstrap interval)")
     fig.suptitle(title, fontsize=11)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from kdq.function.io.atomic import write_json, write_text
+from kdq.function.io.atomic import finite_or_none, write_json, write_text
 from kdq.function.metrics.measures import ALL_METRICS, METRICS, Comparison, PerImage
 
 LABELS = {m.key: m.label for m in ALL_METRICS}
@@ -52,6 +52,13 @@ class LayerResult:
     figures: dict[str, str] = field(default_factory=dict)  # figure key → path relative to the output folder
     notes: list[str] = field(default_factory=list)
     figure_data: dict[str, Any] = field(default_factory=dict, repr=False)  # arrays the figures need
+    not_paper: list[str] = field(default_factory=list)  # settings of the runs behind the table that are not the paper's
+    runs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # net → each training run (sigma, run, seed)
+    run_names: dict[str, list[list[str]]] = field(default_factory=dict)  # net → the images of each of its runs
+
+    def names_of(self, net: str, run: int) -> list[str]:
+        """The images run ``run`` (0-based) of ``net`` was measured on."""
+        return self.run_names[net][run] if self.run_names.get(net) else self.names[net]
 
 
 # ---- numbers as text ------------------------------------------------------------------------------
@@ -69,7 +76,16 @@ def fmt(v: Any, digits: int = 4) -> str:
 
 def fmt_diff(row: dict) -> tuple[str, str]:
     lo, hi = row["difference_ci"]
+    if not np.isfinite(row["difference"]):
+        return fmt(row["difference"]), "[-]"
     return f"{row['difference']:+.4g}", f"[{fmt(lo)}, {fmt(hi)}]"
+
+
+def verdict_text(row: dict) -> str:
+    """The verdict, or why there is none (``no verdict: …``); ``-`` for a metric without a prediction."""
+    if row.get("no_verdict"):
+        return f"no verdict: {row['no_verdict']}"
+    return row["verdict"] or "-"
 
 
 def predicted_text(predicted: str | None, none: str = "-") -> str:
@@ -86,7 +102,7 @@ def table_rows(results: list[LayerResult], secondary: bool = True) -> list[list[
                 continue
             diff, ci = fmt_diff(row)
             out.append([res.layer, row["metric"], fmt(row["label"]), fmt(row["distil"]), diff, ci,
-                        row["predicted"] or "-", row["verdict"] or "-"])
+                        row["predicted"] or "-", verdict_text(row)])
     return out
 
 
@@ -117,6 +133,27 @@ def per_image_dict(p: PerImage, epochs: list[int], names: list[str]) -> dict[str
             "rho": p.rho.tolist(), "rho_bg": p.rho_bg.tolist(), "rho_total": p.rho_total.tolist()}
 
 
+def bootstrap_method(c: Comparison) -> str:
+    """What the intervals cover, in words (metrics.json and report.md)."""
+    runs = c.n_runs
+    if not c.paired and max(runs.values()) == 1:
+        return ("unpaired (each net's images resampled on their own) percentile bootstrap over images; every "
+                "replicate recomputes the baseline, the concepts, m̂ and all metrics")
+    if not c.paired and max(runs.values()) > 1:
+        return (f"two-level percentile bootstrap, nested: each replicate resamples the training runs within each net "
+                f"(label {runs['label']}, distil {runs['distil']}), then each drawn run's own images (the runs' "
+                "effective images differ), recomputes every metric per drawn run and averages over the drawn runs; "
+                "the intervals cover training randomness and image sampling")
+    if max(runs.values()) == 1:
+        return ("paired percentile bootstrap over images (one training run per net: the intervals cover image "
+                "sampling only, not training randomness); every replicate recomputes the baseline, the concepts, "
+                "m̂ and all metrics")
+    return (f"two-level percentile bootstrap: each replicate resamples the training runs within each net "
+            f"(label {runs['label']}, distil {runs['distil']}) and the images (one draw shared by every run), "
+            "recomputes every metric per drawn run and averages over the drawn runs; the intervals cover training "
+            "randomness and image sampling")
+
+
 def layer_json(res: LayerResult) -> dict[str, Any]:
     c = res.comparison
     return {
@@ -133,32 +170,40 @@ def layer_json(res: LayerResult) -> dict[str, Any]:
         "metrics": {row["metric"]: {k: v for k, v in row.items() if k != "metric"} for row in c.rows},
         "summary": c.summary,
         "bootstrap": {"resamples": c.n_boot, "seed": c.seed, "level": c.level, "paired": c.paired,
-                      "method": ("paired" if c.paired else "unpaired (each net's images resampled on their own)")
-                                + " percentile bootstrap over images; every replicate recomputes the baseline, the "
-                                  "concepts, m̂ and all metrics"},
+                      "training_runs": c.n_runs, "method": bootstrap_method(c)},
+        "training_runs": res.runs,
+        "not_paper_settings": res.not_paper,
+        "per_run_summary": c.run_summaries,
         "curves": {net: {"epochs": res.epochs[net], "baseline": getattr(c, net).baseline.tolist(), **c.curves[net]}
                    for net in c.curves},
         "per_image": {net: per_image_dict(getattr(c, net), res.epochs[net], res.names[net]) for net in c.curves},
+        "per_image_runs": {net: [per_image_dict(p, res.epochs[net], res.names_of(net, r))
+                                 for r, p in enumerate(c.runs[net])]
+                           for net in c.runs} if max(c.n_runs.values()) > 1 else None,
         "figures": res.figures,
         "notes": res.notes,
     }
 
 
+def csv_rows(res: LayerResult, net: str, run: int, p: PerImage) -> list[list]:
+    """One row per image of one training run of one net (metrics.csv)."""
+    epochs = res.epochs[net]
+    return [[res.layer, net, run, name, int(p.n_fg[i, -1]), int(p.n_bg[i, -1]), repr(float(p.fg_ratio[i])),
+             int(p.mhat[i]), epochs[int(p.mhat[i])], repr(float(p.D[i])), repr(float(p.rho[i])),
+             repr(float(p.rho_bg[i])), repr(float(p.rho_total[i])), repr(float(p.slope[i])), int(p.mhat_bg[i]),
+             epochs[int(p.mhat_bg[i])], repr(float(p.D_bg[i])), repr(float(p.slope_bg[i]))]
+            for i, name in enumerate(res.names_of(net, run - 1))]
+
+
 def metrics_csv(results: list[LayerResult]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["layer", "net", "image", "N_fg", "N_bg", "lambda", "mhat_index", "mhat_epoch", "D", "rho",
+    w.writerow(["layer", "net", "run", "image", "N_fg", "N_bg", "lambda", "mhat_index", "mhat_epoch", "D", "rho",
                 "rho_bg", "rho_total", "slope", "mhat_bg_index", "mhat_bg_epoch", "D_bg", "slope_bg"])
     for res in results:
         for net in ("label", "distil"):
-            p: PerImage = getattr(res.comparison, net)
-            epochs = res.epochs[net]
-            for i, name in enumerate(res.names[net]):
-                w.writerow([res.layer, net, name, int(p.n_fg[i, -1]), int(p.n_bg[i, -1]), repr(float(p.fg_ratio[i])),
-                            int(p.mhat[i]), epochs[int(p.mhat[i])], repr(float(p.D[i])),
-                            repr(float(p.rho[i])), repr(float(p.rho_bg[i])), repr(float(p.rho_total[i])),
-                            repr(float(p.slope[i])), int(p.mhat_bg[i]), epochs[int(p.mhat_bg[i])],
-                            repr(float(p.D_bg[i])), repr(float(p.slope_bg[i]))])
+            for r, p in enumerate(res.comparison.runs.get(net) or [getattr(res.comparison, net)]):
+                w.writerows(csv_rows(res, net, r + 1, p))
     return buf.getvalue()
 
 
@@ -176,7 +221,60 @@ more concepts and more of them on the object (H1), learns them together and fast
 before the foreground concepts peak (H2) — and keeps them stably (H3). *supported*: the whole bootstrap interval of
 distil − label lies on the predicted side of 0; *same sign, not significant*: the point estimate does, the interval
 includes 0; *opposite …*: the estimate goes the other way. Rows without a prediction are reported for reference.
+There is *no verdict* where the data cannot carry one: fewer than 10 images, a metric fixed by the checkpoint
+schedule (m̂ with a single checkpoint to pick), an estimate that is not a number, or resamples that all give the
+same difference (a zero-width interval). With one training run per net an interval covers image sampling only; with
+several (each trained with another --seed) it covers training randomness too (a two-level bootstrap).
 """
+
+
+def settings_section(results: list[LayerResult]) -> list[str]:
+    """The report's first section: every setting behind the table that is not the paper's (none: one line)."""
+    items = not_paper_items(results)
+    if not items:
+        return ["## Settings that are not the paper's", "", "None: every recorded setting is the paper's.", ""]
+    return ["## Settings that are not the paper's", "",
+            "The runs behind this table differ from the paper's setting in these ways; read every verdict below "
+            "with them in mind.", "", *[f"- {cell(item)}" for item in items], ""]
+
+
+def not_paper_items(results: list[LayerResult]) -> list[str]:
+    """Every layer's settings that are not the paper's, each once; one that holds for some layers only names them."""
+    items = list(dict.fromkeys(item for res in results for item in res.not_paper))
+    if len(results) < 2:
+        return items
+    out = []
+    for item in items:
+        layers = [res.layer for res in results if item in res.not_paper]
+        out.append(item if len(layers) == len(results) else f"{item} ({', '.join(layers)} only)")
+    return out
+
+
+def per_run_section(results: list[LayerResult]) -> list[str]:
+    """With several training runs per net: each run's value beside the pooled one, and the spread between runs."""
+    several = [res for res in results if max(res.comparison.n_runs.values()) > 1]
+    if not several:
+        return []
+    lines = ["", "## Per training run", "",
+             "Each run's value (run 1, 2, … in the order given, with its --seed), the pooled value (the mean over a "
+             "net's runs) and the spread between runs (standard deviation, ddof 1).", ""]
+    for res in several:
+        seeds = {net: ", ".join(f"run {i + 1}: seed {r.get('seed')}" + (f", {r['images']} images" if "images" in r
+                                                                           else "")
+                                for i, r in enumerate(res.runs.get(net, [])))
+                 for net in ("label", "distil")}
+        lines += [f"**{res.layer}** — label net ({seeds['label']}); distil net ({seeds['distil']}).", "",
+                  "| metric | label runs | label pooled (spread) | distil runs | distil pooled (spread) |",
+                  "| --- | --- | ---: | --- | ---: |"]
+        for row in res.comparison.rows:
+            if "per_run" not in row:
+                continue
+            runs = {net: " / ".join(fmt(v) for v in row["per_run"][net]) for net in ("label", "distil")}
+            spread = {net: fmt(row["spread"][net]) for net in ("label", "distil")}
+            lines.append(f"| {LABELS[row['metric']]} | {runs['label']} | {fmt(row['label'])} ({spread['label']}) | "
+                         f"{runs['distil']} | {fmt(row['distil'])} ({spread['distil']}) |")
+        lines.append("")
+    return lines
 
 
 def cell(text: str) -> str:
@@ -187,8 +285,9 @@ def cell(text: str) -> str:
 def markdown(results: list[LayerResult], settings: dict[str, Any], level: float) -> str:
     pct = f"{level:.0%}"
     layers = ", ".join(res.layer for res in results)
-    lines = [f"# Label net vs distil net at {layers}: the three hypotheses", "", "## How to read this", "",
-             HOW_TO_READ, "| metric | what it measures | the paper predicts |", "| --- | --- | --- |"]
+    lines = [f"# Label net vs distil net at {layers}: the three hypotheses", ""]
+    lines += settings_section(results)
+    lines += ["## How to read this", "", HOW_TO_READ, "| metric | what it measures | the paper predicts |", "| --- | --- | --- |"]
     lines += [f"| {m.label} | {cell(m.what)} | {predicted_text(m.predicted, '—')} |" for m in ALL_METRICS]
     warnings = [f"- **{res.layer}**: {w}" for res in results for w in res.warnings]
     if warnings:
@@ -200,7 +299,8 @@ def markdown(results: list[LayerResult], settings: dict[str, Any], level: float)
         for row in res.comparison.rows:
             diff, ci = fmt_diff(row)
             lines.append(f"| {res.layer} | {LABELS[row['metric']]} | {fmt(row['label'])} | {fmt(row['distil'])} | "
-                         f"{diff} {ci} | {predicted_text(row['predicted'])} | {row['verdict'] or '-'} |")
+                         f"{diff} {ci} | {predicted_text(row['predicted'])} | {verdict_text(row)} |")
+    lines += per_run_section(results)
     lines += ["", "## The nets", ""]
     for res in results:
         acc = ", ".join(f"{net} net {fmt(res.accuracy.get(net))} %" if res.accuracy.get(net) is not None
@@ -216,8 +316,12 @@ def markdown(results: list[LayerResult], settings: dict[str, Any], level: float)
                      if res.epochs["label"] == res.epochs["distil"] else
                      "checkpoints: label " + " ".join(map(str, res.epochs["label"])) + f" ({res.epochs_source['label']}),"
                      " distil " + " ".join(map(str, res.epochs["distil"])) + f" ({res.epochs_source['distil']})")
-        lines.append(f"- **{res.layer}**: {used} ({c['both']} effective in both runs{skipped}; "
-                     f"label run {c['label_effective']}, distil run {c['distil_effective']} effective); "
+        per_run = c.get("effective_per_run") or {}
+        effective = {net: "/".join(map(str, per_run.get(net) or [c[f"{net}_effective"]])) for net in ("label", "distil")}
+        common = "every run" if max(len(v) for v in per_run.values() or [[0]]) > 1 else "both runs"
+        lines.append(f"- **{res.layer}**: {used} ({c['both']} effective in {common}{skipped}; "
+                     f"label run{'s' if '/' in effective['label'] else ''} {effective['label']}, distil "
+                     f"run{'s' if '/' in effective['distil'] else ''} {effective['distil']} effective); "
                      f"{schedules}; grid {res.grid}×{res.grid}; S = {res.image_size}; "
                      f"m̂ {'skips' if res.mhat_skips_epoch0 else 'includes'} epoch 0; foreground: "
                      f"{res.foreground.get('foreground')} ({'exact' if res.foreground.get('exact_masks') else 'bilinear'} "
@@ -227,11 +331,10 @@ def markdown(results: list[LayerResult], settings: dict[str, Any], level: float)
             "left out, per-net image filter, inf slopes kept)" if modes == {"original"} else
             "kdq's (the original's off-by-one and per-net image filter corrected; see the README's Differences "
             "from the original code)")
-    paired = all(res.comparison.paired for res in results)
+    methods = list(dict.fromkeys(bootstrap_method(res.comparison) for res in results))
     lines += [f"- Computed with {mode}.",
-              f"- b = {settings['b']}; {pct} {'paired ' if paired else ''}bootstrap over images, "
-              f"{settings['bootstrap']} resamples, seed {settings['seed']} (each resample recomputes the baseline "
-              "H̄_bg, the concepts, m̂ and the metrics); differences are distil − label.", "", "## Figures", ""]
+              f"- b = {settings['b']}; {pct} intervals from a {'; '.join(methods)}; {settings['bootstrap']} "
+              f"resamples, seed {settings['seed']}; differences are distil − label.", "", "## Figures", ""]
     n = 0
     if not any(res.figures for res in results):
         lines += ["(not drawn: --no-figures)", ""]
@@ -252,22 +355,15 @@ def markdown(results: list[LayerResult], settings: dict[str, Any], level: float)
     return "\n".join(lines)
 
 
-def finite_or_none(obj: Any) -> Any:
-    """``obj`` with every NaN/inf float replaced by None, so that metrics.json is strict JSON."""
-    if isinstance(obj, float):
-        return obj if np.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite_or_none(v) for v in obj]
-    return obj
 
 
 def write_outputs(out: Path, results: list[LayerResult], settings: dict[str, Any], provenance: dict[str, Any],
                   level: float) -> None:
     """``metrics.json`` (everything), ``metrics.csv`` (image × net), ``report.md``; each written atomically."""
     write_json(out / "metrics.json", finite_or_none({
-        **provenance, "settings": settings, "table": [dict(zip(HEADER, r)) for r in table_rows(results)],
+        **provenance, "settings": settings,
+        "not_paper_settings": not_paper_items(results),
+        "table": [dict(zip(HEADER, r)) for r in table_rows(results)],
         "layers": {res.layer: layer_json(res) for res in results}}))
     write_text(out / "metrics.csv", metrics_csv(results))
     write_text(out / "report.md", markdown(results, settings, level))

@@ -50,6 +50,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kdq.function.checks import (FINITE, POSITIVE, POSITIVE_INT, SIGMA0, check_below, check_bool, check_choice,
+                                 check_in, check_optional, check_ordered)
 from kdq.function.sigma.entropy import mean_entropy
 from kdq.function.sigma.grid import upsample
 
@@ -109,27 +111,20 @@ class SigmaConfig:
     compile: bool = False  # torch.compile h = act(feature(x)) (a runtime option: same maps up to float rounding)
 
     def __post_init__(self):
-        problems = []
-        if self.grid < 1:
-            problems.append(f"grid must be ≥ 1, got {self.grid}")
-        if self.samples < 1:
-            problems.append(f"samples must be ≥ 1, got {self.samples}")
-        if self.steps < 1:
-            problems.append(f"steps must be ≥ 1, got {self.steps}")
-        if not 0 <= self.break_steps < self.steps:
-            problems.append(f"break_steps must be in 0..steps-1 = 0..{self.steps - 1}, got {self.break_steps}")
-        if not self.lr > 0:
-            problems.append(f"lr must be positive, got {self.lr}")
-        if not 0 < self.sigma_min <= self.sigma_max:
-            problems.append(f"need 0 < sigma_min ≤ sigma_max, got {self.sigma_min}, {self.sigma_max}")
-        if not self.sigma0 > 0:
-            problems.append(f"sigma0 must be positive, got {self.sigma0}")
-        if self.sample_chunk is not None and self.sample_chunk < 1:
-            problems.append(f"sample_chunk must be ≥ 1, got {self.sample_chunk}")
-        if self.amp not in (None, "bf16", "fp16"):
-            problems.append(f"amp must be None, 'bf16' or 'fp16', got {self.amp!r}")
-        if problems:
-            raise ValueError("; ".join(problems))
+        """Every field checked by the rules the sigma stage's flags follow (:mod:`kdq.function.checks`): a
+        ValueError (out of range) or TypeError (wrong type) naming the field."""
+        for name in ("grid", "samples", "steps"):
+            check_in(name, getattr(self, name), POSITIVE_INT)
+        check_below("break_steps", self.break_steps, self.steps, f"steps = {self.steps}")
+        for name in ("lr", "lam", "lambda_factor", "sigma_min", "sigma_max"):
+            check_in(name, getattr(self, name), POSITIVE)
+        check_ordered("sigma_min", self.sigma_min, "sigma_max", self.sigma_max)
+        check_in("sigma0", self.sigma0, SIGMA0)
+        check_in("target_entropy", self.target_entropy, FINITE)
+        check_optional("sample_chunk", self.sample_chunk, POSITIVE_INT)
+        check_choice("amp", self.amp, (None, "bf16", "fp16"))
+        for name in ("channels_last", "compile"):
+            check_bool(name, getattr(self, name))
 
     @property
     def decision(self) -> int:

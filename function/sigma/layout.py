@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from kdq.function.cli import UserError
-from kdq.function.io.atomic import atomic_dir, write_text
+from kdq.function.io.atomic import atomic_dir, write_json, write_text
 
 FULL_LIST = "full_name_list.txt"
 EFFECT_LIST = "effect_name_list.txt"
@@ -79,7 +79,7 @@ def write_image(run: Path, index: int, effective: bool, arrays: Mapping[str, np.
                 np.save(fh, arrays[name], allow_pickle=False)
                 fh.flush()
                 os.fsync(fh.fileno())
-        (tmp / FIT_JSON).write_text(json.dumps(info, indent=2) + "\n")
+        write_json(tmp / FIT_JSON, info)  # strict JSON: a NaN/inf is null
 
 
 def finished_images(run: Path) -> dict[int, bool]:

@@ -22,7 +22,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from kdq.function.archs import arch_from
+from kdq.function.archs import arch_from, check_input_size
+from kdq.function.checks import CheckError, check_below, check_grid
 from kdq.function.cli import UserError, env_rank, existing_dir
 from kdq.function.data.folder import MaskedImageFolder
 from kdq.function.data.layout import dataset_kind
@@ -30,14 +31,15 @@ from kdq.function.data.masks import Foreground, resolve_foreground
 from kdq.function.data.transforms import eval_transform
 from kdq.function.io.checkpoint import (check_fits, check_recorded_arch, list_checkpoints, load_checkpoint,
                                         num_classes_in, state_dict_of)
-from kdq.function.io.rundir import read_run_json, setting_diffs
+from kdq.function.io.rundir import proved, read_run_json, setting_diffs
 from kdq.function.progress import progress
-from kdq.function.runtime import Dist, derive_seed
+from kdq.function.runtime import Dist, derive_seed, physical_memory, startup_step
 from kdq.function.sigma import layout
 from kdq.function.sigma.effective import drop_reason, entropy_gap, rule_start
 from kdq.function.sigma.fit import SigmaConfig, SigmaFit, SigmaFitter
 from kdq.function.sigma.selection import EFFECTIVE, NON_EFFECTIVE, PENDING, draw_order, name_lists, next_round
 from kdq.function.train.schedules import PAPER_150, PAPER_400
+from kdq.function.train.stage import lost_files
 from kdq.models import ArchInfo, state_keys_up_to, truncated
 from kdq.models.external import taps_text
 
@@ -100,18 +102,20 @@ def plan_run(args: argparse.Namespace) -> SigmaPlan:
     if args.layer not in info.taps:
         raise UserError(f"--layer {args.layer}: {info.name} has no tap there (taps: {', '.join(info.taps) or 'none'})")
     size = info.input_size
-    if args.grid > size:
-        raise UserError(f"--grid {args.grid} is larger than the input size {size} of {info.name}")
+    try:  # the rules SigmaConfig applies too, under the flags' names
+        check_grid("--grid", args.grid, size, info.name)
+        check_below("--break-steps", args.break_steps, args.steps, "--steps")
+    except CheckError as exc:
+        raise UserError(str(exc)) from None
     if args.deterministic and args.cudnn_benchmark:
         raise UserError("--deterministic and --cudnn-benchmark exclude each other (autotuning picks "
                         "algorithms by timing)")
-    if not 0 <= args.break_steps < args.steps:
-        raise UserError(f"--break-steps must be in 0..{args.steps - 1} (below --steps), got {args.break_steps}")
     lam = args.lam if args.lam is not None else FAMILY_LAMBDA[info.family]
     config = SigmaConfig(grid=args.grid, samples=args.samples, steps=args.steps, break_steps=args.break_steps,
                          lr=args.lr, sigma0=args.sigma0, target_entropy=args.target_entropy, lam=lam,
                          sample_chunk=args.sample_chunk, amp=args.amp, channels_last=args.channels_last,
                          compile=args.compile)
+    check_none_lost(root, record, args.checkpoints)
     checkpoints, model = read_checkpoints(args, info, (record.get("settings") or {}).get("epochs"))
     start = None
     if args.effective_rule == "on":
@@ -121,11 +125,43 @@ def plan_run(args: argparse.Namespace) -> SigmaPlan:
     dataset = MaskedImageFolder(args.data, args.split, transform=eval_transform(size),
                                 require_masks=foreground.source == "masks" and foreground.missing == "error")
     draw = draw_order(len(dataset), args.pic_num, args.pic_seed)
+    check_fit_memory(min(args.batch_images, len(draw)), args.samples, args.steps, len(checkpoints.epochs), size)
     dataset.check_files(draw, masks=foreground.source == "masks", workers=min(8, os.cpu_count() or 1),
                         show_progress=args.progress and env_rank() == 0)  # before anything is written
     return SigmaPlan(info=info, layer=args.layer, config=config, checkpoints=checkpoints,
                      model=model, dataset=dataset, draw=draw, names=[dataset.names[i] for i in draw],
                      foreground=foreground, rule_start=start)
+
+
+def fit_memory(batch: int, samples: int, steps: int, checkpoints: int, size: int) -> dict[str, int]:
+    """Bytes a batch of ``batch`` images holds at once, by the flag that sets it: the noise of one step
+    (``--samples``: batch × samples × 3 × S² float32) and the per-step arrays kept for every checkpoint
+    (``--steps``: batch × checkpoints × steps × 3 float64)."""
+    return {"--samples": batch * samples * 3 * size * size * 4, "--steps": batch * checkpoints * steps * 3 * 8}
+
+
+def check_fit_memory(batch: int, samples: int, steps: int, checkpoints: int, size: int) -> None:
+    """A fit whose arrays would exceed this machine's memory is refused up front, naming the flag (and
+    ``--batch-images``, which multiplies both)."""
+    total = physical_memory()
+    if total is None:
+        return
+    for flag, need in fit_memory(batch, samples, steps, checkpoints, size).items():
+        if need > total:
+            raise UserError(f"{flag} {samples if flag == '--samples' else steps}: a batch of {batch} image(s) "
+                            f"(--batch-images) would hold {need / 2**30:.3g} GiB for it at once, more than this "
+                            f"machine's {total / 2**30:.3g} GiB of memory")
+
+
+def check_none_lost(root: Path, record: dict, chosen: list[int] | None) -> None:
+    """Without ``--checkpoints``, a complete training run must hold every checkpoint its run.json records: the
+    stage would otherwise fit the ones that remain as if they were the run's schedule."""
+    if chosen is not None or record.get("status") != "complete":
+        return
+    lost = [p for p in lost_files(root, record) if p.name != record.get("final_checkpoint")]
+    if lost:
+        raise UserError(f"--checkpoint_root: {root} records checkpoint(s) that are missing: "
+                        f"{', '.join(str(p) for p in lost)}; restore them, or pass --checkpoints to fit those present")
 
 
 def read_checkpoints(args: argparse.Namespace, info: ArchInfo,
@@ -158,9 +194,10 @@ def read_checkpoints(args: argparse.Namespace, info: ArchInfo,
             raise UserError(f"--checkpoint_root: {path} is not a model checkpoint (no state_dict)") from None
         if model is None:
             num_classes = classes_of(ckpt, sd, fc3, path, info.name)
-            with torch.random.fork_rng(devices=[]):
+            check_input_size(info, num_classes)
+            with startup_step("building the model"), torch.random.fork_rng(devices=[]):
                 model = info.build(num_classes)
-            keys = state_keys_up_to(model, info.taps[args.layer], info.input_size)
+                keys = state_keys_up_to(model, info.taps[args.layer], info.input_size)
         check_fits(model, sd, info.name, f"--checkpoint_root: {path}")
         cache[e] = {k: sd[k] for k in keys}  # the layers above --layer are never run
         cached += sum(t.numel() * t.element_size() for t in cache[e].values())
@@ -242,6 +279,10 @@ class ImageRecord:
         info = {"name": self.name, "dataset_index": self.index, "effective": self.effective,
                 "reason": self.reason, "checkpoints": epochs,
                 "fits": {str(e): v for e, v in sorted(self.fits.items())}}
+        odd = [f"fits.{e}.{k} is {v}" for e, fit in sorted(self.fits.items()) for k, v in fit.items()
+               if isinstance(v, float) and not math.isfinite(v)]
+        if odd:  # fit.json is strict JSON: such a number is written as null
+            info["notes"] = [f"{', '.join(odd)}: written as null (not a JSON number)"]
         layout.write_image(out, self.pos, self.effective, self.arrays, info)
 
 
@@ -300,9 +341,10 @@ def fit_or_error(fitter: SigmaFitter, images: torch.Tensor, seeds: list[int]) ->
 
 def prepare_model(plan: SigmaPlan, device: torch.device) -> tuple[nn.Module, SigmaFitter]:
     """The net on ``device`` in eval mode without gradients, and the fitter of its truncated forward."""
-    model = plan.model.to(device).eval().requires_grad_(False)
-    if plan.config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    with startup_step(f"moving the model to {device}"):
+        model = plan.model.to(device).eval().requires_grad_(False)
+        if plan.config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
     try:
         # torch.compile needs a traceable graph (fx); otherwise a hook stops the forward at the layer
         method = "fx" if plan.config.compile else "auto"
@@ -365,6 +407,8 @@ def run_images(plan: SigmaPlan, fitter: SigmaFitter, model: nn.Module, out: Path
         bar.update(resolved)
         if ctx.is_main:
             write_lists(out, plan.names, status, effect_num)
+            if resolved:
+                proved(out)  # an image is finished: a run that --overwrite replaced may go
     bar.close()
 
     totals = torch.tensor([stats["fits"], stats["fit_seconds"]], dtype=torch.float64, device=device)

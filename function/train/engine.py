@@ -22,10 +22,11 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from kdq.function.cli import UserError
 from kdq.function.io.atomic import save_npy, write_json, write_text
+from kdq.function.io.rundir import phase_files, proved
 from kdq.function.io.checkpoint import (check_fits, checkpoint_path, first_line, load_checkpoint, save_checkpoint,
                                        state_dict_of)
 from kdq.function.progress import progress
-from kdq.function.runtime import Dist, all_reduce_sum, derive_seed
+from kdq.function.runtime import Dist, all_reduce_sum, derive_seed, torch_seed
 from kdq.function.train.weight_distance import WeightDistance
 
 log = logging.getLogger(__name__)
@@ -79,19 +80,27 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> dict
     return {"val_loss": loss_sum / max(n, 1), "val_acc1": 100.0 * correct / max(n, 1)}
 
 
+def loader_batch(batch_size: int, items: int) -> int:
+    """The batch a loader is given: ``batch_size``, or ``items`` (at least 1) when the batch would hold all of
+    them anyway (one batch per epoch either way, the same batches), so that any ``--batch-size`` works, however
+    large (torch's sampler cannot count beyond ``sys.maxsize``)."""
+    return max(1, min(batch_size, items))
+
+
 def train_loader(dataset, batch_size: int, ctx: Dist, seed: int, workers: int, device: torch.device) -> DataLoader:
     """Shuffled loader whose *global* batch is ``batch_size`` whatever the world size."""
     if batch_size % ctx.world_size:
         raise ValueError(f"--batch-size {batch_size} is not divisible by the world size {ctx.world_size}")
-    sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)
-    return DataLoader(dataset, batch_size=batch_size // ctx.world_size, sampler=sampler, num_workers=workers,
-                      pin_memory=device.type == "cuda", drop_last=False)
+    sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                                 seed=torch_seed(seed))
+    return DataLoader(dataset, batch_size=loader_batch(batch_size // ctx.world_size, len(sampler)), sampler=sampler,
+                      num_workers=workers, pin_memory=device.type == "cuda", drop_last=False)
 
 
 def eval_loader(dataset, batch_size: int, ctx: Dist, workers: int, device: torch.device) -> DataLoader:
     """Each rank evaluates every world_size-th image (no padding, so sums are exact)."""
     shard = Subset(dataset, list(range(ctx.rank, len(dataset), ctx.world_size)))
-    return DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=workers,
+    return DataLoader(shard, batch_size=loader_batch(batch_size, len(shard)), shuffle=False, num_workers=workers,
                       pin_memory=device.type == "cuda")
 
 
@@ -148,7 +157,7 @@ class EpochLoop:
 
     @property
     def state_file(self) -> Path:
-        return self.out / f"{self.name}_state.pth.tar"
+        return self.out / phase_files(self.name)[0]
 
     def try_resume(self) -> bool:
         """Load the newest complete epoch state if one exists; True when something was resumed."""
@@ -184,6 +193,8 @@ class EpochLoop:
     def run(self) -> list[dict]:
         if self.start_epoch == 0 and 0 in self.checkpoints:
             self._save_checkpoint(0)
+        elif self.start_epoch in self.checkpoints and not checkpoint_path(self.out, self.start_epoch).is_file():
+            self._save_checkpoint(self.start_epoch)  # lost since it was written: the resumed model is that epoch's
         if self.start_epoch == 0 and self.tracker is not None:
             self._save_weight_diff()
         writer = self._tensorboard() if self.ctx.is_main else None
@@ -257,6 +268,7 @@ class EpochLoop:
                 self._save_weight_diff()
             self._save_state(epoch)
             self._save_log()
+            proved(self.out)  # an epoch is saved: a run that --overwrite replaced may go
         log.debug("%s epoch %d: %s", self.name, epoch, row)
         return row
 
@@ -284,11 +296,11 @@ class EpochLoop:
         save_checkpoint(self.state_file, state)
 
     def _save_log(self) -> None:
-        write_json(self.out / f"{self.name}_log.json", self.history)
+        write_json(self.out / phase_files(self.name)[1], self.history)
         keys = list(dict.fromkeys(k for row in self.history for k in row))
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=keys)
         writer.writeheader()
         writer.writerows(self.history)
-        write_text(self.out / f"{self.name}_log.csv", buf.getvalue())
+        write_text(self.out / phase_files(self.name)[2], buf.getvalue())
 

@@ -29,6 +29,9 @@ def lr_schedule(kind: str, lr: float, epochs: int, decades: float = 1.0) -> Call
     if kind != "logspace":
         raise ValueError(f"unknown learning-rate schedule {kind!r}; choose from {', '.join(LR_SCHEDULES)}")
     table = np.logspace(np.log10(lr), np.log10(lr) - decades, max(epochs, 1))
+    if not (np.isfinite(table) & (table > 0)).all():
+        raise ValueError(f"--lr-down {decades:g}: the logspace schedule from --lr {lr:g} falls below the smallest "
+                         f"positive float (a learning rate of 0) by epoch {int(np.argmin(table > 0)) + 1} of {epochs}")
     return lambda epoch: float(table[epoch - 1])
 
 

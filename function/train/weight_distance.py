@@ -16,16 +16,19 @@ for any model, given the names of the weights to track::
     np.save("weight_diff.npy", tracker.table)   # (4, epochs+1), rows conv fc1 fc2 fc3; NaN for untracked
 
 The per-step norms are accumulated on the weights' device (no host sync per step); one copy of each
-tracked weight is kept as "before".
+tracked weight is kept as "before".  A weight whose initial norm is 0 (or not finite) has no distance: the
+tracker refuses it (:func:`check_initial_norms`), in the API and in the training stages alike.
 """
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from kdq.function.checks import CheckError
 from kdq.models import LAYERS
 
 
@@ -50,6 +53,7 @@ class WeightDistance:
         self.rows = [self.layers.index(layer) for layer in weights]
         self.weights = [params[name] for name in weights.values()]
         self.init_norm = torch.stack([w.detach().float().norm() for w in self.weights]).cpu()
+        check_initial_norms(list(weights.values()), self.init_norm.tolist())
         self._columns = [self._blank(0.0)]
         self._prev = [w.detach().clone() for w in self.weights]
         self._acc = torch.zeros(len(self.weights), dtype=torch.float64, device=self.weights[0].device)
@@ -95,6 +99,16 @@ class WeightDistance:
         self._columns = [table[:, t].copy() for t in range(table.shape[1])]
         self.init_norm = state["init_norm"].clone()
         self.resync()
+
+
+def check_initial_norms(names: Sequence[str], norms: Sequence[float]) -> None:
+    """The distance is relative to ‖w_init‖₂: a weight whose initial norm is 0 (all zeros) or not finite has no
+    weight distance; a CheckError names it (the API's ``weights`` argument; the training stages' one-line error)."""
+    for name, norm in zip(names, norms):
+        if not (math.isfinite(norm) and norm > 0):
+            raise CheckError(f"weights: parameter {name!r} has norm {norm} at the start, so its weight "
+                             "distance ‖Δw‖ / ‖w_init‖ (docs/method.md §1) is undefined; initialise it to non-zero "
+                             "values or track another weight")
 
 
 def cumulative_distance(weight_diff: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from kdq.function.cli import UserError
-from kdq.function.data.files import image_header
+from kdq.function.data.files import UnreadableFile, image_header, read_image, read_indices, read_mask
 from kdq.function.io.atomic import atomic_path, write_json
 from kdq.function.io.lock import acquire
 from kdq.function.io.rundir import DATASET_JSON, read_json
@@ -189,6 +189,30 @@ def box_mask(boxes: Iterable[tuple[int, int, int, int]], width: int, height: int
 def image_size(path: Path) -> tuple[int, int]:
     """(width, height) of a source image from its header (the pixels are not decoded)."""
     return image_header(path, "--src: image")[1]
+
+
+# every source file a preparer decodes goes through the checked readers of kdq.function.data.files: a damaged one
+# is one line naming it (with --src), never a traceback
+def source_image(path: Path) -> Image.Image:
+    """A source image, decoded, as RGB."""
+    return _from_src(read_image, path)
+
+
+def source_mask(path: Path) -> np.ndarray:
+    """A source mask (CUB's segmentation PNGs) as its grey values by value (uint8 (H, W))."""
+    return _from_src(read_mask, path)
+
+
+def source_indices(path: Path) -> np.ndarray:
+    """A source label map (VOC's SegmentationObject / SegmentationClass PNGs) as its raw palette indices."""
+    return _from_src(read_indices, path)
+
+
+def _from_src(reader: Callable, path: Path):
+    try:
+        return reader(path)
+    except UnreadableFile as exc:
+        raise UnreadableFile(f"--src: {exc}") from None
 
 
 @dataclass

@@ -17,10 +17,10 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from kdq.function.cli import UserError, in_range
-from kdq.function.data.prepare.common import Preparation, Writer, find_root, image_size, read_lines, require, select_classes
+from kdq.function.data.prepare.common import (Preparation, Writer, find_root, image_size, read_lines, require,
+                                              select_classes, source_mask)
 
 NAME = "cub"
 SPLITS = ("train", "test")
@@ -95,11 +95,10 @@ def soft_mask(seg_path: Path, image_path: Path, threshold: int) -> np.ndarray:
     """The segmentation's grey values where they are > ``threshold``, 0 elsewhere (uint8 (H, W)); a UserError when
     its size is not the image's."""
     width, height = image_size(image_path)
-    with Image.open(seg_path) as seg:
-        if seg.size != (width, height):
-            raise UserError(f"--src: mask {seg_path} is {seg.size[0]}x{seg.size[1]} but its image {image_path} "
-                            f"is {width}x{height}")
-        values = np.asarray(seg.convert("L"))
+    values = source_mask(seg_path)
+    if values.shape != (height, width):
+        raise UserError(f"--src: mask {seg_path} is {values.shape[1]}x{values.shape[0]} but its image {image_path} "
+                        f"is {width}x{height}")
     return np.where(values > threshold, values, 0).astype(np.uint8)
 
 

@@ -27,7 +27,7 @@ from PIL import Image
 
 from kdq.function.cli import UserError, positive_float
 from kdq.function.data.prepare.common import (Preparation, Writer, enlarge_box, find_root, image_size, parse_xml, pixel_box,
-                                  require, select_classes, xml_objects)
+                                  require, select_classes, source_image, source_indices, xml_objects)
 
 NAME = "voc"
 SPLITS = ("train", "val")
@@ -73,11 +73,8 @@ def plan(args: argparse.Namespace) -> Preparation:
 
 
 def index_png(path: Path) -> np.ndarray:
-    """The raw indices of a VOC palette PNG (mode P; mode L is read as is)."""
-    with Image.open(path) as img:
-        if img.mode not in ("P", "L"):
-            raise UserError(f"--src: {path} is a {img.mode} image, not an indexed (palette) PNG")
-        return np.asarray(img)
+    """The raw indices of a VOC palette PNG (mode P; mode L is read as is), through the checked reader."""
+    return source_indices(path)
 
 
 def majority_class(cls_png: np.ndarray, instance: np.ndarray) -> int:
@@ -104,8 +101,7 @@ def _write_image(split: str, image_id: str, files: dict[str, Path], chosen: froz
 
     def load() -> Image.Image:
         if not picture:
-            with Image.open(files["jpg"]) as img:
-                picture.append(img.convert("RGB"))
+            picture.append(source_image(files["jpg"]))
         return picture[0]
 
     for k, obj in enumerate(objects, start=1):
