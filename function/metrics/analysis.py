@@ -126,7 +126,7 @@ def comparison_warnings(comp) -> list[str]:
     there is no verdict at all), a net without any visual concept, or without a foreground concept at the last
     checkpoint (each run named when a net has several)."""
     out = []
-    n = min(len(getattr(comp, net).n_fg) for net in NETS)
+    n = min(len(per.n_fg) for net in NETS for per in (comp.runs.get(net) or [getattr(comp, net)]))
     if n < MIN_IMAGES:
         out.append(f"only {plural(n, 'image')} enter the comparison (fewer than {MIN_IMAGES}): no verdict is given")
     for net in NETS:

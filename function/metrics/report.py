@@ -318,8 +318,14 @@ def markdown(results: list[LayerResult], settings: dict[str, Any], level: float)
                      " distil " + " ".join(map(str, res.epochs["distil"])) + f" ({res.epochs_source['distil']})")
         per_run = c.get("effective_per_run") or {}
         effective = {net: "/".join(map(str, per_run.get(net) or [c[f"{net}_effective"]])) for net in ("label", "distil")}
-        common = "every run" if max(len(v) for v in per_run.values() or [[0]]) > 1 else "both runs"
-        lines.append(f"- **{res.layer}**: {used} ({c['both']} effective in {common}{skipped}; "
+        if max(len(v) for v in per_run.values() or [[0]]) > 1:
+            runs = {net: "/".join(str(len(res.names_of(net, r))) for r in range(len(per_run[net])))
+                    for net in ("label", "distil")}
+            used = f"images used per run: label {runs['label']}, distil {runs['distil']}"
+            common = f"{c['both']} distinct images effective in some run"
+        else:
+            common = f"{c['both']} effective in both runs"
+        lines.append(f"- **{res.layer}**: {used} ({common}{skipped}; "
                      f"label run{'s' if '/' in effective['label'] else ''} {effective['label']}, distil "
                      f"run{'s' if '/' in effective['distil'] else ''} {effective['distil']} effective); "
                      f"{schedules}; grid {res.grid}×{res.grid}; S = {res.image_size}; "
