@@ -18,6 +18,7 @@ from kdq.function.data.masks import grey_values, mask_to_grid
 from kdq.function.sigma.fit import SigmaFitter
 from kdq.models import Tap, truncated
 from tests.helpers import run_script
+from tests.test_api import hand_maps
 
 CONFIG = kdq.SigmaConfig(grid=4, samples=4, steps=6, break_steps=2, lr=1e-3)
 
@@ -217,17 +218,6 @@ def test_grey_values_keep_every_positive_value_above_0():
 
 
 # ---- compare ----------------------------------------------------------------------------------------------
-def hand_maps(n=5):
-    """n images, grid 2, 2 checkpoints; the foreground is cell (0, 0); the distil net has a concept there at
-    checkpoint 1 (σ = e^-1: H 1 below the background)."""
-    fg = np.zeros((n, 2, 2), bool)
-    fg[:, 0, 0] = True
-    label = np.ones((n, 2, 2, 2))
-    distil = np.ones((n, 2, 2, 2))
-    distil[:, 1, 0, 0] = math.exp(-1)
-    return label, distil, fg
-
-
 def compare(label, distil, masks, D_label=(0.0, 0.3), D_distil=(0.0, 0.5), **kw):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

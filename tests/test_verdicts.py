@@ -147,6 +147,11 @@ def write_run(folder, record, log=None):
     return folder
 
 
+def records(folder):
+    """{run folder: its run.json}, as the metrics stage hands training runs to training_warnings."""
+    return {folder: json.loads((folder / "run.json").read_text())}
+
+
 CLASSES = [f"c{i}" for i in range(8)]  # chance: 12.5 %
 
 
@@ -157,7 +162,7 @@ def test_chance_teacher_diverged_distillation_and_weak_student_warn(tmp_path):
         "stage": "distillation", "classes": CLASSES, "final_val_acc1": 60.0,
         "teacher": {"checkpoint": str(teacher / "20.pth.tar")}},
         log=[{"epoch": 1, "val_mse": 41.0}, {"epoch": 2, "val_mse": 353.0}, {"epoch": 3, "val_mse": 3624.0}])
-    warnings = training_warnings([label], [distil])
+    warnings = training_warnings(records(label), records(distil))
     assert any("teacher" in w and "14.0 % against a chance level of 12.5 %" in w for w in warnings), warnings
     assert any("diverged" in w and "rose from 41 (epoch 1) to 3624 (epoch 3)" in w for w in warnings), warnings
     assert any("far weaker" in w and "60.0 %" in w and "90.0 %" in w for w in warnings), warnings
@@ -170,7 +175,7 @@ def test_a_healthy_teacher_and_distillation_give_no_warning(tmp_path):
         "stage": "distillation", "classes": CLASSES, "final_val_acc1": 88.0,
         "teacher": {"checkpoint": str(teacher / "20.pth.tar")}},
         log=[{"epoch": 1, "val_mse": 3.0}, {"epoch": 2, "val_mse": 1.0}])
-    assert training_warnings([label], [distil]) == []
+    assert training_warnings(records(label), records(distil)) == []
 
 
 # ---- settings that are not the paper's ---------------------------------------------------------------

@@ -12,7 +12,6 @@ from PIL import Image
 
 from kdq.function.data.folder import MaskedImageFolder
 from kdq.function.data.masks import central_square
-from kdq.function.io.rundir import read_run_json
 from kdq.function.metrics import plots
 from kdq.function.metrics.inputs import NETS, LayerInputs
 from kdq.function.metrics.caveats import final_accuracy, not_paper_settings, training_warnings
@@ -49,7 +48,7 @@ def not_paper(inp: LayerInputs) -> list[str]:
     from kdq.function.data.layout import dataset_kind
 
     return not_paper_settings({net: [d.sigma.meta for d in inp.runs[net]] for net in NETS},
-                              {net: [read_run_json(d.run) for d in inp.runs[net]] for net in NETS},
+                              {net: [d.record for d in inp.runs[net]] for net in NETS},
                               dataset_kind(Path(inp.data_root)), {net: len(inp.runs[net]) for net in NETS})
 
 
@@ -87,12 +86,11 @@ def analyse_layer(inp: LayerInputs, data: MaskedImageFolder, b: float, n_boot: i
                 "effective_per_run": {n: [len(set(d.sigma.effect)) for d in runs[n]] for n in NETS}},
         skipped=inp.skipped, mask_fallback=inp.fallback, mhat_skips_epoch0=inp.skip0, compat=inp.compat,
         foreground=inp.foreground.describe(), comparison=comp, notes=inp.notes + comp.notes,
-        accuracy={net: final_accuracy(read_run_json(nets[net].run)) for net in NETS}, warnings=degenerate,
+        accuracy={net: final_accuracy(nets[net].record) for net in NETS}, warnings=degenerate,
         not_paper=caveats, run_names={n: [d.names for d in runs[n]] for n in NETS},
         runs={n: [{"sigma": str(d.sigma.path), "run": str(d.run), "images": len(d.names),
-                                      "seed": (read_run_json(d.run).get("settings") or {}).get("seed"),
-                                      "accuracy": final_accuracy(read_run_json(d.run))} for d in runs[n]]
-                                 for n in NETS})
+                   "seed": (d.record.get("settings") or {}).get("seed"), "accuracy": final_accuracy(d.record)}
+                  for d in runs[n]] for n in NETS})
     result.figure_data = {"H": {n: inputs[n][0].H for n in NETS}, "wd": {n: nets[n].wd_row for n in NETS},
                           "central": inp.foreground.source == "central"}
     return result
@@ -109,7 +107,7 @@ def degenerate_warnings(inp: LayerInputs, comp) -> list[str]:
             out.append(f"--label-sigma and --distil-sigma name the same sigma run ({d.sigma.path}): the comparison "
                        "is empty")
     for lab, dis in zip(inp.runs["label"], inp.runs["distil"]):
-        stages = {"label": read_run_json(lab.run).get("stage"), "distil": read_run_json(dis.run).get("stage")}
+        stages = {"label": lab.record.get("stage"), "distil": dis.record.get("stage")}
         if stages["label"] == "distillation" and stages["distil"] == "train_net":
             out.append("label and distil look swapped: the label sigma run was fitted on a distillation run, the "
                        "distil one on a train_net run")
@@ -117,7 +115,7 @@ def degenerate_warnings(inp: LayerInputs, comp) -> list[str]:
             out.append("the label sigma run was fitted on a distillation run, not on a net trained on labels")
         elif stages["distil"] == "train_net":
             out.append("the distil sigma run was fitted on a train_net run, not on a distilled net")
-    out += training_warnings([d.run for d in inp.runs["label"]], [d.run for d in inp.runs["distil"]])
+    out += training_warnings({d.run: d.record for d in inp.runs["label"]}, {d.run: d.record for d in inp.runs["distil"]})
     return list(dict.fromkeys(out + comparison_warnings(comp)))
 
 
@@ -126,11 +124,11 @@ def comparison_warnings(comp) -> list[str]:
     there is no verdict at all), a net without any visual concept, or without a foreground concept at the last
     checkpoint (each run named when a net has several)."""
     out = []
-    n = min(len(per.n_fg) for net in NETS for per in (comp.runs.get(net) or [getattr(comp, net)]))
+    n = min(len(per.n_fg) for net in NETS for per in comp.runs[net])
     if n < MIN_IMAGES:
         out.append(f"only {plural(n, 'image')} enter the comparison (fewer than {MIN_IMAGES}): no verdict is given")
     for net in NETS:
-        runs = comp.runs.get(net) or [getattr(comp, net)]
+        runs = comp.runs[net]
         for r, per in enumerate(runs):
             which = f"the {net} net" + (f" (run {r + 1} of {len(runs)})" if len(runs) > 1 else "")
             if not (per.n_fg.any() or per.n_bg.any()):

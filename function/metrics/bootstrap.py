@@ -77,9 +77,9 @@ def two_level_bootstrap(statistic: RunStatistic, n_images: dict[str, list[int]],
     def drawn_runs(R: int) -> np.ndarray:
         return rng.integers(0, R, size=R) if R > 1 else np.zeros(1, dtype=np.int64)
 
+    n = next(iter(n_images.values()))[0]  # paired: every run's image count
     for b in loop(range(n_boot)):
         if paired:
-            n = next(iter(n_images.values()))[0]
             idx = rng.integers(0, n, size=n)
             for net, runs in {net: drawn_runs(len(sizes)) for net, sizes in n_images.items()}.items():
                 cache = {int(r): np.asarray(statistic(net, int(r), idx), dtype=np.float64)

@@ -13,6 +13,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from kdq.function.io.rundir import read_run_json
+
 CHANCE_MARGIN = 5.0  # a teacher within this many points (top-1 %) of chance has learned (almost) nothing
 WEAK_STUDENT_GAP = 10.0  # a student this many points (top-1 %) below the label net is not the paper's comparison
 STAGE_SCRIPTS = {"train_net": "train_net/train_net.py", "distillation": "distillation/distillation.py",
@@ -80,8 +82,8 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def read_json(path: Path) -> Any:
-    """A JSON file, or None when it is missing or unreadable (a caveat never stops the report)."""
+def read_log(path: Path) -> Any:
+    """A training log (a JSON list), or None when it is missing or unreadable (a caveat never stops the report)."""
     try:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
@@ -94,8 +96,7 @@ def teacher_record(distil_record: dict[str, Any]) -> dict[str, Any]:
         (distil_record.get("settings") or {}).get("teacher_checkpoint")
     if not isinstance(checkpoint, str):
         return {}
-    record = read_json(Path(checkpoint).parent / "run.json")
-    return record if isinstance(record, dict) else {}
+    return read_run_json(Path(checkpoint).parent)
 
 
 def final_accuracy(record: dict) -> float | None:
@@ -126,7 +127,7 @@ def near_chance(record: dict) -> str | None:
 def phase1_divergence(run: Path) -> str | None:
     """Why a feature distillation's phase 1 diverged (its last epoch's validation MSE — or training loss — above
     its first), or None."""
-    log = read_json(Path(run) / "distill_log.json")
+    log = read_log(Path(run) / "distill_log.json")
     if not isinstance(log, list) or len(log) < 2 or not all(isinstance(e, dict) for e in log):
         return None
     key = "val_mse" if all(isinstance(e.get("val_mse"), (int, float)) for e in log) else "loss"
@@ -137,12 +138,10 @@ def phase1_divergence(run: Path) -> str | None:
            f"(epoch {log[-1].get('epoch')})"
 
 
-def training_warnings(label_runs: list[Path], distil_runs: list[Path]) -> list[str]:
-    """Warnings about how the nets behind a comparison trained: a teacher near chance, a diverged phase 1, a
-    student far weaker than the label net (each run named)."""
+def training_warnings(label: dict[Path, dict], distil: dict[Path, dict]) -> list[str]:
+    """Warnings about how the nets behind a comparison trained (each net's training runs → their run.json): a
+    teacher near chance, a diverged phase 1, a student far weaker than the label net (each run named)."""
     out = []
-    label = {Path(r): read_json(Path(r) / "run.json") or {} for r in label_runs}
-    distil = {Path(r): read_json(Path(r) / "run.json") or {} for r in distil_runs}
     teachers: dict[str, str] = {}
     for run, record in distil.items():
         teacher = teacher_record(record)
@@ -176,9 +175,9 @@ def not_paper_settings(sigma_records: dict[str, list[dict]], training_records: d
     out = []
     roles = [(f"sigma runs ({net} net)", recs) for net, recs in sigma_records.items()]
     roles += [(f"{net} net training", recs) for net, recs in training_records.items()]
-    teachers = {json.dumps(teacher_record(r), sort_keys=True): teacher_record(r)
-                for r in training_records.get("distil", [])}
-    roles.append(("teacher training", [t for t in teachers.values() if t]))
+    teachers = [teacher_record(r) for r in training_records.get("distil", [])]
+    unique = {json.dumps(t, sort_keys=True): t for t in teachers if t}
+    roles.append(("teacher training", list(unique.values())))
     for role, records in roles:
         counts: dict[str, int] = {}
         for record in records:

@@ -255,6 +255,7 @@ class NetData:
     maps: np.ndarray  # (N, K, g, g) σ*
     fg: np.ndarray  # (N, g, g) foreground cells
     allowed: np.ndarray  # (K,) bool: checkpoints m̂ may pick
+    record: dict[str, Any] = field(default_factory=dict)  # the training run's run.json (read once)
 
 
 @dataclass
@@ -283,7 +284,7 @@ class LayerInputs:
         return {net: runs[0] for net, runs in self.runs.items()}
 
 
-def family_and_size(req: Request, sigmas: list[SigmaRun], runs: list[Path], warnings: list[str],
+def family_and_size(req: Request, sigmas: list[SigmaRun], training: list[dict[str, Any]], warnings: list[str],
                     notes: list[str]) -> tuple[str | None, int]:
     """The architecture family (for the ResNet m̂ rule) and the input size S (for the masks): from ``--arch`` and
     ``--image-size``, else from what the sigma or training runs record (``model``: arch, family, image size)."""
@@ -292,7 +293,7 @@ def family_and_size(req: Request, sigmas: list[SigmaRun], runs: list[Path], warn
     if req.arch:
         info = resolve_arch(req.arch, image_size=req.image_size)
         return info.family, req.image_size or info.input_size
-    records = [sr.meta for sr in sigmas] + [read_run_json(run) for run in runs]
+    records = [sr.meta for sr in sigmas] + list(training)
     model = next((m for m in map(recorded_model, records) if m), None)
     family, size = (model or {}).get("family"), req.image_size or (model or {}).get("image_size")
     size = size or sigmas[0].recorded("image_size", "input_size")
@@ -358,13 +359,18 @@ def _open_sigmas(net: str, paths: list[Path], layer: str) -> list[SigmaRun]:
         recorded = sr.recorded("layer")
         if recorded is not None and recorded != layer:
             raise UserError(f"{sr.flag}: {sr.path} was fitted at layer {recorded}, not {layer}")
-    seen: dict[Path, Path] = {}
-    for sr in runs:
-        key = sr.path.resolve()
-        if key in seen:
-            raise UserError(f"{flag}: {seen[key]} and {sr.path} are the same sigma run given twice")
-        seen[key] = sr.path
+    refuse_twice(flag, [sr.path for sr in runs], "are the same sigma run given twice")
     return runs
+
+
+def refuse_twice(flag: str, paths: list[Path], why: str) -> None:
+    """A UserError naming the first two of ``paths`` that are one folder (any spelling), ``why`` after them."""
+    seen: dict[Path, Path] = {}
+    for path in map(Path, paths):
+        key = path.resolve()
+        if key in seen:
+            raise UserError(f"{flag}: {seen[key]} and {path} {why}")
+        seen[key] = path
 
 
 def _check_same(what: str, values: dict[str, Any], hint: str) -> None:
@@ -388,21 +394,17 @@ def _training_settings(record: dict) -> dict[str, Any]:
     return {k: v for k, v in settings.items() if k not in RUNTIME_SETTINGS | PER_RUN_SETTINGS}
 
 
-def check_training_runs(net: str, runs: list[Path]) -> list[str]:
-    """Several training runs of one net must be *different* runs (other folders, other ``--seed``) of the *same*
-    setting (every other result-defining setting equal); notes for runs that record nothing to check."""
+def check_training_runs(net: str, runs: list[Path], records: list[dict[str, Any]]) -> list[str]:
+    """Several training runs of one net (``records``: their run.json) must be *different* runs (other folders,
+    other ``--seed``) of the *same* setting (every other result-defining setting equal); notes for runs that record
+    nothing to check."""
     notes: list[str] = []
     if len(runs) < 2:
         return notes
     flag = f"--{net}-run"
-    seen: dict[Path, Path] = {}
-    for run in runs:
-        key = Path(run).resolve()
-        if key in seen:
-            raise UserError(f"{flag}: {seen[key]} and {run} are the same training run: several runs of a net must "
-                            "be separate trainings (another --seed)")
-        seen[key] = Path(run)
-    records = {Path(run): read_run_json(run) for run in runs}
+    refuse_twice(flag, runs, "are the same training run: several runs of a net must be separate trainings "
+                             "(another --seed)")
+    records = dict(zip(map(Path, runs), records))
     with_settings = {run: rec for run, rec in records.items() if rec.get("settings")}
     if len(with_settings) < len(records):
         notes.append(f"{net} net: {len(records) - len(with_settings)} training run(s) record no settings: kdq cannot "
@@ -456,14 +458,14 @@ def load_layer(req: Request, layer: str, data: MaskedImageFolder, label_sigma: P
     given = {"label": req.label_run, "distil": req.distil_run}
     runs = {net: [training_run(f"--{net}-run", g, sr, layer)
                   for g, sr in zip(_given_runs(net, given[net], len(sigmas[net])), sigmas[net])] for net in NETS}
+    records = {net: [read_run_json(run) for run in runs[net]] for net in NETS}
     notes: list[str] = []
     for net in NETS:
-        notes += check_training_runs(net, runs[net])
+        notes += check_training_runs(net, runs[net], records[net])
         if several:
-            records = [read_run_json(run) for run in runs[net]]
             _check_same(f"architectures in the {net} net's runs",
                         {f"--{net}-run {run}": (rec.get("model") or {}).get("arch") or (rec.get("settings") or {}).get("arch")
-                         for run, rec in zip(runs[net], records)}, "pool runs of one architecture")
+                         for run, rec in zip(runs[net], records[net])}, "pool runs of one architecture")
             _check_same(f"datasets in the {net} net's runs",
                         {f"{sr.flag} {sr.path}": [sr.recorded("data"), sr.recorded("split")] for sr in sigmas[net]},
                         "pool runs fitted on the same images")
@@ -498,7 +500,7 @@ def load_layer(req: Request, layer: str, data: MaskedImageFolder, label_sigma: P
           for net in NETS}
 
     warnings: list[str] = []
-    family, size = family_and_size(req, every, [r for net in NETS for r in runs[net]], warnings, notes)
+    family, size = family_and_size(req, every, [r for net in NETS for r in records[net]], warnings, notes)
     skip0 = {"yes": True, "no": False}.get(req.mhat_skip_epoch0, family == "resnet")
     skipped, kept = (_screen_runs(maps, own) if several else _screen_pair(maps, names, req.compat))
     rule = _foreground(req, every, data)
@@ -511,8 +513,9 @@ def load_layer(req: Request, layer: str, data: MaskedImageFolder, label_sigma: P
         if skip0 and set(net_epochs_) == {0}:
             notes.append(f"{net} net: m̂: epoch 0 is the only checkpoint, so it is kept")
         nets[net] = [NetData(net, sr, run, net_epochs_, source, w, k, np.stack([m[n] for n in k]),
-                             np.stack([cells[n] for n in k]), allowed)
-                     for sr, run, w, m, k in zip(sigmas[net], runs[net], wd[net], maps[net], kept[net])]
+                             np.stack([cells[n] for n in k]), allowed, rec)
+                     for sr, run, w, m, k, rec in zip(sigmas[net], runs[net], wd[net], maps[net], kept[net],
+                                                      records[net])]
     paired = len({tuple(k) for net in NETS for k in kept[net]}) == 1
     _describe({net: nets[net][0] for net in NETS}, names, skipped, fallback, rule, req.compat, paired, notes,
               warnings)

@@ -329,14 +329,13 @@ class Comparison:
     @property
     def n_runs(self) -> dict[str, int]:
         """net → how many training runs it pools (1 when runs were not given)."""
-        return {net: len(self.runs.get(net) or [None]) for net in ("label", "distil")}
+        return {net: len(self.runs[net]) for net in ("label", "distil")}
 
 
-def peak_fixed(nets: list[NetInput]) -> dict[str, bool]:
-    """``{"fg": …, "bg": …}``: whether m̂ (and m̂_bg) is fixed by a schedule, i.e. some net may pick only one
-    checkpoint, so every metric read at the peak is the schedule's, not the data's."""
-    fixed = any(int(np.count_nonzero(net.allowed)) == 1 for net in nets)
-    return {"fg": fixed, "bg": fixed}
+def peak_fixed(nets: list[NetInput]) -> bool:
+    """Whether m̂ and m̂_bg are fixed by a schedule: some net may pick only one checkpoint, so every metric read
+    at a peak is the schedule's, not the data's."""
+    return any(int(np.count_nonzero(net.allowed)) == 1 for net in nets)
 
 
 def _finite_or_nan(value: float, interval: list[float]) -> list[float]:
@@ -345,7 +344,7 @@ def _finite_or_nan(value: float, interval: list[float]) -> list[float]:
 
 
 def comparison_rows(point: dict[str, np.ndarray], reps: dict[str, np.ndarray], level: float,
-                    fixed: dict[str, bool], n_images: int,
+                    fixed: bool, n_images: int,
                     per_run: dict[str, list[np.ndarray]] | None = None) -> list[dict]:
     """One row per metric of ALL_METRICS from the point vectors and replicates of both nets (their first
     ``len(SCALARS)`` entries), with the difference's interval, the verdict or the reason there is none, and —
@@ -364,7 +363,7 @@ def comparison_rows(point: dict[str, np.ndarray], reps: dict[str, np.ndarray], l
             diff = dv - lv
         interval = _finite_or_nan(diff, [float(dlo[j]), float(dhi[j])])
         reason = None if m.direction == 0 else no_verdict_reason(
-            (lv, dv, diff), tuple(interval), diff_reps[:, j], bool(m.peak and fixed[m.peak]), n_images)
+            (lv, dv, diff), tuple(interval), diff_reps[:, j], bool(m.peak) and fixed, n_images)
         holds = None if m.direction == 0 or not np.isfinite(diff) else bool(diff * m.direction > 0)
         excl = None if m.direction == 0 or reason else bool(
             (interval[0] > 0 and m.direction > 0) or (interval[1] < 0 and m.direction < 0))

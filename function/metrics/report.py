@@ -202,7 +202,7 @@ def metrics_csv(results: list[LayerResult]) -> str:
                 "rho_bg", "rho_total", "slope", "mhat_bg_index", "mhat_bg_epoch", "D_bg", "slope_bg"])
     for res in results:
         for net in ("label", "distil"):
-            for r, p in enumerate(res.comparison.runs.get(net) or [getattr(res.comparison, net)]):
+            for r, p in enumerate(res.comparison.runs[net]):
                 w.writerows(csv_rows(res, net, r + 1, p))
     return buf.getvalue()
 
