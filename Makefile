@@ -16,7 +16,7 @@ SEED ?= 0
 SEEDS ?= $(SEED)
 # the seed of the training or sigma run a rule makes: $(SEED), or the seed of the seed folder (set per rule below)
 RUN_SEED = $(SEED)
-# demo scale (see README: measured ≈ minutes on 2 CPU cores)
+# demo scale (see docs/results.md: measured ≈ minutes on 2 CPU cores)
 TEACHER_EPOCHS ?= 20
 EPOCHS ?= 20
 FINETUNE_EPOCHS ?= 20
@@ -60,9 +60,9 @@ test-quick: venv
 
 # ---- the study: one target per stage -------------------------------------------------------------
 DATA_FLAGS ?=
-# DATA_FLAGS: more make_dataset.py flags (make validate passes --background-cue)
+# DATA_FLAGS: more kdq-data (kdq.function.stages.make_dataset) flags (make validate passes --background-cue)
 $(DATA)/dataset.json: | venv
-	$(PY) function/make_dataset.py --out $(DATA) --seed $(SEED) --overwrite$(if $(DATA_FLAGS), $(DATA_FLAGS))
+	$(PY) -m kdq.function.stages.make_dataset --out $(DATA) --seed $(SEED) --overwrite$(if $(DATA_FLAGS), $(DATA_FLAGS))
 
 $(RUNS)/teacher/.done: $(DATA)/dataset.json | venv
 	$(PY) train_net/train_net.py --arch $(ARCH) --data $(DATA) --split teacher --val-split val \
@@ -120,7 +120,7 @@ $(REPORTS)/metrics_%/report.md: $(call seed_paths,sigma_label/%/.done) $(call se
 		$(METRIC_FLAGS) --out $(@D) --overwrite
 
 demo: $(REPORTS)/metrics_$(LAYER)/report.md
-	@$(PY) function/summarize_runs.py $(RUNS)
+	@$(PY) -m kdq.function.stages.summarize_runs $(RUNS)
 
 STUDY_LAYERS ?= conv fc1 fc2 fc3
 # One table over every layer whose two sigma runs exist (sigma_label/<layer>, sigma_distil/<layer>, distil/<layer>).
@@ -130,7 +130,7 @@ $(REPORTS)/metrics_all/report.md: $(foreach l,$(STUDY_LAYERS),$(call seed_paths,
 		$(METRIC_FLAGS) --out $(@D) --overwrite
 
 # The fuller study: both tiny archs, all four layers, more images than the demo (same per-fit settings).
-# One report per arch covering the four layers; see README for the measured time.  SEEDS as for the demo; the
+# One report per arch covering the four layers; see docs/results.md for the measured time.  SEEDS as for the demo; the
 # sigma flags are handed over unexpanded, so that each seed's sigma runs get their own --seed.
 STUDY_RUNS ?= runs/study
 STUDY_SIGMA_FLAGS ?= --pic-num 64 --effect-num 32 --samples 16 --steps 20 --break-steps 5 --lr 4e-4 \
@@ -139,11 +139,11 @@ study: | venv
 	for arch in vgg_tiny resnet_tiny; do \
 		$(MAKE) --no-print-directory $(STUDY_RUNS)/$$arch$(SEEDS_SUBDIR)/metrics_all/report.md RUNS=$(STUDY_RUNS)/$$arch \
 			ARCH=$$arch VENV=$(VENV) DATA=$(DATA) SIGMA_FLAGS='$(value STUDY_SIGMA_FLAGS)' || exit 1; done
-	$(PY) function/summarize_runs.py $(STUDY_RUNS) --report $(STUDY_RUNS)/report.md --overwrite
+	$(PY) -m kdq.function.stages.summarize_runs $(STUDY_RUNS) --report $(STUDY_RUNS)/report.md --overwrite
 
 # ---- make validate: knowledge planted on purpose (docs/validation.md) ------------------------------------------
 # The demo's stages with the demo's flags, in a make of their own, on a dataset whose train split carries a
-# class-coded background cue (make_dataset.py --background-cue; the teacher and val splits stay clean), plus three
+# class-coded background cue (kdq-data --background-cue; the teacher and val splits stay clean), plus three
 # negative controls; bench/validate.py then prints the table of expected against measured.
 VALIDATE_DATA ?= data/validate
 VALIDATE_RUNS ?= runs/validate

@@ -43,8 +43,9 @@ kdq_importable() {
     "$PY" -c "
 import sys
 from pathlib import Path
-import kdq.function.cli as cli
-sys.exit(0 if cli.REPO == Path('$ROOT').resolve() else 'kdq is imported from ' + str(cli.REPO) + ', not $ROOT')"
+import kdq
+where = Path(kdq.__file__).resolve().parent
+sys.exit(0 if where == Path('$ROOT').resolve() else 'kdq is imported from ' + str(where) + ', not $ROOT')"
 }
 
 run_tests() {

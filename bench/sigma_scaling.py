@@ -5,7 +5,7 @@
 Writes a small embedded dataset and a checkpoint run of ``--checkpoints`` freshly initialised nets (seeds
 0, 1, ...: the cost of a fit does not depend on training), then runs the real stage,
 ``python -m torch.distributed.run --standalone --nproc_per_node W sigma/train_sigma.py ...``, for every
-launch of the thread plan (``function/scaling.py``: W ranks × T/W threads and 1 rank × T/W threads,
+launch of the thread plan (``bench/scaling.py``: W ranks × T/W threads and 1 rank × T/W threads,
 OMP_NUM_THREADS set per launch), alternated over ``--repeats``.  ``--effective-rule off`` and
 ``--effect-num = --pic-num``: every drawn image is fitted at every checkpoint, so each run does the same
 ``pic-num × checkpoints`` fits whatever W.

@@ -4,7 +4,7 @@
 
 Writes a small embedded dataset (``--num-classes`` × ``--images-per-class`` training images), then runs the
 real stage, ``python -m torch.distributed.run --standalone --nproc_per_node W train_net/train_net.py ...``,
-for every launch of the thread plan (``function/scaling.py``: W ranks × T/W threads and 1 rank × T/W
+for every launch of the thread plan (``bench/scaling.py``: W ranks × T/W threads and 1 rank × T/W
 threads, OMP_NUM_THREADS set per launch), alternated over ``--repeats``.  ``--batch-size`` is the global
 batch, as in train_net (each rank takes batch/W).
 

@@ -3,7 +3,7 @@
     python bench/validate.py --runs runs/validate --data data/validate --layer fc1
 
 Reads what ``make validate`` wrote below ``--runs`` (the demo's stages on a dataset whose train split carries a
-class-coded background cue, ``make_dataset.py --background-cue``) and prints one table, ``experiment | metric |
+class-coded background cue, ``kdq-data --background-cue``) and prints one table, ``experiment | metric |
 expected | measured (distil − label) | interval | agrees?``:
 
 - *background shortcut*: first the manipulation check — the label net's top-1 on the cued images against their clean
@@ -90,9 +90,9 @@ EXPECTED_TEXT = {1: "> 0", -1: "< 0", 0: "≈ 0 (interval holds 0)"}
 
 def default_b() -> float:
     """The metrics stage's concept threshold b by default (its --b), for a run whose metrics.json records none."""
-    from kdq.function.cli import load_script
+    from kdq.function.stages import stage
 
-    return load_script("sigma/find_knowledge_new.py").get_args_parser().get_default("b")
+    return stage("find_knowledge").get_args_parser().get_default("b")
 
 
 def read_json_file(path: Path) -> dict | list | None:

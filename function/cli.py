@@ -5,9 +5,7 @@
 * :class:`UserError` — raised for bad input anywhere; :func:`run` turns it into that one line.
 * :func:`run` — the ``__main__`` of every script: parse, set up logging, call ``main``.
 * argparse types (:func:`positive_int`, :func:`finite_float`, :func:`within` ...), so that a bad value is reported
-  under its flag's name; each calls the rule of :mod:`kdq.function.checks` that the Python API applies too; and
-  :func:`load_script`, which imports a script by its path (the supplement's entry points reuse the stage scripts'
-  parsers; the tests run the scripts in-process).
+  under its flag's name; each calls the rule of :mod:`kdq.function.checks` that the Python API applies too;.
 
 Nothing here imports torch: ``--help`` of a script stays fast when the script imports torch after parsing.
 """
@@ -15,19 +13,15 @@ from __future__ import annotations
 
 import argparse
 import errno
-import importlib.util
 import logging
 import os
 import signal
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Callable, Sequence
 
 from kdq.function.checks import (BOOTSTRAP_COUNT, FINITE, NONNEGATIVE, NONNEGATIVE_INT, POSITIVE, POSITIVE_INT, SEED,
                                  CheckError, Interval, RangeError, check_in)
-
-REPO = Path(__file__).resolve().parents[1]  # the repository root: the stage scripts live below it
 
 # I/O errors that the user's environment causes (a missing or unreadable path, a full or read-only disk):
 # one line like bad input; any other OSError is a bug and keeps its traceback
@@ -163,24 +157,6 @@ def setup_logging(rank: int = 0) -> None:
     handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, handlers=[handler], force=True)
-
-
-def load_script(path: str | Path) -> ModuleType:
-    """Import a script (``"train_net/train_net.py"``: relative to the repository, or an absolute path) as a
-    module without running its ``__main__``; the same path gives the same module."""
-    path = (REPO / path).resolve()
-    name = "kdq_script_" + "_".join(path.relative_to(REPO).with_suffix("").parts) if path.is_relative_to(REPO) \
-        else "kdq_script_" + path.stem
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            del sys.modules[name]
-            raise
-    return sys.modules[name]
 
 
 # ---- argparse types: a bad value is reported under its flag ---------------------------------------------

@@ -1,23 +1,9 @@
-"""Supplement: the long distillation schedule (400 epochs, checkpoints extended by docs/method.md §1).
+"""Supplement: the long distillation (the design card's script path).
 
-    python supplement/distill_long.py --teacher_checkpoint runs/teacher_heavy/150.pth.tar --teacher-arch vgg16 \
-        --arch vgg16 --layer conv --data ROOT --split train --val-split val --out runs/distil_conv_long
-
-This is ``distillation/distillation.py`` with the defaults of the original's ``distillation_supplement.py``:
-``--epochs 400``, ``--lr 1e-3`` constant (``--lr-schedule constant``), ``--weight-decay 5e-4`` and no augmentation
-(``--augment none``: resize to S×S only); ``--checkpoints paper`` (the default) then saves
-``0 2 5 10 15 20 25 30 40 50 70 90 110 130 150 170 190 240 280 320 360 400``.  Every distillation flag works and
-may override them.  The original compares the 400-epoch student with a 150-epoch label net: the metrics stage
-measures each net on its own schedule.
+The stage lives in :mod:`kdq.function.stages.supplement_distill_long`; this script, the console command and
+``python -m kdq.function.stages.supplement_distill_long`` are the same program (``--help`` explains every flag).
 """
-from __future__ import annotations
-
-from kdq.function.cli import run
-from kdq.function.train.options import with_defaults
-
-LONG_DEFAULTS = {"epochs": 400, "lr": 1e-3, "lr_schedule": "constant", "weight_decay": 5e-4, "augment": "none"}
-
-get_args_parser, main = with_defaults("distillation/distillation.py", __doc__.split("\n\n")[0], **LONG_DEFAULTS)
+from kdq.function.stages.supplement_distill_long import cli
 
 if __name__ == "__main__":
-    raise SystemExit(run(get_args_parser, main))
+    raise SystemExit(cli())

@@ -1,23 +1,9 @@
-"""Supplement: a teacher trained from scratch with heavy augmentation (docs/method.md §1 supplement).
+"""Supplement: train a teacher from scratch with heavy augmentation (the design card's script path).
 
-    python supplement/train_teacher.py --arch vgg16 --data ROOT --split train --val-split val --out runs/teacher_heavy
-
-This is ``train_net/train_net.py`` with the defaults of the original's ``train_net_supplement.py`` (mode
-``_augment``): ``--augment heavy`` (256×256 resize, random crop, horizontal and vertical flips, rotation ±30°,
-``ColorJitter(brightness=1, contrast=1, saturation=1, hue=0.5)``), ``--weight-decay 5e-4``, ``--lr 0.01``
-log-spaced down one decade over ``--epochs 150``, from scratch — so the line above is exactly
-``train_net.py --augment heavy --weight-decay 5e-4 --lr 0.01 --epochs 150 ...``; every train_net flag works and
-may override them.  The result is an ordinary train_net run, to pass to ``--teacher_checkpoint``.
+The stage lives in :mod:`kdq.function.stages.supplement_teacher`; this script, the console command and
+``python -m kdq.function.stages.supplement_teacher`` are the same program (``--help`` explains every flag).
 """
-from __future__ import annotations
-
-from kdq.function.cli import run
-from kdq.function.train.options import with_defaults
-
-HEAVY_TEACHER_DEFAULTS = {"augment": "heavy", "weight_decay": 5e-4, "lr": 0.01, "lr_schedule": "logspace",
-                          "epochs": 150}
-
-get_args_parser, main = with_defaults("train_net/train_net.py", __doc__.split("\n\n")[0], **HEAVY_TEACHER_DEFAULTS)
+from kdq.function.stages.supplement_teacher import cli
 
 if __name__ == "__main__":
-    raise SystemExit(run(get_args_parser, main))
+    raise SystemExit(cli())

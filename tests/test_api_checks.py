@@ -13,11 +13,10 @@ from torch import nn
 
 import kdq
 from kdq.function.checks import LEVEL, check_in
-from kdq.function.cli import load_script
 from kdq.function.data.masks import grey_values, mask_to_grid
 from kdq.function.sigma.fit import SigmaFitter
 from kdq.models import Tap, truncated
-from tests.helpers import run_script
+from tests.helpers import load_script, run_script
 from tests.test_api import hand_maps
 
 CONFIG = kdq.SigmaConfig(grid=4, samples=4, steps=6, break_steps=2, lr=1e-3)

@@ -207,7 +207,7 @@ def metrics(r, out, **change):
 
 
 def prepare(r, out, kind, src, *extra):
-    return ("function/prepare_data.py", [kind, "--src", src, "--out", out, *extra])
+    return ("prepare_data", [kind, "--src", src, "--out", out, *extra])
 
 
 # id → (command builder (runs, out) → (script, argv), text the error line must contain: the specific message the
@@ -506,15 +506,15 @@ ON_EXISTING = {
         lambda r: run_copy(r.metrics, {"notes.md": "mine"}), lambda r, o: metrics(r, o, **{"--overwrite": None}),
         "also holds files that find_knowledge did not write (notes.md)"),
     "make_dataset_overwrite_of_unrelated_files": (
-        lambda r: unrelated_files, lambda r, o: ("function/make_dataset.py", ["--out", o, "--overwrite"]),
+        lambda r: unrelated_files, lambda r, o: ("make_dataset", ["--out", o, "--overwrite"]),
         "holds files that are not a kdq run, not a make_dataset run"),
     "make_dataset_overwrite_of_a_dataset_holding_notes": (
         lambda r: run_copy(r.data, {"thesis.txt": "mine"}),
-        lambda r, o: ("function/make_dataset.py", ["--out", o, "--overwrite"]),
+        lambda r, o: ("make_dataset", ["--out", o, "--overwrite"]),
         "also holds files that make_dataset did not write (thesis.txt)"),
     "make_dataset_onto_a_file": (
         lambda r: (lambda out: out.write_text("a file")),
-        lambda r, o: ("function/make_dataset.py", ["--out", o, "--overwrite"]), "exists and is not a directory"),
+        lambda r, o: ("make_dataset", ["--out", o, "--overwrite"]), "exists and is not a directory"),
 }
 
 

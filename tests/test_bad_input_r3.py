@@ -312,7 +312,7 @@ def test_a_damaged_source_file_is_one_line_naming_it(case, tmp_path, capsys):
     damage, kind, expected = PREPARE[case]
     path = damage(tmp_path / "download")
     src = tmp_path / "download" / ("CUB_200_2011" if kind == "cub" else "VOCdevkit")
-    line = refused(capsys, "function/prepare_data.py", [kind, "--src", src, "--out", tmp_path / "out",
+    line = refused(capsys, "prepare_data", [kind, "--src", src, "--out", tmp_path / "out",
                                                         "--no-progress"])
     assert f"error: --src: {expected.format(path=path)}" in line, line
 

@@ -16,7 +16,7 @@ from tests.helpers import ROOT, run_script
 
 SCRIPTS = ["train_net/train_net.py", "distillation/distillation.py", "sigma/train_sigma.py",
            "sigma/find_knowledge_new.py", "supplement/train_teacher.py", "supplement/distill_long.py",
-           "function/make_dataset.py", "function/prepare_data.py", "function/summarize_runs.py"]
+           "function/stages/make_dataset.py", "function/stages/prepare_data.py", "function/stages/summarize_runs.py"]
 HELP_WITHOUT_TORCH = """
 import runpy, sys
 sys.argv = [sys.argv[1], "--help"]
@@ -88,10 +88,10 @@ def test_inner_bars_and_no_progress_print_nothing(capsys):
 def test_a_stage_writes_plain_progress_lines_and_none_with_no_progress(tmp_path, capsys):
     flags = ("--num-classes", 2, "--image-size", 16, "--teacher-per-class", 2, "--train-per-class", 2,
              "--val-per-class", 1)
-    assert run_script("function/make_dataset.py", "--out", tmp_path / "a", *flags) == 0
+    assert run_script("make_dataset", "--out", tmp_path / "a", *flags) == 0
     err = capsys.readouterr().err
     assert "\r" not in err and "\x1b" not in err and "100%" in err
-    assert run_script("function/make_dataset.py", "--out", tmp_path / "b", *flags, "--no-progress") == 0
+    assert run_script("make_dataset", "--out", tmp_path / "b", *flags, "--no-progress") == 0
     assert "%" not in capsys.readouterr().err
 
 

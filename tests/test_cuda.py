@@ -244,7 +244,8 @@ import torch
 import torch.distributed as dist
 
 from kdq.function import runtime
-from kdq.function.cli import load_script, run
+from kdq.function.cli import run
+from kdq.function.stages import stage as load_script
 
 torch.cuda.set_device(0)
 dist.init_process_group("nccl")  # what runtime.init_distributed does on CUDA when WORLD_SIZE > 1

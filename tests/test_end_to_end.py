@@ -49,7 +49,7 @@ def test_every_stage_through_its_cli(tiny_data, tmp_path):
     assert len(list((runs / "metrics" / "figures").glob("*.png"))) == 4
 
     # the study's combined report: every metrics run's table, one row per (run, layer, metric)
-    assert run_script("function/summarize_runs.py", runs, "--report", runs / "report.md") == 0
+    assert run_script("summarize_runs", runs, "--report", runs / "report.md") == 0
     combined = (runs / "report.md").read_text()
     for metric in METRICS:
         assert f"| metrics | fc1 | {metric.key} |" in combined, metric.key

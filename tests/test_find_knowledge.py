@@ -329,7 +329,7 @@ def test_help_documents_the_flags(capsys):
 # ---- kdq layout on the embedded dataset, against an independent computation ------------------------
 
 def independent(H: dict[str, np.ndarray], fg: dict[str, np.ndarray], names, D_at, b, skip0=False):
-    """docs/method.md §3 written out with loops, independent of function/metrics.py."""
+    """docs/method.md §3 written out with loops, independent of function/metrics/measures.py."""
     K = len(D_at)
     base = []
     for k in range(K):

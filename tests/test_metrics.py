@@ -1,4 +1,4 @@
-"""function/metrics.py and function/bootstrap.py on tiny hand-built arrays with hand-computed answers."""
+"""function/metrics/measures.py and function/metrics/bootstrap.py on tiny hand-built arrays with hand-computed answers."""
 from __future__ import annotations
 
 import math

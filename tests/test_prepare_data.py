@@ -17,7 +17,7 @@ from kdq.function.data.prepare.common import enlarge_box, pixel_box
 from kdq.function.data.prepare.voc import CLASSES as VOC_CLASSES
 from tests.helpers import one_error_line, run_script
 
-SCRIPT = "function/prepare_data.py"
+SCRIPT = "prepare_data"
 
 
 def prepare(*argv) -> int:
@@ -561,7 +561,7 @@ def test_ilsvrc_bad_inputs(ilsvrc, tmp_path, capsys, case, expected):
 
 
 def test_classes_from_a_file_and_debug_before_the_subcommand(ilsvrc, tmp_path):
-    from kdq.function.prepare_data import get_args_parser
+    from kdq.function.stages.prepare_data import get_args_parser
 
     listing = tmp_path / "wnids.txt"
     listing.write_text(f"{LION}\n{TIGER}\n")
@@ -572,7 +572,7 @@ def test_classes_from_a_file_and_debug_before_the_subcommand(ilsvrc, tmp_path):
 
 @pytest.mark.parametrize("dataset", ["cub", "voc", "ilsvrc"])
 def test_help_documents_the_flags(dataset, capsys):
-    from kdq.function.prepare_data import get_args_parser
+    from kdq.function.stages.prepare_data import get_args_parser
 
     with pytest.raises(SystemExit) as exc:
         get_args_parser().parse_args([dataset, "--help"])

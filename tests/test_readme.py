@@ -14,11 +14,11 @@ pytestmark = pytest.mark.slow
 
 
 def readme_example() -> str:
-    """The first ``python`` code block of the README's "Your own model" section."""
+    """The first ``python`` code block of the README's "The Python API" section."""
     text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Your own model"):]
+    section = text[text.index("## The Python API"):]
     match = re.search(r"```python\n(.*?)```", section, re.S)
-    assert match, "no python block in the README's 'Your own model' section"
+    assert match, "no python block in the README's 'The Python API' section"
     return match.group(1)
 
 

@@ -276,18 +276,18 @@ def test_make_dataset_overwrite_keeps_a_users_photo(tmp_path, capsys, extra, lis
     out = tmp_path / "data"
     argv = ["--out", out, "--num-classes", 2, "--image-size", 16, "--teacher-per-class", 2, "--train-per-class", 2,
             "--val-per-class", 2, "--no-progress"]
-    assert run_script("function/make_dataset.py", *argv) == 0
+    assert run_script("make_dataset", *argv) == 0
     cls = sorted(p.name for p in (out / "train").iterdir())[0]
     extra, listed = extra.format(cls=cls), listed.format(cls=cls)
     (out / extra).parent.mkdir(parents=True, exist_ok=True)
     (out / extra).write_bytes(b"a photo")
     before = tree(out)
     capsys.readouterr()
-    assert run_script("function/make_dataset.py", *argv, "--overwrite") == 2
+    assert run_script("make_dataset", *argv, "--overwrite") == 2
     refused_listing(capsys, "make_dataset", listed)
     assert tree(out) == before
     shutil.rmtree(out / listed) if listed.endswith("/") else (out / extra).unlink()  # without it: replaced
-    assert run_script("function/make_dataset.py", *argv, "--overwrite") == 0
+    assert run_script("make_dataset", *argv, "--overwrite") == 0
 
 
 def fake_report(out: Path, figures: dict[str, str]) -> None:
@@ -344,7 +344,7 @@ def study(tmp_path) -> Path:
 
 
 def summarize(*argv) -> int:
-    return run_case("function/summarize_runs.py", list(argv))
+    return run_case("summarize_runs", list(argv))
 
 
 def test_summarize_refuses_to_replace_a_file_it_did_not_write(study, tmp_path, capsys):
@@ -524,6 +524,6 @@ def test_a_250_byte_out_for_make_dataset(tmp_path):
     out = tmp_path / LONG
     argv = ["--out", out, "--num-classes", 2, "--image-size", 16, "--teacher-per-class", 1, "--train-per-class", 1,
             "--val-per-class", 1, "--no-progress"]
-    assert run_case("function/make_dataset.py", argv) == 0
-    assert run_case("function/make_dataset.py", argv + ["--overwrite"]) == 0
+    assert run_case("make_dataset", argv) == 0
+    assert run_case("make_dataset", argv + ["--overwrite"]) == 0
     assert (out / "dataset.json").is_file() and beside(out) == []

@@ -1,4 +1,4 @@
-"""function/scaling.py: the thread plan of the scaling benches and the ratios they print."""
+"""bench/scaling.py: the thread plan of the scaling benches and the ratios they print."""
 from __future__ import annotations
 
 import pytest

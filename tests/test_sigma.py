@@ -1,4 +1,4 @@
-"""function/sigma.py: the σ fit of docs/method.md §2 on tiny feature maps (closed form, region, logic, batching)."""
+"""function/sigma/ (fit, effective, entropy, grid, selection): the σ fit of docs/method.md §2 on tiny feature maps (closed form, region, logic, batching)."""
 from __future__ import annotations
 
 import math

@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kdq.function.cli import load_script
 from kdq.function.data.masks import mask_to_grid
 from kdq.function.data.synthetic import cue_places, write_dataset
-from tests.helpers import ROOT, run_script
+from tests.helpers import ROOT, load_file, run_script
 
 PER_CLASS = {"teacher": 1, "train": 3, "val": 1}
 
@@ -130,7 +129,7 @@ def test_default_dataset_is_what_the_code_before_the_cue_wrote(tmp_path):
 
 def test_make_dataset_background_cue_flag(tmp_path):
     out = tmp_path / "cued"
-    assert run_script("function/make_dataset.py", "--out", out, "--num-classes", "2", "--image-size", "32",
+    assert run_script("make_dataset", "--out", out, "--num-classes", "2", "--image-size", "32",
                       "--teacher-per-class", "1", "--train-per-class", "1", "--val-per-class", "1",
                       "--background-cue", "--no-progress") == 0
     assert sorted(str(p.relative_to(out / "cue")) for p in (out / "cue").rglob("*.png")) == \
@@ -156,7 +155,7 @@ def _commands(text: str, script: str) -> list[str]:
 
 def test_make_n_validate_lists_every_command():
     text = _make_n("validate")
-    data = _commands(text, "function/make_dataset.py")
+    data = _commands(text, "kdq.function.stages.make_dataset")
     assert len(data) == 1 and "--out data/validate" in data[0] and "--background-cue" in data[0]
     assert len(_commands(text, "train_net/train_net.py")) == 2  # teacher (clean split) and label net (cued split)
     assert any("--split teacher" in c for c in _commands(text, "train_net/train_net.py"))
@@ -238,7 +237,7 @@ def test_validate_table_on_fabricated_metrics(tmp_path, capsys):
 def test_validate_same_run_control_that_reports(tmp_path):
     """A metrics stage that answers the same run given twice with all differences 0 and no verdict agrees; one
     that calls a difference 'supported' does not."""
-    validate = load_script("bench/validate.py")
+    validate = load_file("bench/validate.py")
     log = tmp_path / "same.log"
     log.write_text("warning: the same run given twice\nexit status 0\n")
     _metrics_json(tmp_path / "same", {"N_fg": _row(2.0, 2.0, 0.0, 0.0, "no verdict: the interval has zero width"),
@@ -257,7 +256,7 @@ def test_cue_rates_and_area_share_by_hand():
     H̄_bg = mean of the images' background means = ((−1+0+0)/3 + 0)/2 = −1/6; a concept is H̄_bg − H > 0.2:
     image 1's cue (−1/6 + 1 = 0.83) only.  Cue rate 1/2, other background 0/4; fg share of concepts 0 against
     fg share of cells 1/4: excess −1/4."""
-    validate = load_script("bench/validate.py")
+    validate = load_file("bench/validate.py")
     H = np.zeros((2, 1, 2, 2))
     H[0, 0, 0, 1] = -1.0
     fg = np.zeros((2, 2, 2), bool)
@@ -273,7 +272,7 @@ def test_paper_rule_keeps_by_hand():
     """A 20-epoch run: the rule applies from epoch round(40 · 20 / 150) = 5.  Image 1 keeps more noise on its
     background (σ 0.5) than on its foreground (σ 0.1) at epoch 10: kept (its reversed map at epoch 0, before the
     rule starts, does not count).  Image 2 keeps more on its foreground (σ 0.9) at both epochs: dropped."""
-    validate = load_script("bench/validate.py")
+    validate = load_file("bench/validate.py")
     fg = np.zeros((2, 2, 2), bool)
     fg[:, 0, 0] = True
     sigma = np.full((2, 2, 2, 2), 0.5)

@@ -6,7 +6,8 @@ taken to ``g×g`` by nearest-neighbour sampling (``F.interpolate(..., mode='near
 foreground when its value is > 0.  A mask given as an array rather than a PNG (the Python API) is first taken to
 the grey values a PNG would hold by :func:`grey_values` — bool as 0/255, floats in [0, 1] scaled to 0..255 with
 every value > 0 kept ≥ 1, other integers as labels — so a pixel is foreground when its value is > 0 whatever
-the dtype.  The bilinear step widens a mask by about one cell's edge; ``exact=True`` thresholds first (``> 0``)
+the dtype.  The bilinear step widens a mask by a fraction of a cell (bench/mask_cells.py: about 0.05 cell
+for 375×500 masks at S = 224, g = 16); ``exact=True`` thresholds first (``> 0``)
 and samples nearest twice, so a cell is foreground exactly when the pixel it samples is.
 
 ``pad`` reads masks of the original code's VOC layout, whose masks are the object's box while its images are

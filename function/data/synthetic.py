@@ -9,7 +9,7 @@ last, so its mask is exactly the set of pixels showing it.
 Every image comes from its own random stream ``(seed, split, index)``: the data are bit-identical for
 a seed, whatever the order or the number of images generated.
 
-**Background cue** (``write_dataset(..., cue_splits=("train",))``, ``make_dataset.py --background-cue``): a planted
+**Background cue** (``write_dataset(..., cue_splits=("train",))``, ``kdq-data --background-cue``): a planted
 shortcut for ``make validate`` (docs/validation.md).  Each image of a cued split gets a square patch — a
 white frame around a saturated colour whose hue encodes the class (``hue = label / num_classes``) — at a random
 place at least :data:`CUE_CLEARANCE` × the image side away from the object (where the object leaves no such place,

@@ -3,8 +3,8 @@ the table trained (a teacher at chance, a distillation that diverged, a student 
 every setting of the runs behind it that is not the paper's.
 
 Both read the runs' ``run.json`` (and a distillation's ``distill_log.json``); nothing here changes a number.
-The paper's settings are kdq's defaults (kdq's defaults are the paper's and the original code's: the README's
-fidelity rule), so "not the paper's" is "not the stage script's default", read from each stage's own parser.
+The paper's settings are kdq's defaults (kdq's defaults are the paper's and the original code's: the fidelity rule
+of docs/original-code.md), so "not the paper's" is "not the stage script's default", read from each stage's own parser.
 """
 from __future__ import annotations
 
@@ -17,8 +17,6 @@ from kdq.function.io.rundir import read_run_json
 
 CHANCE_MARGIN = 5.0  # a teacher within this many points (top-1 %) of chance has learned (almost) nothing
 WEAK_STUDENT_GAP = 10.0  # a student this many points (top-1 %) below the label net is not the paper's comparison
-STAGE_SCRIPTS = {"train_net": "train_net/train_net.py", "distillation": "distillation/distillation.py",
-                 "train_sigma": "sigma/train_sigma.py"}
 # recorded settings that are not part of the method's setting: where files go, how a run executes, which data and
 # net it reads (said elsewhere in the report), and values resolved from other inputs (their default is "auto")
 NOT_METHOD = frozenset({
@@ -28,6 +26,7 @@ NOT_METHOD = frozenset({
     "arch", "teacher_arch", "taps", "teacher_taps", "image_size", "teacher_image_size", "teacher_format", "layer",
     "augment", "dropout", "foreground", "missing_mask", "mask_pad", "pic_seed", "lam", "finetune_lr", "pretrained",
     "keep_pretrained_head", "effective_start"})
+METHOD_STAGES = ("train_net", "distillation", "train_sigma")  # the stages whose settings are the method's
 PAPER_ARCHS = frozenset({"alexnet", "vgg11", "vgg16", "vgg16_bn", "vgg19", "resnet18", "resnet50", "resnet101",
                          "resnet152"})
 PAPER_DATASETS = frozenset({"cub", "voc", "ilsvrc"})
@@ -35,10 +34,10 @@ PAPER_DATASETS = frozenset({"cub", "voc", "ilsvrc"})
 
 @lru_cache(maxsize=None)
 def stage_defaults(stage: str) -> dict[str, Any]:
-    """Every flag's default of a stage script (by its ``dest``): the paper's setting."""
-    from kdq.function.cli import load_script
+    """Every flag's default of a stage (``"train_net"``, by its ``dest``): the paper's setting."""
+    from kdq.function.stages import stage as stage_module
 
-    parser = load_script(STAGE_SCRIPTS[stage]).get_args_parser()
+    parser = stage_module(stage).get_args_parser()
     return {a.dest: a.default for a in parser._actions if a.dest != "help"}
 
 
@@ -53,7 +52,7 @@ def setting_differences(record: dict[str, Any]) -> list[str]:
     default (λ against the family's λ of method.md §2)."""
     stage = record.get("stage")
     settings = record.get("settings")
-    if stage not in STAGE_SCRIPTS or not isinstance(settings, dict):
+    if stage not in METHOD_STAGES or not isinstance(settings, dict):
         return []
     defaults = stage_defaults(stage)
     out = []

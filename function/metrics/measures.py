@@ -14,7 +14,7 @@ Shapes: ``N`` images, ``K`` checkpoints (oldest first), a ``g×g`` cell grid.
 weight distances); :func:`summarise` turns the per-image values into the reported numbers; :func:`compare_nets`
 adds the bootstrap of (distil − label).  Each net is measured on its own checkpoints, so the two may have
 different schedules.  ``NetInput.original`` reproduces the original code's arithmetic where it differs
-(the README's "Differences from the original code").
+(docs/original-code.md, "Differences from the original code").
 """
 from __future__ import annotations
 

@@ -335,8 +335,8 @@ def markdown(results: list[LayerResult], settings: dict[str, Any], level: float)
     modes = {res.compat for res in results}
     mode = ("the original code's arithmetic (--compat original: D read one checkpoint before m̂ when epoch 0 is "
             "left out, per-net image filter, inf slopes kept)" if modes == {"original"} else
-            "kdq's (the original's off-by-one and per-net image filter corrected; see the README's Differences "
-            "from the original code)")
+            "kdq's (the original's off-by-one and per-net image filter corrected; see docs/original-code.md, "
+            "Differences from the original code)")
     methods = list(dict.fromkeys(bootstrap_method(res.comparison) for res in results))
     lines += [f"- Computed with {mode}.",
               f"- b = {settings['b']}; {pct} intervals from a {'; '.join(methods)}; {settings['bootstrap']} "

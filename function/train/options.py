@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from kdq.function.cli import (add_device_arg, load_script, nonnegative_float, nonnegative_int, positive_float,
+from kdq.function.cli import (add_device_arg, nonnegative_float, nonnegative_int, positive_float,
                              positive_int, seed)
 from kdq.function.train.schedules import LR_SCHEDULES
 
@@ -60,10 +60,12 @@ def add_sgd_args(group: argparse._ArgumentGroup, schedule: str, lr: float, lr_he
     group.add_argument("--weight-decay", type=nonnegative_float, default=1e-4, help=f"SGD weight decay{scope}")
 
 
-def with_defaults(script: str, description: str, **defaults):
-    """``(get_args_parser, main)`` of the stage ``script`` with some defaults changed: a thin entry point
-    (``supplement/``) whose every flag is the stage's own and may still be overridden."""
-    stage = load_script(script)
+def with_defaults(name: str, description: str, **defaults):
+    """``(get_args_parser, main)`` of the stage ``name`` (``"train_net"``) with some defaults changed: a thin entry
+    point (the supplement's) whose every flag is the stage's own and may still be overridden."""
+    from kdq.function.stages import stage as stage_module
+
+    stage = stage_module(name)
 
     def get_args_parser() -> argparse.ArgumentParser:
         parser = stage.get_args_parser()

@@ -1,4 +1,4 @@
-"""What the dataset preparers (``function/prepare_data.py``) share: the output writer, safe XML, boxes.
+"""What the dataset preparers (:mod:`kdq.function.stages.prepare_data`) share: the output writer, safe XML, boxes.
 
 A preparer turns a downloaded dataset into the docs/method.md §4 layout::
 

@@ -1,8 +1,8 @@
 """Print the wall time of every stage of a study (from each run folder's run.json) and where its reports are;
 with ``--report`` also write one combined report of every metrics run below the folder.
 
-    python function/summarize_runs.py runs/demo
-    python function/summarize_runs.py runs/study --report runs/study/report.md
+    python -m kdq.function.stages.summarize_runs runs/demo
+    python -m kdq.function.stages.summarize_runs runs/study --report runs/study/report.md
 """
 from __future__ import annotations
 
@@ -127,5 +127,10 @@ def main(args: argparse.Namespace) -> None:
         print(f"combined report: {args.report}")
 
 
+def cli(argv=None) -> int:
+    """The console command: parse ``argv`` (default: the command line), run, return the exit status."""
+    return run(get_args_parser, main, argv)
+
+
 if __name__ == "__main__":
-    raise SystemExit(run(get_args_parser, main))
+    raise SystemExit(cli())

@@ -1,8 +1,8 @@
 """Convert a downloaded real dataset into the toolkit's layout (docs/method.md §4), with foreground masks (docs/method.md §2).
 
-    python function/prepare_data.py cub    --src CUB_200_2011 --out data/cub
-    python function/prepare_data.py voc    --src VOCdevkit    --out data/voc
-    python function/prepare_data.py ilsvrc --src imagenet     --out data/ilsvrc [--classes n02129165 ...]
+    python -m kdq.function.stages.prepare_data cub    --src CUB_200_2011 --out data/cub
+    python -m kdq.function.stages.prepare_data voc    --src VOCdevkit    --out data/voc
+    python -m kdq.function.stages.prepare_data ilsvrc --src imagenet     --out data/ilsvrc [--classes n02129165 ...]
 
 Writes ``<out>/<split>/<class>/<image>``, masks ``<out>/seg/<split>/<class>/<stem>.png`` (> 0 is foreground:
 0/255, CUB its soft grey values) and
@@ -104,5 +104,10 @@ def main(args: argparse.Namespace) -> dict:
     return record
 
 
+def cli(argv=None) -> int:
+    """The console command: parse ``argv`` (default: the command line), run, return the exit status."""
+    return run(get_args_parser, main, argv)
+
+
 if __name__ == "__main__":
-    raise SystemExit(run(get_args_parser, main))
+    raise SystemExit(cli())

@@ -1,6 +1,6 @@
 """Write the embedded dataset: seeded synthetic images with exact masks, in the docs/method.md §4 layout.
 
-    python function/make_dataset.py --out data/embedded
+    python -m kdq.function.stages.make_dataset --out data/embedded
 
 Splits ``teacher`` (the teacher's large pool, its stand-in for pretraining), ``train`` (label net and
 student) and ``val``; masks under ``seg/<split>/<class>/<stem>.png``.  Same seed, same bytes.
@@ -51,5 +51,10 @@ def main(args: argparse.Namespace) -> None:
           f"{args.image_size}px")
 
 
+def cli(argv=None) -> int:
+    """The console command: parse ``argv`` (default: the command line), run, return the exit status."""
+    return run(get_args_parser, main, argv)
+
+
 if __name__ == "__main__":
-    raise SystemExit(run(get_args_parser, main))
+    raise SystemExit(cli())
