@@ -36,7 +36,6 @@ from kdq.function.data.transforms import eval_transform
 from kdq.function.runtime import resolve_device
 from kdq.function.sigma.entropy import mean_entropy
 from kdq.function.sigma.fit import SigmaConfig, SigmaFitter, select_step
-from kdq.function.sigma.run import FAMILY_LAMBDA
 from kdq.models import arch_info, build_model, feature_fn
 
 
@@ -201,7 +200,7 @@ def main(args: argparse.Namespace) -> None:
     for layer in args.layer:
         try:
             cfg = SigmaConfig(grid=args.grid, samples=args.samples, steps=args.steps, break_steps=args.break_steps,
-                              lr=args.lr, lam=FAMILY_LAMBDA[info.family], compile=args.compile)
+                              lr=args.lr, compile=args.compile).resolved(info.family)
         except ValueError as exc:
             raise UserError(str(exc)) from None
         trial = cfg.with_(steps=min(args.trial_steps, args.steps), break_steps=0)

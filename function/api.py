@@ -36,6 +36,7 @@ from kdq.function.metrics.report import LayerResult, terminal_table, write_outpu
 from kdq.function.sigma.effective import entropy_gap, keeps_image, usable_sigma_f2
 from kdq.function.sigma.entropy import entropy_map
 from kdq.function.sigma.fit import SigmaConfig, SigmaFit, SigmaFitter
+from kdq.models.registry import family_of
 from kdq.models.taps import Tap, truncated
 
 
@@ -69,6 +70,8 @@ def fit_sigma(model: nn.Module, layer: str | Tap, images: torch.Tensor, masks=No
     aspect ratio, or ``(N, g, g)`` cells; bool, uint8, int or float in [0, 1], a pixel is foreground where its value
     is > 0, and the original's bilinear rule takes a mask to the grid (method.md §2,
     :func:`~kdq.function.data.masks.grey_values`); they give each result its ``bg_minus_fg`` and ``effective``.
+    ``config.lam`` None (the default) is the λ of the model's family (:func:`kdq.models.family_of`: 6 for a
+    ResNet, 7 for a VGG, an AlexNet or any other net), as the sigma stage picks it (docs/method.md §2).
     ``seeds[i]`` seeds image i's noise (default 0, 1, …).  The model is put in eval mode and its gradients are off
     during the fit, as it was before afterwards.  ``activation`` is applied to the layer's output (ReLU: the
     method's ``h = ReLU(layer(x))``).  A bad argument is a ValueError or TypeError naming it (the rules of the sigma
@@ -92,7 +95,8 @@ def fit_sigma(model: nn.Module, layer: str | Tap, images: torch.Tensor, masks=No
     flags = [p.requires_grad for p in model.parameters()]
     model.eval().requires_grad_(False)
     try:
-        fitter = SigmaFitter(truncated(model, tap).eval(), config, device, activation=activation)
+        fitter = SigmaFitter(truncated(model, tap).eval(), config, device, activation=activation,
+                             family=family_of(model))
         fits = fitter.fit(images, seeds)
     finally:
         model.train(was_training)

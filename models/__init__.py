@@ -12,19 +12,54 @@ are here, so that a script's ``--help`` stays fast; everything else is loaded fr
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 
 LAYERS: tuple[str, ...] = ("conv", "fc1", "fc2", "fc3")  # the rows of weight_diff.npy (docs/method.md §1)
-# the registry's names (tests/test_models.py checks them against kdq.models.registry.MODELS)
-ARCH_NAMES: tuple[str, ...] = ("alexnet", "vgg11", "vgg16", "vgg16_bn", "vgg19", "resnet18", "resnet50", "resnet101",
-                               "resnet152", "vgg_tiny", "vgg_tiny_bn", "resnet_tiny")
+
+
+@dataclass(frozen=True)
+class FamilyDefaults:
+    """The method's defaults that depend on the architecture's family (docs/method.md §1–§3): the one place
+    they are written.  :attr:`ArchInfo.defaults <kdq.models.registry.ArchInfo.defaults>` gives an
+    architecture's; :func:`family_defaults` a family's by name."""
+
+    lam: float  # λ of the σ fit (§2)
+    finetune_lr: float  # the learning rate of distillation's phase 2 (§1)
+    mhat_skip_epoch0: bool  # m̂ is never epoch 0: the original's rule for ResNets (§3)
+
+
+FAMILIES: dict[str, FamilyDefaults] = {
+    "vgg": FamilyDefaults(lam=7.0, finetune_lr=1e-3, mhat_skip_epoch0=False),
+    "alexnet": FamilyDefaults(lam=7.0, finetune_lr=1e-3, mhat_skip_epoch0=False),
+    "resnet": FamilyDefaults(lam=6.0, finetune_lr=1e-2, mhat_skip_epoch0=True),
+    "other": FamilyDefaults(lam=7.0, finetune_lr=1e-3, mhat_skip_epoch0=False),
+}
+
+
+def family_defaults(family: str | None) -> FamilyDefaults:
+    """The defaults of ``family`` (``"vgg"``, ``"alexnet"``, ``"resnet"``; any other name or None: ``"other"``)."""
+    return FAMILIES.get(family or "other", FAMILIES["other"])
+
+
+# The registry's architectures: name → (family, input side S, how the registry builds it).  The names are written
+# here only, so that a script's --help lists them without importing torch; models/registry.py builds each by its kind.
+ARCH_TABLE: dict[str, tuple[str, int, str]] = {
+    "alexnet": ("alexnet", 227, "torchvision_alexnet"),
+    **{name: ("vgg", 224, "torchvision_vgg") for name in ("vgg11", "vgg16", "vgg16_bn", "vgg19")},
+    **{name: ("resnet", 224, "torchvision_resnet") for name in ("resnet18", "resnet50", "resnet101", "resnet152")},
+    "vgg_tiny": ("vgg", 64, "vgg_tiny"),
+    "vgg_tiny_bn": ("vgg", 64, "vgg_tiny"),
+    "resnet_tiny": ("resnet", 64, "resnet_tiny"),
+}
+ARCH_NAMES: tuple[str, ...] = tuple(ARCH_TABLE)
 
 _LAZY = {
     "registry": ("ARCHS", "MODELS", "TAPS", "ArchInfo", "UnknownArch", "arch_info", "build_model", "check_pretrained",
-                 "feature_fn", "load_pretrained"),
+                 "family_of", "feature_fn", "load_pretrained"),
     "taps": ("Tap", "Truncated", "analysed_weight", "modules_up_to", "params_up_to", "state_keys_up_to", "truncated"),
 }
 _OWNER = {name: module for module, names in _LAZY.items() for name in names}
-__all__ = ["ARCH_NAMES", "LAYERS", *_OWNER]
+__all__ = ["ARCH_NAMES", "ARCH_TABLE", "FAMILIES", "FamilyDefaults", "LAYERS", "family_defaults", *_OWNER]
 
 
 def __getattr__(name: str):

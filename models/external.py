@@ -18,12 +18,11 @@ import torch
 from torch import nn
 
 from kdq.models import LAYERS
-from kdq.models.registry import ArchInfo
+from kdq.models.registry import ArchInfo, family_of
 from kdq.models.taps import Tap
 
 TORCHVISION = "torchvision:"
 DEFAULT_SIZE = 224
-RESNET_PREFIXES = ("resnet", "wide_resnet", "resnext")
 
 
 def is_external(arch: str) -> bool:
@@ -55,8 +54,8 @@ def taps_text(taps: dict[str, Tap]) -> str:
     return ",".join(f"{layer}={tap.node}:{tap.weight}" for layer, tap in taps.items())
 
 
-def _builder(arch: str) -> tuple[Callable[..., nn.Module], str]:
-    """``builder(num_classes=...)`` for the spec and the family that picks λ and the other defaults."""
+def _builder(arch: str) -> Callable[..., nn.Module]:
+    """``builder(num_classes=...)`` for the spec."""
     if arch.startswith(TORCHVISION):
         import torchvision
 
@@ -67,9 +66,7 @@ def _builder(arch: str) -> tuple[Callable[..., nn.Module], str]:
         def build(num_classes: int) -> nn.Module:
             return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
 
-        family = "resnet" if name.startswith(RESNET_PREFIXES) else "vgg" if name.startswith("vgg") else \
-            "alexnet" if name == "alexnet" else "other"
-        return build, family
+        return build
     module_name, _, attr = arch.partition(":")
     if not module_name or not attr:
         raise ValueError(f"{arch!r} is neither torchvision:<name> nor package.module:factory")
@@ -87,7 +84,7 @@ def _builder(arch: str) -> tuple[Callable[..., nn.Module], str]:
             raise ValueError(f"{arch} returned a {type(model).__name__}, not an nn.Module")
         return model
 
-    return build, "other"
+    return build
 
 
 def default_taps(model: nn.Module) -> dict[str, Tap]:
@@ -109,7 +106,7 @@ class TapError(ValueError):
 def external_arch(arch: str, taps: dict[str, Tap] | None = None, image_size: int | None = None) -> ArchInfo:
     """The :class:`ArchInfo` of a ``torchvision:``/``module:factory`` architecture; a ValueError for a model
     that cannot be built or a tap that names no submodule or parameter of it."""
-    builder, family = _builder(arch)
+    builder = _builder(arch)
     with torch.device("meta"):  # inspect the model without allocating its weights
         try:
             probe = builder(num_classes=2)
@@ -131,5 +128,6 @@ def external_arch(arch: str, taps: dict[str, Tap] | None = None, image_size: int
     out = ordered.get("fc3")
     head = (f"{out.node}.",) if out is not None else ()
     size = image_size or DEFAULT_SIZE
-    return ArchInfo(family, size, ordered, head, head, name=arch, builder=builder, pretrained_root="",
+    # the family (which picks λ and the other defaults) by the class of the model built
+    return ArchInfo(family_of(probe), size, ordered, head, head, name=arch, builder=builder, pretrained_root="",
                     dropout=False)

@@ -18,7 +18,7 @@ from torch import nn
 
 from torchvision.models import vgg as tv_vgg
 
-from kdq.models import LAYERS
+from kdq.models import ARCH_NAMES, ARCH_TABLE, LAYERS, FamilyDefaults, family_defaults
 from kdq.models.resnet import RESNET_TAPS, build_resnet_tiny, build_torchvision_resnet
 from kdq.models.taps import Tap, truncated
 from kdq.models.vgg import build_torchvision_vgg, build_vgg_tiny, feature_layout, tiny_cfg, vgg_taps
@@ -27,7 +27,7 @@ from kdq.models.vgg import build_torchvision_vgg, build_vgg_tiny, feature_layout
 @dataclass(frozen=True)
 class ArchInfo:
     """What the stages need to know of an architecture, and how to build it."""
-    family: str  # "vgg", "alexnet", "resnet" or "other": picks the defaults (λ, fine-tune lr, m̂ rule)
+    family: str  # "vgg", "alexnet", "resnet" or "other": picks the defaults (kdq.models.FAMILIES)
     input_size: int  # S: the side of the square input
     taps: dict[str, Tap]  # layer → tap, for the layers this architecture names (the registry: all four)
     head: tuple[str, ...]  # state_dict prefixes (of ``pretrained_root``) a pretrained backbone does not set
@@ -36,6 +36,11 @@ class ArchInfo:
     builder: Callable[..., nn.Module] | None = None  # builder(num_classes=..., [dropout=...]) → model
     pretrained_root: str = "net"  # the submodule a torchvision-format state dict is loaded into ("": the model)
     dropout: bool = True  # the builder takes a dropout argument
+
+    @property
+    def defaults(self) -> FamilyDefaults:
+        """The method's defaults for this architecture's family: λ, the fine-tune lr, the m̂ rule."""
+        return family_defaults(self.family)
 
     @property
     def train_resize(self) -> int:
@@ -71,34 +76,29 @@ _VGG_HEAD, _VGG_OUTPUT = ("classifier.",), ("classifier.6.",)
 _RESNET_HEAD = _RESNET_OUTPUT = ("fc.", "features.")
 _RESNET_WIDTH = {"resnet18": 4096, "resnet50": 2048, "resnet101": 2048, "resnet152": 2048}  # the head's W
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "alexnet": partial(build_torchvision_vgg, "alexnet"),
-    "vgg11": partial(build_torchvision_vgg, "vgg11"),
-    "vgg16": partial(build_torchvision_vgg, "vgg16"),
-    "vgg16_bn": partial(build_torchvision_vgg, "vgg16_bn"),
-    "vgg19": partial(build_torchvision_vgg, "vgg19"),
-    **{a: partial(build_torchvision_resnet, a, hidden=w) for a, w in _RESNET_WIDTH.items()},
-    "vgg_tiny": build_vgg_tiny,
-    "vgg_tiny_bn": partial(build_vgg_tiny, batch_norm=True),
-    "resnet_tiny": build_resnet_tiny,
+# how the registry builds each kind of architecture of kdq.models.ARCH_TABLE: name → (builder, taps, head, output)
+_Parts = tuple[Callable[..., nn.Module], dict[str, Tap], tuple, tuple]
+_KINDS: dict[str, Callable[[str], _Parts]] = {
+    "torchvision_alexnet": lambda name: (partial(build_torchvision_vgg, name), vgg_taps(_ALEXNET_LAYOUT, (1, 4, 6)),
+                                         _VGG_HEAD, _VGG_OUTPUT),
+    "torchvision_vgg": lambda name: (partial(build_torchvision_vgg, name), _tv_vgg_taps(name), _VGG_HEAD, _VGG_OUTPUT),
+    "torchvision_resnet": lambda name: (partial(build_torchvision_resnet, name, hidden=_RESNET_WIDTH[name]),
+                                        RESNET_TAPS, _RESNET_HEAD, _RESNET_OUTPUT),
+    "vgg_tiny": lambda name: (partial(build_vgg_tiny, batch_norm=name.endswith("_bn")),
+                              vgg_taps(feature_layout(tiny_cfg(), name.endswith("_bn")), (0, 3, 6)),
+                              _VGG_HEAD, _VGG_OUTPUT),
+    "resnet_tiny": lambda name: (build_resnet_tiny, RESNET_TAPS, _RESNET_HEAD, _RESNET_OUTPUT),
 }
 
-def _entry(name: str, family: str, size: int, taps: dict[str, Tap], head: tuple, output: tuple) -> ArchInfo:
-    return ArchInfo(family, size, taps, head, output, name=name, builder=MODELS[name])
+
+def _entry(name: str) -> ArchInfo:
+    family, size, kind = ARCH_TABLE[name]
+    builder, taps, head, output = _KINDS[kind](name)
+    return ArchInfo(family, size, taps, head, output, name=name, builder=builder)
 
 
-ARCHS: dict[str, ArchInfo] = {
-    "alexnet": _entry("alexnet", "alexnet", 227, vgg_taps(_ALEXNET_LAYOUT, (1, 4, 6)), _VGG_HEAD, _VGG_OUTPUT),
-    **{a: _entry(a, "vgg", 224, _tv_vgg_taps(a), _VGG_HEAD, _VGG_OUTPUT)
-       for a in ("vgg11", "vgg16", "vgg16_bn", "vgg19")},
-    **{a: _entry(a, "resnet", 224, RESNET_TAPS, _RESNET_HEAD, _RESNET_OUTPUT) for a in _RESNET_WIDTH},
-    "vgg_tiny": _entry("vgg_tiny", "vgg", 64, vgg_taps(feature_layout(tiny_cfg(), False), (0, 3, 6)), _VGG_HEAD,
-                       _VGG_OUTPUT),
-    "vgg_tiny_bn": _entry("vgg_tiny_bn", "vgg", 64, vgg_taps(feature_layout(tiny_cfg(), True), (0, 3, 6)),
-                          _VGG_HEAD, _VGG_OUTPUT),
-    "resnet_tiny": _entry("resnet_tiny", "resnet", 64, RESNET_TAPS, _RESNET_HEAD, _RESNET_OUTPUT),
-}
-
+ARCHS: dict[str, ArchInfo] = {name: _entry(name) for name in ARCH_NAMES}
+MODELS: dict[str, Callable[..., nn.Module]] = {name: info.builder for name, info in ARCHS.items()}
 TAPS: dict[str, dict[str, Tap]] = {name: info.taps for name, info in ARCHS.items()}
 
 
@@ -187,3 +187,20 @@ def feature_fn(model: nn.Module, arch: ArchInfo | str, layer: str) -> nn.Module:
         raise KeyError(f"layer {layer!r} has no tap in {info.name or 'this architecture'} (taps: {known}; "
                        f"layers: {', '.join(LAYERS)})")
     return truncated(model, info.taps[layer])
+
+
+def family_of(model: nn.Module) -> str:
+    """The family (``kdq.models.FAMILIES``) of a built model, by its class: a ResNet (kdq's or torchvision's,
+    ResNeXt and wide ResNets included) is ``"resnet"``, a VGG ``"vgg"``, an AlexNet ``"alexnet"``, anything else
+    ``"other"``; a kdq wrapper (``.net``) is the family of the net it wraps."""
+    from torchvision.models import AlexNet, ResNet, VGG
+
+    from kdq.models.resnet import ResNetKD
+    from kdq.models.vgg import TinyVGG, WrappedNet
+
+    if isinstance(model, WrappedNet):
+        model = model.net
+    for family, classes in (("resnet", (ResNet, ResNetKD)), ("vgg", (VGG, TinyVGG)), ("alexnet", (AlexNet,))):
+        if isinstance(model, classes):
+            return family
+    return "other"

@@ -63,9 +63,9 @@ def setting_differences(record: dict[str, Any]) -> list[str]:
     lam = settings.get("lam")
     family = (record.get("model") or {}).get("family")
     if stage == "train_sigma" and lam is not None and family is not None:
-        from kdq.function.sigma.run import FAMILY_LAMBDA
+        from kdq.models import family_defaults
 
-        paper = FAMILY_LAMBDA.get(family, FAMILY_LAMBDA["other"])
+        paper = family_defaults(family).lam
         if not _same(lam, paper):
             out.append(f"--lambda {_text(lam)} (paper: {_text(paper)} for {family})")
     return out

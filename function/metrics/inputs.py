@@ -28,7 +28,7 @@ from kdq.function.io.rundir import check_record_types, read_run_json, recorded_p
 from kdq.function.metrics.measures import mhat_allowed, screen_sigma
 from kdq.function.sigma import layout
 from kdq.function.train.schedules import paper_schedule, parse_epochs
-from kdq.models import LAYERS
+from kdq.models import LAYERS, family_defaults
 
 EPOCH_KEYS = ("checkpoints", "epochs", "checkpoint_epochs")
 NETS = ("label", "distil")
@@ -501,7 +501,7 @@ def load_layer(req: Request, layer: str, data: MaskedImageFolder, label_sigma: P
 
     warnings: list[str] = []
     family, size = family_and_size(req, every, [r for net in NETS for r in records[net]], warnings, notes)
-    skip0 = {"yes": True, "no": False}.get(req.mhat_skip_epoch0, family == "resnet")
+    skip0 = {"yes": True, "no": False}.get(req.mhat_skip_epoch0, family_defaults(family).mhat_skip_epoch0)
     skipped, kept = (_screen_runs(maps, own) if several else _screen_pair(maps, names, req.compat))
     rule = _foreground(req, every, data)
     cells, fallback = foreground_cells(data, list(dict.fromkeys(n for net in NETS for k in kept[net] for n in k)),

@@ -90,9 +90,21 @@ def select_step(entropy: Sequence[float] | np.ndarray, target: float) -> int:
 # ---------------------------------------------------------------------------------------------
 # configuration and results
 # ---------------------------------------------------------------------------------------------
+def check_fit_settings(values: dict, label: Callable[[str], str] = str) -> None:
+    """The rules of the fit's step settings, on ``values`` (by field name), each named by ``label(field)`` in the
+    error (the sigma stage passes its flags' names): g, n, T positive integers, T_break in 0..T−1, lr > 0."""
+    for name in ("grid", "samples", "steps"):
+        check_in(label(name), values[name], POSITIVE_INT)
+    check_below(label("break_steps"), values["break_steps"], values["steps"],
+                label("steps") if label is not str else f"steps = {values['steps']}")
+    check_in(label("lr"), values["lr"], POSITIVE)
+
+
 @dataclass(frozen=True)
 class SigmaConfig:
-    """The settings of one fit; defaults are docs/method.md §2's (λ for VGG/AlexNet)."""
+    """The settings of one fit; defaults are docs/method.md §2's.  ``lam`` None is the family's λ
+    (``kdq.models.FAMILIES``: 7 for VGG/AlexNet and others, 6 for ResNets), set by :meth:`resolved` — which
+    :func:`kdq.fit_sigma`, the sigma stage and :class:`SigmaFitter` call with the net's family."""
 
     grid: int = 16  # g: σ is g×g
     samples: int = 96  # n: noise samples per step (and for σ_f²)
@@ -101,7 +113,7 @@ class SigmaConfig:
     lr: float = 1e-4  # plain SGD on σ
     sigma0: float = 0.01  # σ₀: the initial σ and the noise scale of σ_f²
     target_entropy: float = -2.8  # H*
-    lam: float = 7.0  # λ (6 for ResNets)
+    lam: float | None = None  # λ; None: the architecture family's (see resolved)
     lambda_factor: float = 1.5  # λ ← factor·λ when the target was not reached by the decision step
     sigma_min: float = 1e-3
     sigma_max: float = 1.0
@@ -113,11 +125,10 @@ class SigmaConfig:
     def __post_init__(self):
         """Every field checked by the rules the sigma stage's flags follow (:mod:`kdq.function.checks`): a
         ValueError (out of range) or TypeError (wrong type) naming the field."""
-        for name in ("grid", "samples", "steps"):
-            check_in(name, getattr(self, name), POSITIVE_INT)
-        check_below("break_steps", self.break_steps, self.steps, f"steps = {self.steps}")
-        for name in ("lr", "lam", "lambda_factor", "sigma_min", "sigma_max"):
+        check_fit_settings(vars(self))
+        for name in ("lambda_factor", "sigma_min", "sigma_max"):
             check_in(name, getattr(self, name), POSITIVE)
+        check_optional("lam", self.lam, POSITIVE)
         check_ordered("sigma_min", self.sigma_min, "sigma_max", self.sigma_max)
         check_in("sigma0", self.sigma0, SIGMA0)
         check_in("target_entropy", self.target_entropy, FINITE)
@@ -125,6 +136,12 @@ class SigmaConfig:
         check_choice("amp", self.amp, (None, "bf16", "fp16"))
         for name in ("channels_last", "compile"):
             check_bool(name, getattr(self, name))
+
+    def resolved(self, family: str | None) -> "SigmaConfig":
+        """This config with ``lam`` None replaced by the λ of the architecture ``family`` (docs/method.md §2)."""
+        from kdq.models import family_defaults
+
+        return self if self.lam is not None else replace(self, lam=family_defaults(family).lam)
 
     @property
     def decision(self) -> int:
@@ -165,9 +182,9 @@ class SigmaFitter:
     """
 
     def __init__(self, feature: FeatureFn, config: SigmaConfig, device: torch.device | str = "cpu",
-                 activation: Callable[[torch.Tensor], torch.Tensor] = F.relu):
+                 activation: Callable[[torch.Tensor], torch.Tensor] = F.relu, family: str | None = None):
         self.feature = feature
-        self.cfg = config
+        self.cfg = config.resolved(family)  # λ None: the family's (an unknown family: "other")
         self.device = torch.device(device)
         self.activation = activation
         # compiled lazily by torch.compile on the first call of each input shape and grad mode (a few

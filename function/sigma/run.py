@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch import nn
 
 from kdq.function.archs import arch_from, check_input_size
-from kdq.function.checks import CheckError, check_below, check_grid
+from kdq.function.checks import CheckError, check_grid
 from kdq.function.cli import UserError, env_rank, existing_dir
 from kdq.function.data.folder import MaskedImageFolder
 from kdq.function.data.layout import dataset_kind
@@ -36,15 +36,14 @@ from kdq.function.progress import progress
 from kdq.function.runtime import Dist, derive_seed, physical_memory, startup_step
 from kdq.function.sigma import layout
 from kdq.function.sigma.effective import drop_reason, entropy_gap, rule_start
-from kdq.function.sigma.fit import SigmaConfig, SigmaFit, SigmaFitter
+from kdq.function.sigma.fit import SigmaConfig, SigmaFit, SigmaFitter, check_fit_settings
 from kdq.function.sigma.selection import EFFECTIVE, NON_EFFECTIVE, PENDING, draw_order, name_lists, next_round
-from kdq.function.train.schedules import PAPER_150, PAPER_400
+from kdq.function.train.schedules import paper_list
 from kdq.function.train.stage import lost_files
 from kdq.models import ArchInfo, state_keys_up_to, truncated
 from kdq.models.external import taps_text
 
 
-FAMILY_LAMBDA = {"vgg": 7.0, "alexnet": 7.0, "resnet": 6.0, "other": 7.0}  # method.md §2: λ by family
 # settings that change the numbers in the files: a resumed run must keep them
 RESULT_SETTINGS = ("arch", "taps", "image_size", "layer", "split", "grid", "samples", "steps", "break_steps", "lr", "sigma0",
                    "target_entropy", "lam", "seed", "pic_seed", "foreground", "missing_mask", "exact_masks",
@@ -104,17 +103,16 @@ def plan_run(args: argparse.Namespace) -> SigmaPlan:
     size = info.input_size
     try:  # the rules SigmaConfig applies too, under the flags' names
         check_grid("--grid", args.grid, size, info.name)
-        check_below("--break-steps", args.break_steps, args.steps, "--steps")
+        check_fit_settings(vars(args), lambda name: "--" + name.replace("_", "-"))
     except CheckError as exc:
         raise UserError(str(exc)) from None
     if args.deterministic and args.cudnn_benchmark:
         raise UserError("--deterministic and --cudnn-benchmark exclude each other (autotuning picks "
                         "algorithms by timing)")
-    lam = args.lam if args.lam is not None else FAMILY_LAMBDA[info.family]
     config = SigmaConfig(grid=args.grid, samples=args.samples, steps=args.steps, break_steps=args.break_steps,
-                         lr=args.lr, sigma0=args.sigma0, target_entropy=args.target_entropy, lam=lam,
+                         lr=args.lr, sigma0=args.sigma0, target_entropy=args.target_entropy, lam=args.lam,
                          sample_chunk=args.sample_chunk, amp=args.amp, channels_last=args.channels_last,
-                         compile=args.compile)
+                         compile=args.compile).resolved(info.family)
     check_none_lost(root, record, args.checkpoints)
     checkpoints, model = read_checkpoints(args, info, (record.get("settings") or {}).get("epochs"))
     start = None
@@ -219,9 +217,10 @@ def classes_of(ckpt: dict, sd: dict[str, torch.Tensor], fc3: str | None, path: P
 
 
 def default_epochs(found: dict[int, Path]) -> list[int]:
-    """The checkpoints fitted without ``--checkpoints``: the original's schedule (``0 2 5 … 150``, and
-    ``170 … 400`` when ``400.pth.tar`` exists) when the run holds every epoch of it, else every one found."""
-    schedule = PAPER_400 if 400 in found else PAPER_150
+    """The checkpoints fitted without ``--checkpoints``: the original's schedule for the run's last checkpoint
+    (:func:`~kdq.function.train.schedules.paper_list`: ``0 2 5 … 150``, and ``170 … 400`` past 150 epochs) when the
+    run holds every epoch of it, else every one found."""
+    schedule, _ = paper_list(max(found))
     return list(schedule) if all(e in found for e in schedule) else list(found)
 
 

@@ -28,7 +28,6 @@ from kdq.models import LAYERS
 
 log = logging.getLogger(__name__)
 
-FINETUNE_LR = {"vgg": 1e-3, "alexnet": 1e-3, "resnet": 1e-2, "other": 1e-3}  # docs/method.md §1, by architecture family
 FINAL = "final.pth.tar"
 
 
@@ -204,7 +203,7 @@ def main(args: argparse.Namespace) -> None:
             for name, p in params.items():
                 p.requires_grad_(name not in below)
             trainable = [p for name, p in params.items() if name not in below]
-            lr = args.finetune_lr if args.finetune_lr is not None else FINETUNE_LR[info.family]
+            lr = args.finetune_lr if args.finetune_lr is not None else info.defaults.finetune_lr
             ft_optimizer = torch.optim.SGD(trainable, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
             plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(ft_optimizer, mode="min", factor=args.finetune_factor,
                                                                  patience=args.finetune_patience)

@@ -35,9 +35,15 @@ def lr_schedule(kind: str, lr: float, epochs: int, decades: float = 1.0) -> Call
     return lambda epoch: float(table[epoch - 1])
 
 
+def paper_list(epochs: int) -> tuple[tuple[int, ...], int]:
+    """The paper's checkpoint list for a run of ``epochs`` epochs and the length it was written for: the
+    400-epoch list for runs longer than 150 epochs, else the 150-epoch one (the one rule of both)."""
+    return (PAPER_400, 400) if epochs > 150 else (PAPER_150, 150)
+
+
 def paper_schedule(epochs: int) -> list[int]:
-    """The paper's epochs scaled to ``epochs`` (the 400-epoch list for runs longer than 150 epochs)."""
-    base, length = (PAPER_400, 400) if epochs > 150 else (PAPER_150, 150)
+    """The paper's epochs (:func:`paper_list`) scaled to ``epochs``."""
+    base, length = paper_list(epochs)
     return sorted({round(e * epochs / length) for e in base} | {0, epochs})
 
 
