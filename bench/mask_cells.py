@@ -24,6 +24,7 @@ from kdq.function.cli import Parser, UserError, existing_dir, run
 from kdq.function.data.files import mask_values
 from kdq.function.data.masks import mask_to_grid
 from kdq.function.data.synthetic import shape_mask
+from kdq.function.sigma.config import SigmaConfig
 
 SHAPES = ("disk", "square", "triangle", "hexagon", "cross", "star", "bar")
 
@@ -34,7 +35,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="dataset root whose seg/<split>/**/*.png masks to read (default: synthetic masks)")
     p.add_argument("--split", default="train", help="split of --data")
     p.add_argument("--size", type=int, default=224, help="S, the input size the mask is resized to")
-    p.add_argument("--grid", type=int, default=16, help="g, the σ grid")
+    p.add_argument("--grid", type=int, default=SigmaConfig.grid, help="g, the σ grid")
     p.add_argument("--masks", type=int, default=500, help="number of synthetic masks")
     p.add_argument("--mask-size", type=int, nargs=2, default=(375, 500), metavar=("H", "W"),
                    help="size of the synthetic masks (CUB's typical 375×500)")

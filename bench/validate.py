@@ -43,6 +43,7 @@ from kdq.function.data.synthetic import CUE_DIR
 from kdq.function.io.atomic import write_json
 from kdq.function.io.rundir import read_run_json
 from kdq.function.metrics.bootstrap import bootstrap, percentile_interval
+from kdq.function.metrics.config import MetricsConfig
 from kdq.function.metrics.caveats import final_accuracy
 from kdq.function.metrics.measures import background_baseline, concept_counts, concept_masks, screen_sigma
 from kdq.function.metrics.report import fmt
@@ -90,9 +91,7 @@ EXPECTED_TEXT = {1: "> 0", -1: "< 0", 0: "≈ 0 (interval holds 0)"}
 
 def default_b() -> float:
     """The metrics stage's concept threshold b by default (its --b), for a run whose metrics.json records none."""
-    from kdq.function.stages import stage
-
-    return stage("find_knowledge").get_args_parser().get_default("b")
+    return MetricsConfig.b
 
 
 def read_json_file(path: Path) -> dict | list | None:
@@ -486,7 +485,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="the cued dataset root (VALIDATE_DATA)")
     p.add_argument("--layer", default="fc1", help="the layer analysed (VALIDATE_LAYER)")
     p.add_argument("--split", default="train", help="the split the sigma runs drew from")
-    p.add_argument("--bootstrap", type=positive_int, default=1000, help="bootstrap resamples over images")
+    p.add_argument("--bootstrap", type=positive_int, default=MetricsConfig.bootstrap,
+                   help="bootstrap resamples over images")
     p.add_argument("--seed", type=seed, default=0, help="bootstrap seed")
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
     return p

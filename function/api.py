@@ -31,6 +31,7 @@ from kdq.function.data.files import mask_fits
 from kdq.function.data.masks import grey_values, mask_to_grid
 from kdq.function.metrics.analysis import comparison_warnings
 from kdq.function.metrics.caveats import single_run_caveat
+from kdq.function.metrics.config import MetricsConfig
 from kdq.function.metrics.measures import NetInput, compare_runs, mhat_allowed
 from kdq.function.metrics.report import LayerResult, terminal_table, write_outputs
 from kdq.function.sigma.effective import entropy_gap, keeps_image, usable_sigma_f2
@@ -235,10 +236,10 @@ class Comparison:
         return folder / "report.md"
 
 
-def compare(label_maps, distil_maps, masks, D_label, D_distil, *, b: float = 0.2, n_boot: int = 1000,
-            seed: int = 0, level: float = 0.95, epochs_label: Sequence[int] | None = None,
-            epochs_distil: Sequence[int] | None = None, skip_epoch0: bool = False, names: Sequence[str] | None = None,
-            layer: str = "layer") -> Comparison:
+def compare(label_maps, distil_maps, masks, D_label, D_distil, *, b: float = MetricsConfig.b,
+            n_boot: int = MetricsConfig.bootstrap, seed: int = MetricsConfig.seed, level: float = MetricsConfig.level,
+            epochs_label: Sequence[int] | None = None, epochs_distil: Sequence[int] | None = None,
+            skip_epoch0: bool = False, names: Sequence[str] | None = None, layer: str = "layer") -> Comparison:
     """method.md §3 on in-memory maps: label net vs distil net on the same N images.
 
     ``label_maps``/``distil_maps``: σ* per image and checkpoint, ``(N, K, g, g)`` (each net its own K, oldest

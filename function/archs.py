@@ -1,38 +1,47 @@
-"""The architecture a stage runs, from its flags: ``--arch`` (a registry name, ``torchvision:<name>`` or
-``package.module:factory``), ``--taps`` and ``--image-size``.
+"""The architecture a stage runs, from its settings: ``--arch`` (a registry name, ``torchvision:<name>`` or
+``package.module:factory``), ``--taps`` and ``--image-size`` (the config fields of :func:`arch_option`,
+:func:`taps_option`, :func:`image_size_option`).
 
 Every stage resolves its architecture here, so a bad one is the same one-line error everywhere, and records it in
 run.json (``model``: arch, taps, image size), so that a later stage can take it from the run it reads.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from typing import Any
 
-from kdq.function.cli import UserError, positive_int
+from kdq.function.checks import POSITIVE_INT
+from kdq.function.cli import UserError
+from kdq.function.config import option
 
 REGISTRY_HELP = "a registry name ({names}), torchvision:<name> (any torchvision classification model) or " \
                 "package.module:factory (factory(num_classes) → nn.Module, importable from PYTHONPATH)"
 
 
-def add_arch_args(group, prefix: str = "", required: bool = True, what: str = "the net",
-                  recorded: str | None = None) -> None:
-    """``--<prefix>arch``, ``--<prefix>taps``, ``--<prefix>image-size``.  ``recorded`` names the run whose run.json
-    gives them when they are left out (they are then optional)."""
+def arch_option(group: str, what: str = "the net", recorded: str | None = None, required: bool = True):
+    """The config field ``arch`` (``--arch``; ``teacher_arch`` gives ``--teacher-arch``).  ``recorded`` names the
+    run whose run.json gives it when it is left out (it is then optional)."""
     from kdq.models import ARCH_NAMES
 
     default = f"; default: what {recorded} recorded" if recorded else ""
-    group.add_argument(f"--{prefix}arch", required=required and recorded is None, default=None,
-                       help=f"architecture of {what}: " + REGISTRY_HELP.format(names=", ".join(ARCH_NAMES)) + default)
-    group.add_argument(f"--{prefix}taps", default=None, metavar="LAYER=MODULE[:WEIGHT],...",
-                       help="for torchvision:/module: architectures, the submodule whose output is each layer's "
-                            "pre-activation feature (conv, fc1, fc2, fc3; any subset) and the weight whose distance "
-                            "is recorded (default <module>.weight); without it the last Conv2d is conv and the last "
-                            "Linear fc3" + default)
-    group.add_argument(f"--{prefix}image-size", type=positive_int, default=None, metavar="S",
-                       help="input side S (default: the registry's for registry architectures, 224 otherwise"
-                            + (f", or what {recorded} recorded" if recorded else "") + ")")
+    return option(None, f"architecture of {what}: " + REGISTRY_HELP.format(names=", ".join(ARCH_NAMES)) + default,
+                  group, required=required and recorded is None)
+
+
+def taps_option(group: str, recorded: str | None = None):
+    """The config field ``taps`` (``--taps``)."""
+    default = f"; default: what {recorded} recorded" if recorded else ""
+    return option(None, "for torchvision:/module: architectures, the submodule whose output is each layer's "
+                        "pre-activation feature (conv, fc1, fc2, fc3; any subset) and the weight whose distance "
+                        "is recorded (default <module>.weight); without it the last Conv2d is conv and the last "
+                        "Linear fc3" + default, group, metavar="LAYER=MODULE[:WEIGHT],...")
+
+
+def image_size_option(group: str, recorded: str | None = None):
+    """The config field ``image_size`` (``--image-size``)."""
+    return option(None, "input side S (default: the registry's for registry architectures, 224 otherwise"
+                        + (f", or what {recorded} recorded" if recorded else "") + ")", group, check=POSITIVE_INT,
+                  metavar="S")
 
 
 def resolve_arch(arch: str, taps: str | None = None, image_size: int | None = None, flag: str = "--arch"):
@@ -85,7 +94,7 @@ def recorded_model(record: dict[str, Any]) -> dict[str, Any] | None:
     return {"arch": arch} if isinstance(arch, str) else None
 
 
-def arch_from(args: argparse.Namespace, record: dict[str, Any] | None, prefix: str = "",
+def arch_from(args, record: dict[str, Any] | None, prefix: str = "",
               source: str = "the run"):
     """The architecture of the flags ``--<prefix>arch/taps/image-size``, each left out taken from ``record`` (a
     run.json); a flag given explicitly must agree with what the record says."""

@@ -195,10 +195,12 @@ seed = within(SEED)  # a random seed: what torch, numpy and Python's random all 
 # counts whose tables a run holds in memory, bounded so that they fit: a training phase of E epochs keeps per-epoch
 # tables (the learning rates, weight_diff.npy's 4 x (E+1) distances, the log), the bootstrap n_boot x statistics
 MAX_EPOCHS = 1_000_000
-epoch_count = within(Interval(1, MAX_EPOCHS, integer=True,
-                              wording=f"an integer in 1..{MAX_EPOCHS} (a run keeps a table row per epoch)"))
-epoch_count_or_zero = within(Interval(0, MAX_EPOCHS, integer=True,
-                                      wording=f"an integer in 0..{MAX_EPOCHS} (a run keeps a table row per epoch)"))
+EPOCHS = Interval(1, MAX_EPOCHS, integer=True, wording=f"an integer in 1..{MAX_EPOCHS} (a run keeps a table row per "
+                                                        "epoch)")
+EPOCHS_OR_ZERO = Interval(0, MAX_EPOCHS, integer=True,
+                          wording=f"an integer in 0..{MAX_EPOCHS} (a run keeps a table row per epoch)")
+epoch_count = within(EPOCHS)
+epoch_count_or_zero = within(EPOCHS_OR_ZERO)
 bootstrap_count = within(BOOTSTRAP_COUNT)  # kdq.compare's n_boot follows the same rule
 
 

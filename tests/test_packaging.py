@@ -57,4 +57,4 @@ def test_a_project_with_its_own_models_package_imports_both(installed, tmp_path)
         print(type(model).__module__, kdq.SigmaConfig.__module__)
     """, tmp_path)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["kdq.models.vgg", "kdq.function.sigma.fit"]
+    assert done.stdout.split() == ["kdq.models.vgg", "kdq.function.sigma.config"]

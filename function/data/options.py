@@ -3,7 +3,7 @@ so that ``--help`` stays fast.  The rule itself is :class:`kdq.function.data.mas
 from __future__ import annotations
 
 from kdq.function.checks import Interval
-from kdq.function.cli import within
+from kdq.function.config import option
 
 FOREGROUNDS = ("auto", "masks", "central")
 MISSING_MASK = ("auto", "error", "central")
@@ -12,25 +12,27 @@ MISSING_MASK = ("auto", "error", "central")
 MAX_MASK_PAD = 10.0
 MASK_PAD = Interval(1, MAX_MASK_PAD, wording=f"a number in 1..{MAX_MASK_PAD:g} (the padded mask is that many times "
                                              "the mask)")
-mask_pad = within(MASK_PAD)
 
 
-def add_foreground_args(group, recorded: bool = False) -> None:
-    """``--foreground``, ``--missing-mask``, ``--exact-masks``, ``--mask-pad``.  ``recorded``: the defaults are
-    what the sigma run recorded (the metrics stage), else what the dataset's kind implies."""
+def foreground_options(group: str, recorded: bool = False) -> dict:
+    """The config fields ``foreground``, ``missing_mask``, ``exact_masks``, ``mask_pad`` (by name).  ``recorded``:
+    the defaults are what the sigma run recorded (the metrics stage), else what the dataset's kind implies."""
     auto = "what the sigma run recorded, else " if recorded else ""
-    group.add_argument("--foreground", choices=FOREGROUNDS, default="auto",
-                       help="foreground cells: the dataset's masks, or the central square (rows and columns "
-                            f"int(g/6)..int(5g/6)) for every image; auto = {auto}central for ILSVRC data (as the "
-                            "original), masks otherwise")
-    group.add_argument("--missing-mask", choices=MISSING_MASK, default="auto",
-                       help="an image without a mask (with --foreground masks): error, or the central square; "
-                            f"auto = {auto}central for ILSVRC data (images without a box), error otherwise")
-    group.add_argument("--exact-masks", action="store_true",
-                       help="cells from the thresholded mask by nearest sampling (exact); default: the original's "
-                            "bilinear resize of the grey mask to S×S, then nearest to g×g and > 0, which widens a "
-                            "mask by about one cell's edge" + (" (or what the sigma run recorded)" if recorded else ""))
-    group.add_argument("--mask-pad", type=mask_pad, default=None if recorded else 1.0, metavar="F",
-                       help="place each mask in the middle of a zero array F times its size first: 1.2 reads the "
-                            "original code's VOC layout (box-sized masks of crops enlarged 1.2×)"
-                            + ("; default: what the sigma run recorded, else 1" if recorded else ""))
+    return {
+        "foreground": option("auto", "foreground cells: the dataset's masks, or the central square (rows and columns "
+                                     f"int(g/6)..int(5g/6)) for every image; auto = {auto}central for ILSVRC data (as "
+                                     "the original), masks otherwise", group, choices=FOREGROUNDS),
+        "missing_mask": option("auto", "an image without a mask (with --foreground masks): error, or the central "
+                                       f"square; auto = {auto}central for ILSVRC data (images without a box), error "
+                                       "otherwise", group, choices=MISSING_MASK),
+        "exact_masks": option(False, "cells from the thresholded mask by nearest sampling (exact); default: the "
+                                     "original's bilinear resize of the grey mask to S×S, then nearest to g×g and > 0, "
+                                     "which widens a mask by a fraction of a cell (bench/mask_cells.py)"
+                                     + (" (or what the sigma run recorded)" if recorded else ""), group,
+                              action="store_true"),
+        "mask_pad": option(None if recorded else 1.0, "place each mask in the middle of a zero array F times its size "
+                                                      "first: 1.2 reads the original code's VOC layout (box-sized "
+                                                      "masks of crops enlarged 1.2×)"
+                           + ("; default: what the sigma run recorded, else 1" if recorded else ""), group,
+                           check=MASK_PAD, metavar="F"),
+    }

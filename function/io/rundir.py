@@ -1,7 +1,6 @@
 """Run folders: refuse to overwrite results, record what produced them (``run.json``)."""
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
@@ -20,6 +19,9 @@ import numpy as np
 from kdq.function.cli import UserError
 from kdq.function.io.atomic import hidden_stem, is_temp, remove_stale_temps, write_json
 from kdq.function.io.lock import acquire, on_release
+
+# a stage's typed config (kdq.function.config.StageConfig), or a data tool's parsed flags
+Settings = Any
 
 log = logging.getLogger(__name__)
 RUN_JSON = "run.json"
@@ -286,7 +288,7 @@ def prepare_out(out: Path, resume: bool, overwrite: bool, stage: str, flag: str 
     return mode == RESUME
 
 
-def open_run(out: Path, stage: str, args: argparse.Namespace, ctx, device,
+def open_run(out: Path, stage: str, args: Settings, ctx, device,
              check: Callable[[], None] | None = None) -> bool:
     """Claim ``out`` for a run of ``stage``: rank 0 runs :func:`prepare_out` (and ``check()`` when it resumes an
     earlier run) while the other ranks wait, and every rank stops with rank 0's refusal.  True when an earlier
@@ -306,29 +308,24 @@ def open_run(out: Path, stage: str, args: argparse.Namespace, ctx, device,
     return resume
 
 
-# Flags that change how a run executes but not what it computes: they may differ on --resume.
-RUNTIME_SETTINGS = frozenset({"out", "resume", "overwrite", "debug", "device", "workers", "progress",
-                              "no_progress", "log_interval", "batch_images", "sample_chunk", "compile",
-                              "cudnn_benchmark", "channels_last", "deterministic", "tensorboard", "save_optimizer"})
-
-
-def check_resume_settings(out: Path, args: argparse.Namespace, resolved: dict[str, Any] | None = None,
-                          runtime: frozenset[str] = RUNTIME_SETTINGS, growable: frozenset[str] = frozenset()) -> None:
+def check_resume_settings(out: Path, cfg, resolved: dict[str, Any] | None = None) -> None:
     """Refuse to ``--resume`` a run made with other result-defining settings (``prepare_out`` has checked
-    that it is a run of this stage): every recorded setting except the ``runtime`` ones must equal this
-    invocation's (``resolved`` replaces flags whose default depends on other inputs); the error lists each
-    difference.  A ``growable`` setting may grow (``--epochs``: extending a training)."""
+    that it is a run of this stage): every field of the stage's config that defines results
+    (:meth:`~kdq.function.config.StageConfig.result_settings`, the one rule of every stage) must equal what the
+    run recorded (``resolved`` replaces fields whose value depends on other inputs); the error lists each
+    difference.  A growable field may grow (``--epochs`` of train_net: extending a training)."""
     previous = read_run_json(out)
     recorded = previous.get("settings", {})
-    grown = {k for k in growable if isinstance(recorded.get(k), int) and isinstance(getattr(args, k, None), int)
-             and getattr(args, k) > recorded[k]}
-    diffs = setting_diffs(previous, args, sorted(k for k in recorded if k not in runtime and k not in grown), resolved)
+    grown = {k for k in type(cfg).growable_settings() if isinstance(recorded.get(k), int)
+             and isinstance(getattr(cfg, k, None), int) and getattr(cfg, k) > recorded[k]}
+    keys = sorted(k for k in type(cfg).result_settings() if k in recorded and k not in grown)
+    diffs = setting_diffs(previous, cfg, keys, resolved)
     if diffs:
         raise UserError(f"--resume: {out} was made with other settings ({'; '.join(diffs)}); "
                         "rerun with those or use another --out")
 
 
-def setting_diffs(previous: dict[str, Any], args: argparse.Namespace, keys: Iterable[str],
+def setting_diffs(previous: dict[str, Any], args: Settings, keys: Iterable[str],
                   resolved: dict[str, Any] | None = None) -> list[str]:
     """``--flag: old → new`` for each of ``keys`` that the run.json ``previous`` records with another value than
     this run records (:func:`describe`: tuples are lists; paths compared as the folders they name, each relative
@@ -355,7 +352,7 @@ def _same(old: Any, new: Any, is_path: bool, old_cwd: str | None) -> bool:
 CONTRACT_SPELLING = {"teacher_checkpoint": "--teacher_checkpoint", "checkpoint_root": "--checkpoint_root"}
 
 
-def check_out_apart(out: Path, args: argparse.Namespace, flag: str = "--out",
+def check_out_apart(out: Path, args: Settings, flag: str = "--out",
                     recorded: dict[str, Path] | None = None) -> None:
     """Refuse an output folder that is an input, holds an input, or lies inside an input folder: a later
     ``--overwrite`` there would delete inputs, and a run's files would mix with what it reads.  The inputs
@@ -429,7 +426,7 @@ def git_commit() -> str | None:
         return None
 
 
-def describe(args: argparse.Namespace, resolved: dict[str, Any] | None = None) -> dict[str, Any]:
+def describe(args: Settings, resolved: dict[str, Any] | None = None) -> dict[str, Any]:
     """The settings a run records: every flag (paths as text), with ``resolved`` replacing the flags whose
     value was derived from other inputs (e.g. a λ that defaults by architecture)."""
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
@@ -450,7 +447,7 @@ def versions() -> dict[str, str]:
 class RunRecord:
     """``run.json``: command line, settings, versions, git commit, status and wall time."""
 
-    def __init__(self, out: Path, stage: str, args: argparse.Namespace, extra: dict[str, Any] | None = None,
+    def __init__(self, out: Path, stage: str, args: Settings, extra: dict[str, Any] | None = None,
                  resolved: dict[str, Any] | None = None, carry_wall_time: bool = True):
         self.path = Path(out) / RUN_JSON
         self.start = time.time()

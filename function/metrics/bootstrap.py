@@ -27,6 +27,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from kdq.function.metrics.config import MetricsConfig
+
 Statistic = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
@@ -95,7 +97,8 @@ def two_level_bootstrap(statistic: RunStatistic, n_images: dict[str, list[int]],
     return point, per_run, reps
 
 
-def percentile_interval(replicates: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+def percentile_interval(replicates: np.ndarray,
+                        level: float = MetricsConfig.level) -> tuple[np.ndarray, np.ndarray]:
     """Lower and upper percentile bounds over axis 0 (NaN replicates ignored)."""
     if not 0 < level < 1:
         raise ValueError(f"interval level must be in (0, 1), got {level}")
@@ -110,7 +113,8 @@ def percentile_interval(replicates: np.ndarray, level: float = 0.95) -> tuple[np
     return lo, hi
 
 
-def mean_interval(values: np.ndarray, n_boot: int, seed: int, level: float = 0.95) -> tuple[float, float, float]:
+def mean_interval(values: np.ndarray, n_boot: int, seed: int,
+                  level: float = MetricsConfig.level) -> tuple[float, float, float]:
     """Mean of ``values`` with its bootstrap interval (a convenience for one sample)."""
     values = np.asarray(values, dtype=np.float64)
     point, reps = bootstrap(lambda idx, _: values[idx].mean(keepdims=True), len(values), len(values), n_boot, seed)

@@ -4,12 +4,11 @@ every setting of the runs behind it that is not the paper's.
 
 Both read the runs' ``run.json`` (and a distillation's ``distill_log.json``); nothing here changes a number.
 The paper's settings are kdq's defaults (kdq's defaults are the paper's and the original code's: the fidelity rule
-of docs/original-code.md), so "not the paper's" is "not the stage script's default", read from each stage's own parser.
+of docs/original-code.md), so "not the paper's" is "not the stage's default", read from each stage's config.
 """
 from __future__ import annotations
 
 import json
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +31,12 @@ PAPER_ARCHS = frozenset({"alexnet", "vgg11", "vgg16", "vgg16_bn", "vgg19", "resn
 PAPER_DATASETS = frozenset({"cub", "voc", "ilsvrc"})
 
 
-@lru_cache(maxsize=None)
 def stage_defaults(stage: str) -> dict[str, Any]:
-    """Every flag's default of a stage (``"train_net"``, by its ``dest``): the paper's setting."""
-    from kdq.function.stages import stage as stage_module
+    """Every setting's default of a stage (``"train_net"``): its config's, the paper's setting."""
+    from kdq.function.sigma.config import SigmaRunConfig
+    from kdq.function.train.config import TRAINING_CONFIGS
 
-    parser = stage_module(stage).get_args_parser()
-    return {a.dest: a.default for a in parser._actions if a.dest != "help"}
+    return {**TRAINING_CONFIGS, "train_sigma": SigmaRunConfig}[stage].defaults()
 
 
 def _same(value: Any, default: Any) -> bool:

@@ -25,14 +25,13 @@ from kdq.function.data.folder import MaskedImageFolder
 from kdq.function.data.layout import dataset_kind
 from kdq.function.data.masks import Foreground, resolve_foreground
 from kdq.function.io.rundir import check_record_types, read_run_json, recorded_path
+from kdq.function.metrics.config import COMPAT, NETS, MetricsConfig
 from kdq.function.metrics.measures import mhat_allowed, screen_sigma
 from kdq.function.sigma import layout
 from kdq.function.train.schedules import paper_schedule, parse_epochs
 from kdq.models import LAYERS, family_defaults
 
 EPOCH_KEYS = ("checkpoints", "epochs", "checkpoint_epochs")
-NETS = ("label", "distil")
-COMPAT = ("kdq", "original")
 
 
 def _epoch_list(value: Any) -> list[int] | None:
@@ -223,25 +222,6 @@ def common_effective(label: SigmaRun, distil: SigmaRun) -> list[str]:
     return list(dict.fromkeys(n for n in label.effect if n in in_distil))
 
 
-@dataclass(frozen=True)
-class Request:
-    """What the metrics stage was asked for one analysis (its flags), to be resolved per layer."""
-    label_run: tuple[Path, ...] | None = None  # one per label sigma run, in order (None: as the sigma runs record)
-    distil_run: tuple[Path, ...] | None = None
-    # net → (its --checkpoints words or None, the flag they came from)
-    checkpoints: dict[str, tuple[list[str] | None, str]] = field(
-        default_factory=lambda: {net: (None, "--checkpoints") for net in NETS})
-    grid: int | None = None
-    arch: str | None = None
-    image_size: int | None = None
-    foreground: str = "auto"
-    missing_mask: str = "auto"
-    exact_masks: bool = False
-    mask_pad: float | None = None
-    mhat_skip_epoch0: str = "auto"
-    compat: str = "kdq"
-
-
 @dataclass
 class NetData:
     """One net's inputs at one layer, read and checked."""
@@ -284,7 +264,7 @@ class LayerInputs:
         return {net: runs[0] for net, runs in self.runs.items()}
 
 
-def family_and_size(req: Request, sigmas: list[SigmaRun], training: list[dict[str, Any]], warnings: list[str],
+def family_and_size(req: MetricsConfig, sigmas: list[SigmaRun], training: list[dict[str, Any]], warnings: list[str],
                     notes: list[str]) -> tuple[str | None, int]:
     """The architecture family (for the ResNet m̂ rule) and the input size S (for the masks): from ``--arch`` and
     ``--image-size``, else from what the sigma or training runs record (``model``: arch, family, image size)."""
@@ -315,7 +295,7 @@ def family_and_size(req: Request, sigmas: list[SigmaRun], training: list[dict[st
     return family, int(size)
 
 
-def _foreground(req: Request, runs: list[SigmaRun], data: MaskedImageFolder) -> Foreground:
+def _foreground(req: MetricsConfig, runs: list[SigmaRun], data: MaskedImageFolder) -> Foreground:
     """The foreground rule: each flag's value, or for ``auto``/unset what the sigma runs recorded (they must
     agree), else what the dataset's kind implies."""
     def recorded(key):
@@ -387,11 +367,14 @@ PER_RUN_SETTINGS = frozenset({"seed", "out", "checkpoints", "teacher_checkpoint"
 
 
 def _training_settings(record: dict) -> dict[str, Any]:
-    """The settings of a training run that define what it computes, the per-run ones aside."""
-    from kdq.function.io.rundir import RUNTIME_SETTINGS
+    """The settings of a training run that define what it computes (its stage config's result fields), the per-run
+    ones aside."""
+    from kdq.function.train.config import TRAINING_CONFIGS
 
     settings = record.get("settings") or {}
-    return {k: v for k, v in settings.items() if k not in RUNTIME_SETTINGS | PER_RUN_SETTINGS}
+    config = TRAINING_CONFIGS.get(record.get("stage"))
+    results = set(config.result_settings()) if config is not None else set(settings)
+    return {k: v for k, v in settings.items() if k in results and k not in PER_RUN_SETTINGS}
 
 
 def check_training_runs(net: str, runs: list[Path], records: list[dict[str, Any]]) -> list[str]:
@@ -439,7 +422,49 @@ def _given_runs(net: str, given: tuple[Path, ...] | None, n: int) -> list[Path |
     return list(given)
 
 
-def load_layer(req: Request, layer: str, data: MaskedImageFolder, label_sigma: Path | list[Path],
+def _training_runs(req: MetricsConfig, sigmas: dict[str, list[SigmaRun]], layer: str, several: bool):
+    """Each net's training runs (given, or recorded in its sigma runs), their run.json and the notes of their
+    checks; several runs of a net must share the architecture and the dataset."""
+    given = {"label": req.label_run, "distil": req.distil_run}
+    runs = {net: [training_run(f"--{net}-run", g, sr, layer)
+                  for g, sr in zip(_given_runs(net, given[net], len(sigmas[net])), sigmas[net])] for net in NETS}
+    records = {net: [read_run_json(run) for run in runs[net]] for net in NETS}
+    notes: list[str] = []
+    for net in NETS:
+        notes += check_training_runs(net, runs[net], records[net])
+        if several:
+            _check_same(f"architectures in the {net} net's runs",
+                        {f"--{net}-run {run}": (rec.get("model") or {}).get("arch") or (rec.get("settings") or {}).get("arch")
+                         for run, rec in zip(runs[net], records[net])}, "pool runs of one architecture")
+            _check_same(f"datasets in the {net} net's runs",
+                        {f"{sr.flag} {sr.path}": [sr.recorded("data"), sr.recorded("split")] for sr in sigmas[net]},
+                        "pool runs fitted on the same images")
+    return runs, records, notes
+
+
+def _epochs(req: MetricsConfig, sigmas: dict[str, list[SigmaRun]], runs: dict[str, list[Path]]):
+    """Per net and run, the epochs of its sigma entries and where they came from; a net's runs share them."""
+    spec = req.net_checkpoints()
+    epochs = {net: [net_epochs(sr, run, *spec[net], f"--{net}-run") for sr, run in zip(sigmas[net], runs[net])]
+              for net in NETS}
+    for net in NETS:
+        if len({tuple(e) for e, _ in epochs[net]}) > 1:
+            shown = "; ".join(f"{sr.path}: {' '.join(map(str, e))}" for sr, (e, _) in zip(sigmas[net], epochs[net]))
+            raise UserError(f"--{net}-sigma: the runs hold different checkpoints ({shown}); pool runs of one schedule")
+    return epochs
+
+
+def _one_grid(sigmas: dict[str, list[SigmaRun]], maps: dict[str, list[dict]]) -> int:
+    """The grid g every sigma run was fitted on (a UserError naming the runs when they differ)."""
+    grids = {(sr.flag if len(sigmas[net]) == 1 else f"{sr.flag} {sr.path}"): next(iter(m.values())).shape[-1]
+             for net in NETS for sr, m in zip(sigmas[net], maps[net])}
+    if len(set(grids.values())) > 1:
+        raise UserError("the sigma runs were fitted with different grids: "
+                        + " vs ".join(f"{k} {g}x{g}" for k, g in grids.items()))
+    return next(iter(grids.values()))
+
+
+def load_layer(req: MetricsConfig, layer: str, data: MaskedImageFolder, label_sigma: Path | list[Path],
                distil_sigma: Path | list[Path]) -> LayerInputs:
     """Read and check one layer's inputs; every problem is a UserError, nothing is logged here.
     ``label_sigma``/``distil_sigma``: one sigma run per training run of that net (a single path: one run)."""
@@ -455,26 +480,8 @@ def load_layer(req: Request, layer: str, data: MaskedImageFolder, label_sigma: P
     every = [sr for net in NETS for sr in sigmas[net]]
     _check_same("grids", {f"{sr.flag} {sr.path}": sr.recorded("grid") for sr in every},
                 "every run must be fitted on the same grid")
-    given = {"label": req.label_run, "distil": req.distil_run}
-    runs = {net: [training_run(f"--{net}-run", g, sr, layer)
-                  for g, sr in zip(_given_runs(net, given[net], len(sigmas[net])), sigmas[net])] for net in NETS}
-    records = {net: [read_run_json(run) for run in runs[net]] for net in NETS}
-    notes: list[str] = []
-    for net in NETS:
-        notes += check_training_runs(net, runs[net], records[net])
-        if several:
-            _check_same(f"architectures in the {net} net's runs",
-                        {f"--{net}-run {run}": (rec.get("model") or {}).get("arch") or (rec.get("settings") or {}).get("arch")
-                         for run, rec in zip(runs[net], records[net])}, "pool runs of one architecture")
-            _check_same(f"datasets in the {net} net's runs",
-                        {f"{sr.flag} {sr.path}": [sr.recorded("data"), sr.recorded("split")] for sr in sigmas[net]},
-                        "pool runs fitted on the same images")
-    epochs = {net: [net_epochs(sr, run, *req.checkpoints[net], f"--{net}-run")
-                    for sr, run in zip(sigmas[net], runs[net])] for net in NETS}
-    for net in NETS:
-        if len({tuple(e) for e, _ in epochs[net]}) > 1:
-            shown = "; ".join(f"{sr.path}: {' '.join(map(str, e))}" for sr, (e, _) in zip(sigmas[net], epochs[net]))
-            raise UserError(f"--{net}-sigma: the runs hold different checkpoints ({shown}); pool runs of one schedule")
+    runs, records, notes = _training_runs(req, sigmas, layer, several)
+    epochs = _epochs(req, sigmas, runs)
     # the images: with one run per net, those effective in both (paired, as the original); with several runs, each
     # run's own effective images (their sets differ from seed to seed), paired only when every run has the same
     names = common_effective(sigmas["label"][0], sigmas["distil"][0]) if not several else \
@@ -489,12 +496,7 @@ def load_layer(req: Request, layer: str, data: MaskedImageFolder, label_sigma: P
                 raise UserError(f"{sr.flag}: {sr.path} has no effective image")
     maps = {net: [_read_maps(sr, listed, e[0], req.grid) for sr, listed, e in zip(sigmas[net], own[net], epochs[net])]
             for net in NETS}
-    grids = {(sr.flag if len(sigmas[net]) == 1 else f"{sr.flag} {sr.path}"): next(iter(m.values())).shape[-1]
-             for net in NETS for sr, m in zip(sigmas[net], maps[net])}
-    if len(set(grids.values())) > 1:
-        raise UserError("the sigma runs were fitted with different grids: "
-                        + " vs ".join(f"{k} {g}x{g}" for k, g in grids.items()))
-    grid = next(iter(grids.values()))
+    grid = _one_grid(sigmas, maps)
     row = LAYERS.index(layer)
     wd = {net: [load_weight_diff(run, f"--{net}-run", e[0], row) for run, e in zip(runs[net], epochs[net])]
           for net in NETS}

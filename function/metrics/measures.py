@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kdq.function.metrics.bootstrap import bootstrap, percentile_interval, two_level_bootstrap
+from kdq.function.metrics.config import MetricsConfig
 
 
 @dataclass(frozen=True)
@@ -407,7 +408,7 @@ def _slope_notes(per: dict[str, list[PerImage]]) -> list[str]:
 
 
 def compare_runs(label: list[NetInput], distil: list[NetInput], b: float, n_boot: int, seed: int,
-                 level: float = 0.95, loop=iter, paired: bool = True) -> Comparison:
+                 level: float = MetricsConfig.level, loop=iter, paired: bool = True) -> Comparison:
     """docs/method.md §3 for both nets, each pooled over one or more training runs, with the two-level bootstrap of
     :func:`~kdq.function.metrics.bootstrap.two_level_bootstrap` (runs within each net, and the images: one draw
     shared by every run when ``paired`` — every run measured on the same images —, else drawn per drawn run).
@@ -441,7 +442,7 @@ def compare_runs(label: list[NetInput], distil: list[NetInput], b: float, n_boot
                       _slope_notes(per), per, summaries)
 
 
-def compare_nets(label: NetInput, distil: NetInput, b: float, n_boot: int, seed: int, level: float = 0.95,
+def compare_nets(label: NetInput, distil: NetInput, b: float, n_boot: int, seed: int, level: float = MetricsConfig.level,
                  paired: bool = True, loop=iter) -> Comparison:
     """docs/method.md §3 for one run per net, with a percentile bootstrap over images.
 

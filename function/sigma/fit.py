@@ -50,8 +50,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kdq.function.checks import (FINITE, POSITIVE, POSITIVE_INT, SIGMA0, check_below, check_bool, check_choice,
-                                 check_in, check_optional, check_ordered)
+from kdq.function.sigma.config import SigmaConfig, decision_step  # noqa: F401 - the fit's settings live there
 from kdq.function.sigma.entropy import mean_entropy
 from kdq.function.sigma.grid import upsample
 
@@ -62,11 +61,6 @@ CPU_CHUNK = 32  # default noise samples per forward pass on the CPU
 # ---------------------------------------------------------------------------------------------
 # the rules of one fit (docs/method.md §2 steps 3 and 4)
 # ---------------------------------------------------------------------------------------------
-def decision_step(steps: int, break_steps: int) -> int:
-    """The step after which the fit stops or escalates λ: ``T − T_break − 1``."""
-    return steps - break_steps - 1
-
-
 def reached_target(entropy_so_far: torch.Tensor, target: float) -> torch.Tensor:
     """The decision after step ``T − T_break − 1``, per image (one column each of ``(steps, images)``):
     True — stop — when the largest H̄ recorded so far exceeds the target, False — escalate λ — otherwise.
@@ -90,67 +84,6 @@ def select_step(entropy: Sequence[float] | np.ndarray, target: float) -> int:
 # ---------------------------------------------------------------------------------------------
 # configuration and results
 # ---------------------------------------------------------------------------------------------
-def check_fit_settings(values: dict, label: Callable[[str], str] = str) -> None:
-    """The rules of the fit's step settings, on ``values`` (by field name), each named by ``label(field)`` in the
-    error (the sigma stage passes its flags' names): g, n, T positive integers, T_break in 0..T−1, lr > 0."""
-    for name in ("grid", "samples", "steps"):
-        check_in(label(name), values[name], POSITIVE_INT)
-    check_below(label("break_steps"), values["break_steps"], values["steps"],
-                label("steps") if label is not str else f"steps = {values['steps']}")
-    check_in(label("lr"), values["lr"], POSITIVE)
-
-
-@dataclass(frozen=True)
-class SigmaConfig:
-    """The settings of one fit; defaults are docs/method.md §2's.  ``lam`` None is the family's λ
-    (``kdq.models.FAMILIES``: 7 for VGG/AlexNet and others, 6 for ResNets), set by :meth:`resolved` — which
-    :func:`kdq.fit_sigma`, the sigma stage and :class:`SigmaFitter` call with the net's family."""
-
-    grid: int = 16  # g: σ is g×g
-    samples: int = 96  # n: noise samples per step (and for σ_f²)
-    steps: int = 80  # T
-    break_steps: int = 20  # T_break: the decision comes after step T − T_break − 1
-    lr: float = 1e-4  # plain SGD on σ
-    sigma0: float = 0.01  # σ₀: the initial σ and the noise scale of σ_f²
-    target_entropy: float = -2.8  # H*
-    lam: float | None = None  # λ; None: the architecture family's (see resolved)
-    lambda_factor: float = 1.5  # λ ← factor·λ when the target was not reached by the decision step
-    sigma_min: float = 1e-3
-    sigma_max: float = 1.0
-    sample_chunk: int | None = None  # samples per forward pass (None: 32 on CPU, else all n, halved on OOM)
-    amp: str | None = None  # None, "bf16" or "fp16": autocast of the feature forward
-    channels_last: bool = False  # feed the net channels-last inputs
-    compile: bool = False  # torch.compile h = act(feature(x)) (a runtime option: same maps up to float rounding)
-
-    def __post_init__(self):
-        """Every field checked by the rules the sigma stage's flags follow (:mod:`kdq.function.checks`): a
-        ValueError (out of range) or TypeError (wrong type) naming the field."""
-        check_fit_settings(vars(self))
-        for name in ("lambda_factor", "sigma_min", "sigma_max"):
-            check_in(name, getattr(self, name), POSITIVE)
-        check_optional("lam", self.lam, POSITIVE)
-        check_ordered("sigma_min", self.sigma_min, "sigma_max", self.sigma_max)
-        check_in("sigma0", self.sigma0, SIGMA0)
-        check_in("target_entropy", self.target_entropy, FINITE)
-        check_optional("sample_chunk", self.sample_chunk, POSITIVE_INT)
-        check_choice("amp", self.amp, (None, "bf16", "fp16"))
-        for name in ("channels_last", "compile"):
-            check_bool(name, getattr(self, name))
-
-    def resolved(self, family: str | None) -> "SigmaConfig":
-        """This config with ``lam`` None replaced by the λ of the architecture ``family`` (docs/method.md §2)."""
-        from kdq.models import family_defaults
-
-        return self if self.lam is not None else replace(self, lam=family_defaults(family).lam)
-
-    @property
-    def decision(self) -> int:
-        return decision_step(self.steps, self.break_steps)
-
-    def with_(self, **changes) -> "SigmaConfig":
-        return replace(self, **changes)
-
-
 @dataclass
 class SigmaFit:
     """The result of one (image, checkpoint) fit.  Arrays of length T hold NaN for steps not run."""

@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import time
@@ -36,7 +35,8 @@ from kdq.function.progress import progress
 from kdq.function.runtime import Dist, derive_seed, physical_memory, startup_step
 from kdq.function.sigma import layout
 from kdq.function.sigma.effective import drop_reason, entropy_gap, rule_start
-from kdq.function.sigma.fit import SigmaConfig, SigmaFit, SigmaFitter, check_fit_settings
+from kdq.function.sigma.config import SigmaConfig, SigmaRunConfig, check_fit_settings
+from kdq.function.sigma.fit import SigmaFit, SigmaFitter
 from kdq.function.sigma.selection import EFFECTIVE, NON_EFFECTIVE, PENDING, draw_order, name_lists, next_round
 from kdq.function.train.schedules import paper_list
 from kdq.function.train.stage import lost_files
@@ -44,10 +44,6 @@ from kdq.models import ArchInfo, state_keys_up_to, truncated
 from kdq.models.external import taps_text
 
 
-# settings that change the numbers in the files: a resumed run must keep them
-RESULT_SETTINGS = ("arch", "taps", "image_size", "layer", "split", "grid", "samples", "steps", "break_steps", "lr", "sigma0",
-                   "target_entropy", "lam", "seed", "pic_seed", "foreground", "missing_mask", "exact_masks",
-                   "mask_pad", "amp", "effective_rule", "effective_start")
 STATE_CACHE_BYTES = 1 << 30  # keep every checkpoint's weights in memory when they total less
 
 
@@ -93,7 +89,7 @@ class SigmaPlan:
                 "lam": self.config.lam, **self.foreground.describe()}
 
 
-def plan_run(args: argparse.Namespace) -> SigmaPlan:
+def plan_run(args: SigmaRunConfig) -> SigmaPlan:
     """Check and read the inputs of a sigma run (every problem is a UserError; nothing is written)."""
     root = existing_dir("--checkpoint_root", args.checkpoint_root)
     record = read_run_json(root)
@@ -109,10 +105,7 @@ def plan_run(args: argparse.Namespace) -> SigmaPlan:
     if args.deterministic and args.cudnn_benchmark:
         raise UserError("--deterministic and --cudnn-benchmark exclude each other (autotuning picks "
                         "algorithms by timing)")
-    config = SigmaConfig(grid=args.grid, samples=args.samples, steps=args.steps, break_steps=args.break_steps,
-                         lr=args.lr, sigma0=args.sigma0, target_entropy=args.target_entropy, lam=args.lam,
-                         sample_chunk=args.sample_chunk, amp=args.amp, channels_last=args.channels_last,
-                         compile=args.compile).resolved(info.family)
+    config = args.fit(info.family)
     check_none_lost(root, record, args.checkpoints)
     checkpoints, model = read_checkpoints(args, info, (record.get("settings") or {}).get("epochs"))
     start = None
@@ -162,7 +155,7 @@ def check_none_lost(root: Path, record: dict, chosen: list[int] | None) -> None:
                         f"{', '.join(str(p) for p in lost)}; restore them, or pass --checkpoints to fit those present")
 
 
-def read_checkpoints(args: argparse.Namespace, info: ArchInfo,
+def read_checkpoints(args: SigmaRunConfig, info: ArchInfo,
                      total: int | None = None) -> tuple[Checkpoints, nn.Module]:
     """The checkpoints of ``--checkpoint_root`` to fit, each checked against the architecture, with their weights
     up to ``--layer``; and the model built for them.  ``total``: the epochs the training run recorded (its
@@ -224,10 +217,10 @@ def default_epochs(found: dict[int, Path]) -> list[int]:
     return list(schedule) if all(e in found for e in schedule) else list(found)
 
 
-def check_resumable(out: Path, args: argparse.Namespace, plan: SigmaPlan) -> None:
+def check_resumable(out: Path, args: SigmaRunConfig, plan: SigmaPlan) -> None:
     """A resumed run must have been made by this stage with the same result-defining settings and draw."""
     previous = read_run_json(out)  # prepare_out has checked that it is a train_sigma run
-    diffs = setting_diffs(previous, args, (*RESULT_SETTINGS, "checkpoint_root", "data"), plan.resolved())
+    diffs = setting_diffs(previous, args, type(args).result_settings(), plan.resolved())
     if previous.get("checkpoints") not in (None, plan.epochs):
         diffs.append(f"checkpoints: {previous.get('checkpoints')} → {plan.epochs}")
     if diffs:

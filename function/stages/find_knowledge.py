@@ -11,13 +11,11 @@ prints the hypotheses table.  Reads sigma runs of kdq and of the original code (
 """
 from __future__ import annotations
 
-import argparse
 import logging
-from pathlib import Path
 
-from kdq.function.cli import (Parser, UserError, bootstrap_count, finite_float, nonnegative_float, positive_int, run,
-                             seed)
-from kdq.function.data.options import add_foreground_args
+from kdq.function.cli import UserError, run
+from kdq.function.config import build_parser
+from kdq.function.metrics.config import MetricsConfig
 from kdq.models import LAYERS
 
 log = logging.getLogger(__name__)
@@ -52,79 +50,13 @@ folders:
 exit status: 0 ok, 2 bad input (one line on stderr; --debug shows the traceback)."""
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    p = Parser(description=__doc__.split("\n\n")[0], epilog=LAYOUT_HELP)
-    i = p.add_argument_group("inputs")
-    i.add_argument("--label-sigma", metavar="DIR", type=Path, nargs="+", required=True,
-                   help="sigma run(s) of the label net (baseline): one per training run of it, each trained with "
-                        "another --seed (several: a two-level bootstrap over runs and images, docs/method.md §3)")
-    i.add_argument("--distil-sigma", metavar="DIR", type=Path, nargs="+", required=True,
-                   help="sigma run(s) of the distil net (student), one per training run, as --label-sigma")
-    i.add_argument("--label-run", metavar="RUN", type=Path, nargs="+", default=None,
-                   help="training run(s) of the label net (their weight_diff.npy), one per --label-sigma in the same "
-                        "order; default: recorded in each sigma run")
-    i.add_argument("--distil-run", metavar="RUN", type=Path, nargs="+", default=None,
-                   help="training run(s) of the distil net (phase-1 weight_diff.npy), one per --distil-sigma; "
-                        "default: recorded in each sigma run")
-    i.add_argument("--data", metavar="ROOT", type=Path, required=True, help="dataset root with masks under seg/ (docs/method.md §4)")
-    i.add_argument("--split", metavar="SPLIT", default="train", help="the split the sigma runs' image names are relative to")
-    i.add_argument("--layer", choices=list(LAYERS) + ["all"], default=None,
-                   help="layer analysed; 'all' = one table over the four layers (see folders below); "
-                        "default: the layer the sigma run records")
-    i.add_argument("--checkpoints", nargs="+", default=None, metavar="E",
-                   help="epochs of the sigma files' K entries, oldest first, or 'paper' (each net's schedule from "
-                        "its training run); default: recorded in the sigma runs' run.json")
-    i.add_argument("--label-checkpoints", nargs="+", default=None, metavar="E",
-                   help="the label net's epochs when its schedule differs from the distil net's")
-    i.add_argument("--distil-checkpoints", nargs="+", default=None, metavar="E",
-                   help="the distil net's epochs when its schedule differs from the label net's")
-    i.add_argument("--grid", metavar="G", type=positive_int, default=None,
-                   help="expected sigma grid g (checked against the files; default: read from them)")
-    i.add_argument("--arch", metavar="ARCH", default=None,
-                   help="architecture, for the input size S and the ResNet m̂ rule; default: recorded in the runs")
-    i.add_argument("--image-size", metavar="S", type=positive_int, default=None,
-                   help="input side S the masks are resized to before the grid; default: the arch's (224 if unknown)")
-    add_foreground_args(i, recorded=True)
-    m = p.add_argument_group("metrics (docs/method.md §3)")
-    m.add_argument("--b", type=nonnegative_float, default=0.2, help="concept threshold: H̄_bg(k) − H_i(k) > b")
-    m.add_argument("--mhat-skip-epoch0", choices=["auto", "yes", "no"], default="auto",
-                   help="leave epoch 0 out of m̂ = argmax_k N_fg; auto = yes for ResNets, as the original code "
-                        "(whose off-by-one reading of D there kdq corrects: --compat original keeps it)")
-    m.add_argument("--compat", choices=["kdq", "original"], default="kdq",
-                   help="original: reproduce the original code's arithmetic where it differs (see folders below)")
-    m.add_argument("--bootstrap", metavar="N", type=bootstrap_count, default=1000,
-                   help="bootstrap resamples over images")
-    m.add_argument("--level", metavar="P", type=finite_float, default=0.95, help="interval level")
-    m.add_argument("--seed", metavar="SEED", type=seed, default=0, help="bootstrap seed")
-    f = p.add_argument_group("output")
-    f.add_argument("--out", metavar="DIR", type=Path, required=True, help="folder for metrics.json, metrics.csv, report.md, figures/")
-    f.add_argument("--overwrite", action="store_true", help="replace a report already in --out")
-    f.add_argument("--no-figures", action="store_true", help="skip the figures (numbers and report only)")
-    f.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="no progress bar over the bootstrap (it is plain lines anyway when stderr is not a terminal)")
-    f.add_argument("--show-images", metavar="N", type=positive_int, default=3, help="images in the entropy-map figure")
-    f.add_argument("--max-columns", metavar="N", type=positive_int, default=8, help="checkpoints shown in the entropy-map figure")
-    return p
+def get_args_parser():
+    """The stage's flags: one per field of :class:`~kdq.function.metrics.config.MetricsConfig` (parse_args returns
+    it)."""
+    return build_parser(MetricsConfig, __doc__.split("\n\n")[0], epilog=LAYOUT_HELP)
 
 
-def make_request(args: argparse.Namespace):
-    """The flags that shape each layer's inputs, as a :class:`~kdq.function.metrics.inputs.Request`."""
-    from kdq.function.metrics.inputs import Request
-
-    checkpoints = {}
-    for net in ("label", "distil"):
-        own = getattr(args, f"{net}_checkpoints")
-        if own is not None and args.checkpoints is not None:
-            raise UserError(f"--checkpoints and --{net}-checkpoints exclude each other")
-        checkpoints[net] = (own, f"--{net}-checkpoints") if own is not None else (args.checkpoints, "--checkpoints")
-    runs = {net: tuple(getattr(args, f"{net}_run")) if getattr(args, f"{net}_run") else None for net in ("label", "distil")}
-    return Request(label_run=runs["label"], distil_run=runs["distil"], checkpoints=checkpoints, grid=args.grid,
-                   arch=args.arch, image_size=args.image_size, foreground=args.foreground,
-                   missing_mask=args.missing_mask, exact_masks=args.exact_masks, mask_pad=args.mask_pad,
-                   mhat_skip_epoch0=args.mhat_skip_epoch0, compat=args.compat)
-
-
-def main(args: argparse.Namespace) -> None:
+def main(args: MetricsConfig) -> None:
     from kdq.function.checks import LEVEL, check_in
     from kdq.function.data.folder import MaskedImageFolder
     from kdq.function.io.atomic import atomic_dir, write_bytes
@@ -143,8 +75,7 @@ def main(args: argparse.Namespace) -> None:
             raise UserError("--layer is needed: the label sigma run does not record its layer")
     record = RunRecord(args.out, STAGE, args, resolved={"layer": layer}, carry_wall_time=False)
     data = MaskedImageFolder(args.data, args.split)
-    request = make_request(args)
-    inputs = [load_layer(request, name, data, a, b)  # every check before any output
+    inputs = [load_layer(args, name, data, a, b)  # every check before any output
               for name, a, b in layer_dirs(layer, args.label_sigma, args.distil_sigma)]
     check_out_apart(args.out, args, recorded={f"the {net} net's training run {d.run} (recorded in its sigma run)": d.run
                                               for inp in inputs for net in NETS for d in inp.runs[net]})

@@ -1,4 +1,6 @@
-"""Knowledge distillation (docs/method.md §1): the losses, the frozen teacher and the student-side adapter.
+"""Knowledge distillation (docs/method.md §1): the losses, the frozen teacher, the student-side adapter and the
+phases — :func:`feature_phase` and :func:`hinton_phase` (phase 1) and :func:`finetune_phase` (phase 2), each a
+:class:`~kdq.function.train.phase.Phase` over the :class:`Distillation` they share.
 
 Losses are pure functions of tensors (Hinton's also as a small ``nn.Module`` holding its settings):
 
@@ -20,8 +22,9 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -33,8 +36,8 @@ from kdq.function.io.checkpoint import (check_fits, check_recorded_arch, load_ch
                                         state_dict_of)
 from kdq.function.runtime import all_reduce_sum
 from kdq.function.train.options import TEACHER_FORMATS
+from kdq.function.train.phase import Phase, Plateau, accuracy_validation, cross_entropy_step
 from kdq.models.taps import Tap, modules_up_to, params_up_to, truncated
-
 
 
 def feature_mse(student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> torch.Tensor:
@@ -56,6 +59,8 @@ def hinton_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labe
 
 
 class HintonLoss(nn.Module):
+    """:func:`hinton_loss` with its temperature and α checked once and held."""
+
     def __init__(self, temperature: float = 4.0, alpha: float = 0.9):
         super().__init__()
         if not temperature > 0:
@@ -86,6 +91,7 @@ def make_adapter(student_shape: tuple[int, ...], teacher_shape: tuple[int, ...])
 
 
 def _batch_norms(model: nn.Module):
+    """Every BatchNorm module of ``model``."""
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
@@ -226,3 +232,97 @@ def split_at_layer(student: nn.Module, tap: Tap, size: int) -> tuple[list[str], 
     and the names of its modules that run before the layer's output exists (eval in phase 2 with
     ``--frozen-mode eval``)."""
     return params_up_to(student, tap, size), modules_up_to(student, tap, size)
+
+
+def build_student(info, num_classes: int, dropout: float | None, teacher: Teacher, adapter: bool,
+                  device: torch.device) -> tuple[nn.Module, nn.Module | None]:
+    """The student and (with ``--adapter``) its adapter on ``device``, the teacher moved there too.  The student is
+    built first after seeding, as in train_net: the same --arch and --seed give the same initialisation."""
+    student = info.build(num_classes, dropout=dropout).to(device)
+    mapper = make_adapter(teacher.student_shape, teacher.teacher_shape).to(device) if adapter else None
+    teacher.model.to(device)
+    return student, mapper
+
+
+@dataclass(frozen=True)
+class Distillation:
+    """What the phases of one distillation share: the student (``model``), its forward up to the layer (``fn``)
+    and adapter, the frozen teacher, the parameters up to the layer (``below``) and the modules that run before
+    its output (``frozen_modules``), the loaders and the checkpoints' meta (``phase`` is added per phase)."""
+    model: nn.Module
+    fn: nn.Module
+    adapter: nn.Module | None
+    teacher: Teacher
+    below: list[str]
+    frozen_modules: list[str]
+    arch: str
+    loader: DataLoader
+    val_loader: DataLoader | None
+    device: torch.device
+    meta: dict[str, Any]
+
+    def phase(self, name: str, **fields: Any) -> Phase:
+        """A phase that trains the student (its checkpoints hold it), with ``fields`` saying the rest."""
+        return Phase(name=name, model=self.model, loader=self.loader, arch=self.arch,
+                     meta={**self.meta, "phase": name}, **fields)
+
+    def above(self) -> list[nn.Parameter]:
+        """The student's parameters above the layer (phase 2 learns them), in the model's order."""
+        return [p for name, p in self.model.named_parameters() if name not in self.below]
+
+
+def feature_step(teacher_fn: nn.Module, net: nn.Module, images: torch.Tensor, labels: torch.Tensor):
+    """Phase 1 of ``--method feature``: the MSE between ``net``'s feature and the teacher's (no accuracy)."""
+    with torch.no_grad():
+        target = teacher_fn(images)
+    return feature_mse(net(images), target), None
+
+
+def hinton_step(kd: HintonLoss, teacher_fn: nn.Module, net: nn.Module, images: torch.Tensor, labels: torch.Tensor):
+    """``--method hinton``: the KD loss on the logits, and the student's correct top-1 count."""
+    with torch.no_grad():
+        target = teacher_fn(images)
+    logits = net(images)
+    return kd(logits, target, labels), (logits.argmax(1) == labels).sum()
+
+
+def feature_phase(d: Distillation, epochs: int, lr: float, lr_at, checkpoints, track) -> Phase:
+    """Phase 1 of ``--method feature``: only the layers up to the layer (and the adapter) learn, regressing the
+    teacher's feature there; nothing above the layer runs."""
+    net = d.fn if d.adapter is None else nn.Sequential(d.fn, d.adapter)
+    learn = [dict(d.model.named_parameters())[name] for name in d.below]
+    validate = partial(evaluate_feature_mse, d.fn, d.teacher.fn, d.val_loader, d.device, d.adapter) \
+        if d.val_loader is not None else None
+    return d.phase("distill", net=net, step=partial(feature_step, d.teacher.fn),
+                   learn=learn + (list(d.adapter.parameters()) if d.adapter is not None else []),
+                   freeze_others=True, epochs=epochs, lr=lr, lr_at=lr_at, checkpoints=frozenset(checkpoints),
+                   track=track, validate=validate,
+                   extra_modules={"adapter": d.adapter} if d.adapter is not None else {})
+
+
+def hinton_phase(d: Distillation, epochs: int, lr: float, lr_at, checkpoints, track, temperature: float,
+                 alpha: float) -> Phase:
+    """``--method hinton``: the whole student learns the teacher's softened logits (and the labels)."""
+    return d.phase("distill", net=d.model, step=partial(hinton_step, HintonLoss(temperature, alpha), d.teacher.fn),
+                   learn=list(d.model.parameters()), epochs=epochs, lr=lr, lr_at=lr_at,
+                   checkpoints=frozenset(checkpoints), track=track,
+                   validate=accuracy_validation(d.model, d.val_loader, d.device))
+
+
+def frozen_in_eval(d: Distillation) -> Callable[[], None]:
+    """The train mode of ``--frozen-mode eval``: the student trains, the modules below the layer stay in eval."""
+    def train_mode() -> None:
+        """The student in train mode, its modules below the layer in eval."""
+        d.model.train()
+        for name in d.frozen_modules:
+            d.model.get_submodule(name).eval()
+    return train_mode
+
+
+def finetune_phase(d: Distillation, epochs: int, lr: float, plateau: Plateau, frozen_mode: str) -> Phase:
+    """Phase 2: the layers up to the layer frozen, those above learn on labels (ReduceLROnPlateau, no checkpoints
+    on a schedule; ``frozen_mode`` eval keeps the frozen modules in eval mode)."""
+    return d.phase("finetune", net=d.model, step=cross_entropy_step, learn=d.above(),
+                   freeze_others=True, epochs=epochs, lr=lr, plateau=plateau,
+                   validate=accuracy_validation(d.model, d.val_loader, d.device),
+                   train_mode=frozen_in_eval(d) if frozen_mode == "eval" else None)

@@ -117,7 +117,8 @@ def summary_writer_class():
 
 @dataclass
 class EpochLoop:
-    """Runs epochs ``start+1 .. epochs`` of one training phase and writes its files under ``out``.
+    """Runs epochs ``start+1 .. epochs`` of one training phase and writes its files under ``out`` (the stages build it
+    from a :class:`~kdq.function.train.phase.Phase` through :func:`~kdq.function.train.phase.start_phase`).
 
     ``checkpoints``: epochs whose model is written as ``<e>.pth.tar`` (docs/method.md §4; 0 = before training).
     ``lr_at(e)``: learning rate of epoch e (1-based), or None to leave it to ``plateau``.

@@ -1,63 +1,138 @@
-"""Command-line flags shared by the training stages (train_net, distillation, and the supplement's entry points,
-which are those stages with other defaults).  Nothing here imports torch, so ``--help`` stays fast."""
+"""The settings shared by the training stages (train_net, distillation, and the supplement's entry points, which are
+those stages with other defaults), as config fields (:func:`kdq.function.config.option`): each function returns
+one field, written once here; :mod:`kdq.function.train.config` lays them out per stage.  Nothing here imports
+torch, so ``--help`` stays fast."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from kdq.function.cli import (add_device_arg, nonnegative_float, nonnegative_int, positive_float,
-                             positive_int, seed)
+from kdq.function.checks import NONNEGATIVE, NONNEGATIVE_INT, POSITIVE, POSITIVE_INT, SEED, Interval
+from kdq.function.cli import DEVICE_HELP, EPOCHS, EPOCHS_OR_ZERO
+from kdq.function.config import option
 from kdq.function.train.schedules import LR_SCHEDULES
 
 AUGMENT_CHOICES = ("auto", "standard", "heavy", "none")
 TEACHER_FORMATS = ("kdq", "torchvision")  # distillation --teacher-format: how the teacher's state dict is keyed
+DROPOUT = Interval(0, 1, hi_open=True)
+PAPER_EPOCHS = 150  # docs/method.md §1: both training stages run 150 epochs by default
+RUNTIME = {"results": False}  # a field that changes how a run executes, not what it computes
 
 
-def add_common_training_args(parser: argparse.ArgumentParser) -> None:
-    """Flags shared by train_net and distillation: data, run folder, runtime."""
-    g = parser.add_argument_group("data")
-    g.add_argument("--data", type=Path, required=True, help="dataset root (<root>/<split>/<class>/<image>)")
-    g.add_argument("--split", default="train", help="training split")
-    g.add_argument("--val-split", default="val", help="validation split ('none' to skip validation)")
-    g.add_argument("--augment", choices=AUGMENT_CHOICES, default="auto",
-                   help="training transform: standard (square resize to 256 for 224 px, random crop, h-flip), "
-                        "heavy (the supplement's), none (resize to S×S only); auto = the original code's choice "
-                        "for the dataset (from its dataset.json): none for CUB, standard for VOC, ILSVRC and "
-                        "the embedded data")
-    g.add_argument("--workers", type=nonnegative_int, default=0, help="DataLoader worker processes")
-    r = parser.add_argument_group("run")
-    r.add_argument("--out", type=Path, required=True, help="run folder to write")
-    r.add_argument("--checkpoints", nargs="+", default=["paper"], metavar="E",
-                   help="epochs to save as <e>.pth.tar: integers, 'paper' (0 2 5 10 ... 150, scaled to --epochs) "
-                        "or 'all'")
-    r.add_argument("--save-optimizer", action="store_true",
-                   help="also store the optimizer state in every <e>.pth.tar (≈ doubles a VGG-16 checkpoint to "
-                        "1.1 GB); --resume does not need it: it reads the run's own <name>_state.pth.tar")
-    r.add_argument("--seed", type=seed, default=0, help="seed of initialisation, shuffling and augmentation")
-    add_device_arg(r)
-    r.add_argument("--deterministic", action="store_true", help="use deterministic algorithms (slower on CUDA)")
-    r.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
-    r.add_argument("--overwrite", action="store_true", help="delete the run in --out and start again")
-    r.add_argument("--tensorboard", type=Path, default=None, metavar="DIR",
-                   help="also log loss, accuracy, learning rate and the weight distances per epoch as TensorBoard "
-                        "scalars in DIR (needs the optional 'tensorboard' package)")
-    r.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="no progress bars (they are plain lines anyway when stderr is not a terminal)")
+# ---- optimisation (docs/method.md §1 defaults) --------------------------------------------------
+def epochs_option(group: str, what: str, growable: bool = False):
+    return option(PAPER_EPOCHS, what, group, check=EPOCHS, growable=growable)
 
 
-def add_sgd_args(group: argparse._ArgumentGroup, schedule: str, lr: float, lr_help: str = "",
-                 batch_help: str = "global batch size (over all ranks)", scope: str = "") -> None:
-    """--lr (default ``lr``), --lr-schedule (default ``schedule``), --lr-down, --batch-size, --momentum,
-    --weight-decay with docs/method.md §1 defaults."""
-    group.add_argument("--lr", type=positive_float, default=lr, help="learning rate (of the first epoch)" + lr_help)
-    group.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=schedule,
-                       help="logspace: log-spaced per epoch from --lr down to --lr/10^(--lr-down) (the original's "
-                            "--logspace); constant: --lr throughout")
-    group.add_argument("--lr-down", type=positive_float, default=1.0, metavar="DECADES",
-                       help="decades the logspace schedule falls over the run")
-    group.add_argument("--batch-size", type=positive_int, default=64, help=batch_help)
-    group.add_argument("--momentum", type=nonnegative_float, default=0.9, help=f"SGD momentum{scope}")
-    group.add_argument("--weight-decay", type=nonnegative_float, default=1e-4, help=f"SGD weight decay{scope}")
+def lr_option(group: str, lr: float, extra: str = ""):
+    return option(lr, "learning rate (of the first epoch)" + extra, group, check=POSITIVE)
+
+
+def lr_schedule_option(group: str, schedule: str):
+    return option(schedule, "logspace: log-spaced per epoch from --lr down to --lr/10^(--lr-down) (the original's "
+                            "--logspace); constant: --lr throughout", group, choices=LR_SCHEDULES)
+
+
+def lr_down_option(group: str):
+    return option(1.0, "decades the logspace schedule falls over the run", group, check=POSITIVE, metavar="DECADES")
+
+
+def batch_size_option(group: str, what: str = "global batch size (over all ranks)"):
+    return option(64, what, group, check=POSITIVE_INT)
+
+
+def momentum_option(group: str, scope: str = ""):
+    return option(0.9, f"SGD momentum{scope}", group, check=NONNEGATIVE)
+
+
+def weight_decay_option(group: str, scope: str = ""):
+    return option(1e-4, f"SGD weight decay{scope}", group, check=NONNEGATIVE)
+
+
+# ---- data ---------------------------------------------------------------------------------------
+def data_option():
+    return option(None, "dataset root (<root>/<split>/<class>/<image>)", "data", type=Path, required=True)
+
+
+def split_option():
+    return option("train", "training split", "data")
+
+
+def val_split_option():
+    return option("val", "validation split ('none' to skip validation)", "data")
+
+
+def augment_option():
+    return option("auto", "training transform: standard (square resize to 256 for 224 px, random crop, h-flip), "
+                          "heavy (the supplement's), none (resize to S×S only); auto = the original code's choice "
+                          "for the dataset (from its dataset.json): none for CUB, standard for VOC, ILSVRC and "
+                          "the embedded data", "data", choices=AUGMENT_CHOICES)
+
+
+def workers_option():
+    return option(0, "DataLoader worker processes", "data", check=NONNEGATIVE_INT, **RUNTIME)
+
+
+# ---- run ----------------------------------------------------------------------------------------
+def out_option():
+    return option(None, "run folder to write", "run", type=Path, required=True, **RUNTIME)
+
+
+def checkpoints_option():
+    return option(["paper"], "epochs to save as <e>.pth.tar: integers, 'paper' (0 2 5 10 ... 150, scaled to "
+                             "--epochs) or 'all'", "run", nargs="+", metavar="E")
+
+
+def save_optimizer_option():
+    return option(False, "also store the optimizer state in every <e>.pth.tar (≈ doubles a VGG-16 checkpoint to "
+                         "1.1 GB); --resume does not need it: it reads the run's own <name>_state.pth.tar", "run",
+                  action="store_true", **RUNTIME)
+
+
+def seed_option():
+    return option(0, "seed of initialisation, shuffling and augmentation", "run", check=SEED)
+
+
+def device_option(group: str = "run"):
+    return option("auto", DEVICE_HELP, group, **RUNTIME)
+
+
+def deterministic_option(group: str = "run", what: str = "use deterministic algorithms (slower on CUDA)"):
+    return option(False, what, group, action="store_true", **RUNTIME)
+
+
+def resume_option(what: str = "continue the run in --out from its last finished epoch"):
+    return option(False, what, "run", action="store_true", **RUNTIME)
+
+
+def overwrite_option(what: str = "delete the run in --out and start again", group: str = "run"):
+    return option(False, what, group, action="store_true", **RUNTIME)
+
+
+def tensorboard_option():
+    return option(None, "also log loss, accuracy, learning rate and the weight distances per epoch as TensorBoard "
+                        "scalars in DIR (needs the optional 'tensorboard' package)", "run", type=Path, metavar="DIR",
+                  **RUNTIME)
+
+
+def progress_option(group: str = "run", what: str = "no progress bars (they are plain lines anyway when stderr is "
+                                                   "not a terminal)"):
+    return option(True, what, group, names=("--no-progress",), action="store_false", **RUNTIME)
+
+
+def debug_option():
+    return option(False, "show the full traceback instead of a one-line error", "options", action="store_true",
+                  **RUNTIME)
+
+
+# the fields of both training stages' configs, in this order after each stage's own: name → (annotation, field)
+TRAINING_FIELDS = {
+    "data": ("Path | None", data_option), "split": ("str", split_option), "val_split": ("str", val_split_option),
+    "augment": ("str", augment_option), "workers": ("int", workers_option), "out": ("Path | None", out_option),
+    "checkpoints": ("list[str]", checkpoints_option), "save_optimizer": ("bool", save_optimizer_option),
+    "seed": ("int", seed_option), "device": ("str", device_option), "deterministic": ("bool", deterministic_option),
+    "resume": ("bool", resume_option), "overwrite": ("bool", overwrite_option),
+    "tensorboard": ("Path | None", tensorboard_option), "progress": ("bool", progress_option),
+}
 
 
 def with_defaults(name: str, description: str, **defaults):
@@ -67,7 +142,7 @@ def with_defaults(name: str, description: str, **defaults):
 
     stage = stage_module(name)
 
-    def get_args_parser() -> argparse.ArgumentParser:
+    def get_args_parser():
         parser = stage.get_args_parser()
         parser.description = description
         parser.set_defaults(**defaults)

@@ -1,10 +1,15 @@
 """Start-up shared by the training stages (train_net, distillation, supplement): dataset splits and loaders,
-distributed init, seeding and the run folder (their flags are in :mod:`kdq.function.train.options`)."""
+distributed init, the run folder and the open run (:class:`TrainingRun`; their flags are in
+:mod:`kdq.function.train.options`)."""
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from kdq.function.cli import UserError, env_rank
 from kdq.function.data.folder import MaskedImageFolder, SeededTransform
@@ -12,9 +17,9 @@ from kdq.function.data.layout import dataset_kind
 from kdq.function.data.transforms import TRAIN_TRANSFORMS, eval_transform, resolve_augment
 from kdq.function.io.checkpoint import checkpoint_path
 from kdq.function.io.rundir import RunRecord, check_out_apart, check_resume_settings, open_run, read_run_json
-from kdq.function.runtime import init_distributed, seed_everything, set_deterministic
+from kdq.function.runtime import Dist, init_distributed, seed_everything, set_deterministic
 from kdq.function.train.engine import eval_loader, summary_writer_class, train_loader
-from kdq.function.train.schedules import lr_schedule
+from kdq.function.train.schedules import lr_schedule, parse_epochs
 from kdq.models import ArchInfo
 
 log = logging.getLogger(__name__)
@@ -26,6 +31,7 @@ def resolved_augment(args) -> str:
 
 
 def load_splits(args, size: int) -> tuple[MaskedImageFolder, MaskedImageFolder | None]:
+    """The ``--split`` training split and the ``--val-split`` one (None for ``none``) with its eval transform."""
     train = MaskedImageFolder(args.data, args.split)
     val = None
     if args.val_split != "none":
@@ -45,6 +51,14 @@ def checked_lr_schedule(args):
     before anything is written: a schedule whose rates are not positive floats is one UserError."""
     try:
         return lr_schedule(args.lr_schedule, args.lr, args.epochs, args.lr_down)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def checked_checkpoints(args) -> list[int]:
+    """The epochs ``--checkpoints`` names for ``--epochs`` (docs/method.md §4), or one UserError."""
+    try:
+        return parse_epochs(args.checkpoints, args.epochs)
     except ValueError as exc:
         raise UserError(str(exc)) from None
 
@@ -112,39 +126,75 @@ def check_lost(out: Path) -> None:
                         "to train again")
 
 
-GROWABLE = {"train_net": frozenset({"epochs"})}  # settings --resume may raise: extending a finished training
 
 
-def setup(args, stage: str, resolved: dict | None = None):
-    """Shared start of a training stage: distributed init, seeding, output folder, run record."""
-    check_out_apart(args.out, args)
-    if getattr(args, "tensorboard", None) is not None:
-        summary_writer_class()
-    ctx, device = init_distributed(args.device)
-    set_deterministic(args.deterministic)
-    growable = GROWABLE.get(stage, frozenset())
-    resume = open_run(args.out, stage, args, ctx, device,
-                      lambda: (check_resume_settings(args.out, args, resolved, growable=growable),
-                               check_lost(args.out)))
-    previous = read_run_json(args.out) if resume else {}
-    before = previous.get("settings", {}).get("epochs")
-    if resume and previous.get("status") == "complete" and before == args.epochs:
-        lost = lost_files(args.out, previous)
-        if not lost:
-            log.info("%s already holds a complete run; nothing to do", args.out)
-            return ctx, device, None
-        log.warning("%s: run.json says complete but %s %s missing: the run is incomplete; resuming it to write "
-                    "%s again", args.out, ", ".join(p.name for p in lost), "is" if len(lost) == 1 else "are",
-                    "it" if len(lost) == 1 else "them")
-    record = RunRecord(args.out, stage, args, {"world_size": ctx.world_size}, resolved)
+@dataclass(frozen=True)
+class TrainingRun:
+    """A training stage's open run: its settings, distributed context, device and run.json's record.
+
+    ``record`` is None when ``complete``: ``--resume`` found the run folder holding the complete run, and there is
+    nothing to do.  :meth:`seed` seeds every generator; the stage calls it right before it builds its model."""
+    args: Any
+    ctx: Dist
+    device: torch.device
+    record: RunRecord | None
+
+    @property
+    def complete(self) -> bool:
+        """True when the folder already holds this complete run (nothing to train, nothing written)."""
+        return self.record is None
+
+    def seed(self) -> None:
+        """Seed ``random``, NumPy and torch from ``--seed``: called right before the model is built, so the same
+        ``--arch`` and ``--seed`` give the same initialisation in train_net and distillation."""
+        seed_everything(self.args.seed)
+
+
+def already_complete(args, previous: dict) -> bool:
+    """``--resume`` of a run whose run.json says complete at these ``--epochs``: True when every file it records is
+    there (nothing to do); a lost one makes the run incomplete again (a warning; it is resumed to write it again)."""
+    if previous.get("status") != "complete" or previous.get("settings", {}).get("epochs") != args.epochs:
+        return False
+    lost = lost_files(args.out, previous)
+    if not lost:
+        log.info("%s already holds a complete run; nothing to do", args.out)
+        return True
+    log.warning("%s: run.json says complete but %s %s missing: the run is incomplete; resuming it to write "
+                "%s again", args.out, ", ".join(p.name for p in lost), "is" if len(lost) == 1 else "are",
+                "it" if len(lost) == 1 else "them")
+    return False
+
+
+def extension_notes(args, previous: dict) -> list[str]:
+    """run.json's ``extensions``: the earlier notes and, when this ``--resume`` raises ``--epochs``, a note (also
+    logged as a warning) that the learning-rate schedule of the first epochs was that of the shorter run."""
     extensions = list(previous.get("extensions") or [])
-    if resume and isinstance(before, int) and before < args.epochs:
+    before = previous.get("settings", {}).get("epochs")
+    if isinstance(before, int) and before < args.epochs:
         note = (f"extended from {before} to {args.epochs} epochs: epochs {before + 1}..{args.epochs} follow the "
                 f"{args.lr_schedule} learning-rate schedule of a {args.epochs}-epoch run, epochs 1..{before} that "
                 f"of a {before}-epoch run (a run made at {args.epochs} epochs from the start differs)")
         log.warning("%s: %s", args.out, note)
         extensions.append(note)
+    return extensions
+
+
+def setup(args, stage: str, resolved: dict | None = None) -> TrainingRun:
+    """Shared start of a training stage: distributed init, deterministic mode, the output folder claimed (a resumed
+    run's settings checked) and the run record; no seeding (:meth:`TrainingRun.seed`)."""
+    check_out_apart(args.out, args)
+    if getattr(args, "tensorboard", None) is not None:
+        summary_writer_class()
+    ctx, device = init_distributed(args.device)
+    set_deterministic(args.deterministic)
+    resume = open_run(args.out, stage, args, ctx, device,
+                      lambda: (check_resume_settings(args.out, args, resolved),
+                               check_lost(args.out)))
+    previous = read_run_json(args.out) if resume else {}
+    if resume and already_complete(args, previous):
+        return TrainingRun(args, ctx, device, None)
+    record = RunRecord(args.out, stage, args, {"world_size": ctx.world_size}, resolved)
+    extensions = extension_notes(args, previous)
     if extensions:
         record.update(extensions=extensions)
-    seed_everything(args.seed)
-    return ctx, device, record
+    return TrainingRun(args, ctx, device, record)
