@@ -106,3 +106,14 @@ def test_the_supplement_entry_points_are_their_stages_configs_with_other_default
     assert type(args) is TrainConfig and (args.augment, args.weight_decay, args.lr) == ("heavy", 5e-4, 0.01)
     args = stage("supplement_distill_long").get_args_parser().parse_args(MINIMAL["distillation"][1])
     assert type(args) is DistillConfig and (args.epochs, args.augment) == (400, "none")
+
+
+def test_a_stage_runs_from_python_with_its_config(tiny_data, tmp_path):
+    """``main(config)`` is the stage (what docs/stages.md shows): the run records the config's settings."""
+    config = TrainConfig(arch="vgg_tiny", data=tiny_data, out=tmp_path / "run", epochs=1, checkpoints=["all"],
+                         batch_size=8, device="cpu", val_split="none", progress=False, lr=0.02)
+    stage("train_net").main(config)
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["status"] == "complete" and (tmp_path / "run" / "1.pth.tar").is_file()
+    assert record["settings"]["lr"] == 0.02 and record["settings"]["epochs"] == 1
+    assert list(record["settings"]) == [f.name for f in dataclasses.fields(TrainConfig)]
