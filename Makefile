@@ -2,6 +2,18 @@
 # `make -n demo` prints the exact commands, to run by hand on your own data.  Every stage writes a
 # `.done` marker only when its script succeeded, so an interrupted demo continues from the last
 # finished stage (and each script's --resume continues the stage itself).
+# Stages that do not depend on each other may run at once (make's job graph: the teacher beside the label net, the
+# label net's sigma run beside the distillation, ...), JOBS at a time, each with THREADS torch threads.  The default,
+# one stage at a time with two threads, is the fastest on an idle 2-core machine (3 min 51 s against 4 min 7 s for
+# JOBS=2 THREADS=1) and writes the README's table; on a loaded machine JOBS=2 THREADS=1 is much faster (docs/
+# performance.md, Threads).  THREADS does not follow JOBS: torch's CPU results depend on the thread count (float
+# rounding), so every JOBS writes the same files byte for byte for one THREADS.  A -j on the command line replaces
+# JOBS; a make run by another make (study, validate) shares its JOBS slots.
+JOBS ?= 1
+THREADS ?= 2
+ifeq ($(MAKELEVEL),0)
+MAKEFLAGS += -j$(JOBS)
+endif
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DATA ?= data/embedded
@@ -21,14 +33,14 @@ TEACHER_EPOCHS ?= 20
 EPOCHS ?= 20
 FINETUNE_EPOCHS ?= 20
 CHECKPOINTS ?= 0 2 5 10 15 20
-TRAIN_FLAGS ?= --batch-size 16 --lr 0.02 --device $(DEVICE) --seed $(RUN_SEED)
+TRAIN_FLAGS ?= --batch-size 16 --lr 0.02 --device $(DEVICE) --threads $(THREADS) --seed $(RUN_SEED)
 # a quarter of the paper's steps with a 4× larger σ learning rate follows the same trajectory (log σ* correlates
 # 0.94–0.99 per image with the full n=96, T=80 fit on vgg_tiny): ~0.5–0.9 s per fit on one core
 SIGMA_FLAGS ?= --pic-num 48 --effect-num 24 --samples 16 --steps 20 --break-steps 5 --lr 4e-4 --batch-images 6 \
-	--device $(DEVICE) --seed $(RUN_SEED)
+	--device $(DEVICE) --threads $(THREADS) --seed $(RUN_SEED)
 # regressing the logits (fc3) diverges at --lr 0.02: the teacher's logits start ~150 (MSE) away from the student's
 DISTIL_LR_fc3 ?= 3e-4
-METRIC_FLAGS ?= --bootstrap 1000 --seed $(SEED)
+METRIC_FLAGS ?= --bootstrap 1000 --threads $(THREADS) --seed $(SEED)
 PYTEST_ARGS ?=
 
 .PHONY: demo study validate test test-quick venv clean-demo clean-validate help
@@ -131,14 +143,19 @@ $(REPORTS)/metrics_all/report.md: $(foreach l,$(STUDY_LAYERS),$(call seed_paths,
 
 # The fuller study: both tiny archs, all four layers, more images than the demo (same per-fit settings).
 # One report per arch covering the four layers; see docs/results.md for the measured time.  SEEDS as for the demo; the
-# sigma flags are handed over unexpanded, so that each seed's sigma runs get their own --seed.
+# sigma flags are handed over unexpanded, so that each seed's sigma runs get their own --seed.  Each arch's runs are a
+# make of their own (study-<arch>), both at once sharing the JOBS slots, after the dataset they both read.
 STUDY_RUNS ?= runs/study
 STUDY_SIGMA_FLAGS ?= --pic-num 64 --effect-num 32 --samples 16 --steps 20 --break-steps 5 --lr 4e-4 \
-	--batch-images 8 --device $(DEVICE) --seed $(RUN_SEED)
-study: | venv
-	for arch in vgg_tiny resnet_tiny; do \
-		$(MAKE) --no-print-directory $(STUDY_RUNS)/$$arch$(SEEDS_SUBDIR)/metrics_all/report.md RUNS=$(STUDY_RUNS)/$$arch \
-			ARCH=$$arch VENV=$(VENV) DATA=$(DATA) SIGMA_FLAGS='$(value STUDY_SIGMA_FLAGS)' || exit 1; done
+	--batch-images 8 --device $(DEVICE) --threads $(THREADS) --seed $(RUN_SEED)
+STUDY_ARCHS = vgg_tiny resnet_tiny
+STUDY_GOALS = $(addprefix study-,$(STUDY_ARCHS))
+.PHONY: $(STUDY_GOALS)
+$(STUDY_GOALS): study-%: $(DATA)/dataset.json | venv
+	$(MAKE) --no-print-directory $(STUDY_RUNS)/$*$(SEEDS_SUBDIR)/metrics_all/report.md RUNS=$(STUDY_RUNS)/$* ARCH=$* \
+		VENV=$(VENV) DATA=$(DATA) SIGMA_FLAGS='$(value STUDY_SIGMA_FLAGS)'
+
+study: $(STUDY_GOALS) | venv
 	$(PY) -m kdq.function.stages.summarize_runs $(STUDY_RUNS) --report $(STUDY_RUNS)/report.md --overwrite
 
 # ---- make validate: knowledge planted on purpose (docs/validation.md) ------------------------------------------

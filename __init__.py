@@ -19,6 +19,12 @@ __version__ = "0.1.0"
 _API = {"fit_sigma": "kdq.function.api", "compare": "kdq.function.api", "SigmaResult": "kdq.function.api",
         "SigmaConfig": "kdq.function.sigma.config", "WeightDistance": "kdq.function.train.weight_distance"}
 __all__ = ["__version__", *_API]
+_SUBPACKAGES = ("function", "models")
+
+
+def __dir__() -> list[str]:
+    """The public names (the API, loaded on first use, and the subpackages), so that they tab-complete."""
+    return sorted({*__all__, *_SUBPACKAGES, *(name for name in globals() if name.startswith("__"))})
 
 
 def __getattr__(name: str):
@@ -26,4 +32,6 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(_API[name]), name)
         globals()[name] = value
         return value
+    if name in _SUBPACKAGES:  # a subpackage not imported yet
+        return importlib.import_module(f"kdq.{name}")
     raise AttributeError(f"module 'kdq' has no attribute {name!r}")

@@ -10,7 +10,12 @@
 (c) on CUDA (or with ``--sweep``): fits per second at B = 1, 8, 32 images fitted at once, with and without
     ``--amp`` (bf16), and B = 1 against the best B of each (a warm-up fit of each B first; CUDA synchronised
     around every timing);
-(d) with ``--map-effect N``: how much ``--amp`` and ``--channels-last`` change the maps of N images.
+(d) with ``--map-effect N``: how much ``--amp`` and ``--channels-last`` change the maps of N images;
+(e) with ``--precision N``: fp32 against bf16 and bf16 + channels-last on N images fitted with the same noise
+    (``--steps`` steps; a few for VGG-16): the whole fit's time per image (min of ``--repeats`` alternated runs) and
+    fits/s, and how the maps agree with fp32's (per-image correlation of log σ*, σ* step, concept cells: a cell is a
+    concept when H̄_bg − H > b, docs/method.md §3, H̄_bg over the N images, foregrounds from ``--data``'s masks or the
+    central square without it).
 
 Per-step times are the minimum over ``--repeats`` alternated short trials (``--trial-steps``), on one
 checkpoint and device; then one full-length fit is timed.  Without ``--checkpoint`` a freshly initialised net is used.
@@ -25,6 +30,7 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,9 +38,13 @@ from torch import nn
 from kdq.function.io.checkpoint import load_checkpoint, num_classes_of, state_dict_of
 from kdq.function.cli import Parser, UserError, positive_int, run
 from kdq.function.data.folder import MaskedImageFolder
+from kdq.function.data.masks import Foreground, central_square
+from kdq.function.metrics.config import MetricsConfig
+from kdq.function.metrics.measures import background_baseline, concept_masks
 from kdq.function.data.transforms import eval_transform
 from kdq.function.runtime import resolve_device
-from kdq.function.sigma.entropy import mean_entropy
+from kdq.function.sigma.entropy import entropy_map, mean_entropy
+from kdq.function.sigma.precision import cpu_has_bf16
 from kdq.function.sigma.fit import SigmaConfig, SigmaFitter, select_step
 from kdq.models import arch_info, build_model, feature_fn
 
@@ -68,6 +78,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=None, help="dataset root: time and compare on its train images")
     p.add_argument("--map-effect", type=int, default=0, metavar="N",
                    help="(d) fit N random images with and without --amp / --channels-last and compare the maps")
+    p.add_argument("--precision", type=int, default=0, metavar="N",
+                   help="(e) fit N images in fp32, bf16 and bf16 + channels-last: time and map agreement")
+    p.add_argument("--only-precision", action="store_true", help="run (e) alone (skip (a), (b) and the full fit)")
     return p
 
 
@@ -197,6 +210,8 @@ def main(args: argparse.Namespace) -> None:
           f"{size} px, n={args.samples}, T={args.steps}, grid {args.grid}, "
           f"weights: {args.checkpoint or 'fresh'}; per-step times: min of {args.repeats} alternated trials of "
           f"{min(args.trial_steps, args.steps)} steps{gpu_description(device)}")
+    if args.precision:
+        print(f"CPU bf16 units (kdq.function.sigma.precision.cpu_has_bf16): {cpu_has_bf16()}")
     for layer in args.layer:
         try:
             cfg = SigmaConfig(grid=args.grid, samples=args.samples, steps=args.steps, break_steps=args.break_steps,
@@ -206,6 +221,10 @@ def main(args: argparse.Namespace) -> None:
         trial = cfg.with_(steps=min(args.trial_steps, args.steps), break_steps=0)
         model.requires_grad_(False)
         feature = feature_fn(model, args.arch, layer).eval()
+        if args.precision:
+            precision_effect(feature, cfg, size, device, args.precision, layer, args.data, args.repeats, figures)
+            if args.only_precision:
+                continue
         fitter = SigmaFitter(feature, trial, device)
         naive_model = build_model(args.arch, num_classes).to(device).eval()
         naive_model.load_state_dict(model.state_dict())  # parameters keep requires_grad=True
@@ -287,6 +306,70 @@ def map_effect(feature, cfg: SigmaConfig, size: int, device, n_images: int, laye
               f"{sum(corr) / len(corr):.4f}, same σ* step {same_step}/{len(base)} ({device.type})")
         figures.add(layer=layer, measure=f"{label} corr(log sigma*)", amp="bf16" if "amp" in label else "off",
                     batch=n_images, value=sum(corr) / len(corr), unit="", steps=cfg.steps, samples=cfg.samples)
+
+
+PRECISIONS = {"fp32": {}, "bf16": {"amp": "bf16"}, "bf16+channels_last": {"amp": "bf16", "channels_last": True}}
+
+
+def foregrounds(n: int, size: int, grid: int, data: Path | None) -> np.ndarray:
+    """(n, g, g) foreground cells of the images :func:`images` returns: their masks' (the central square for an image
+    without one), or the central square for every image without ``data``."""
+    if data is None:
+        return np.stack([central_square(grid)] * n)
+    ds = MaskedImageFolder(data, "train")
+    where = Foreground(missing="central")
+    return np.stack([where.cells(ds.mask_values(i * len(ds) // n), size, grid)[0] for i in range(n)])
+
+
+def concept_cells(fits, fg: np.ndarray, b: float) -> np.ndarray:
+    """(N, g, g) bool: the concept cells of N images' σ* (H̄_bg − H > b, H̄_bg over these images; kdq's rule)."""
+    H = np.stack([entropy_map(fit.sigma.astype(np.float64)) for fit in fits])[:, None]  # (N, K=1, g, g)
+    return concept_masks(H, background_baseline(H, fg), b)[:, 0]
+
+
+def log_sigma_corr(a: np.ndarray, b: np.ndarray) -> float:
+    """Correlation of two maps' log σ over their cells (NaN when either is constant)."""
+    la, lb = np.log(a.astype(np.float64)).ravel(), np.log(b.astype(np.float64)).ravel()
+    if la.std() == 0 or lb.std() == 0:
+        return math.nan
+    return float(np.corrcoef(la, lb)[0, 1])
+
+
+def precision_effect(feature, cfg: SigmaConfig, size: int, device, n_images: int, layer: str, data: Path | None,
+                     repeats: int, figures: Figures) -> None:
+    """(e) the whole fit of ``n_images`` in fp32, bf16 and bf16 + channels-last (same images, seeds and settings):
+    time per image (min of ``repeats`` alternated runs), fits/s, and each bf16 variant's maps against fp32's."""
+    x, seeds = images(n_images, size, device, data), list(range(n_images))
+    fg, b = foregrounds(n_images, size, cfg.grid, data), MetricsConfig.b
+    best, fits = {label: math.inf for label in PRECISIONS}, {}
+    labels = list(PRECISIONS)
+    for r in range(repeats):  # alternated, order rotated
+        for label in labels[r % len(labels):] + labels[:r % len(labels)]:
+            fitter = SigmaFitter(feature, cfg.with_(**PRECISIONS[label]), device)
+            t, fits[label] = timed(lambda: fitter.fit(x, seeds), device)
+            best[label] = min(best[label], t / n_images)
+    base = concept_cells(fits["fp32"], fg, b)
+    print(f"[{layer}] (e) fp32: {best['fp32']:.2f} s per fit ({1 / best['fp32']:.3f} fits/s; {n_images} images, T = "
+          f"{cfg.steps}, T_break = {cfg.break_steps}, {np.mean([f.steps_run for f in fits['fp32']]):.1f} steps run, "
+          f"{base.sum()} concept cells of {base.size})")
+    figures.add(layer=layer, measure="precision fp32 s/fit", amp="off", batch=n_images, value=best["fp32"], unit="s",
+                steps=cfg.steps, samples=cfg.samples)
+    for label in labels[1:]:
+        other = concept_cells(fits[label], fg, b)
+        both, either = (base & other).sum(), (base | other).sum()
+        corr = [log_sigma_corr(a.sigma, c.sigma) for a, c in zip(fits["fp32"], fits[label])]
+        same_step = sum(a.best_step == c.best_step for a, c in zip(fits["fp32"], fits[label]))
+        print(f"[{layer}] (e) {label}: {best[label]:.2f} s per fit ({1 / best[label]:.3f} fits/s) = "
+              f"{best['fp32'] / best[label]:.2f}x fp32; corr(log σ*) per image mean {np.nanmean(corr):.4f}, min "
+              f"{np.nanmin(corr):.4f}; same σ* step {same_step}/{n_images}; cells classified alike "
+              f"{(base == other).mean():.1%}, concept cells in both / in either {both}/{either} "
+              f"({both / either if either else math.nan:.1%})")
+        figures.add(layer=layer, measure=f"precision {label} s/fit", amp="bf16", batch=n_images, value=best[label],
+                    unit="s", steps=cfg.steps, samples=cfg.samples)
+        figures.add(layer=layer, measure=f"precision {label} corr(log sigma*)", amp="bf16", batch=n_images,
+                    value=float(np.nanmean(corr)), unit="", steps=cfg.steps, samples=cfg.samples)
+        figures.add(layer=layer, measure=f"precision {label} concept cells alike", amp="bf16", batch=n_images,
+                    value=float((base == other).mean()), unit="", steps=cfg.steps, samples=cfg.samples)
 
 
 def batch_throughput(feature, cfg: SigmaConfig, size: int, device, batches: list[int], layer: str,

@@ -9,9 +9,10 @@
     result = kdq.compare(label_maps, distil_maps, masks, D_label, D_distil)
     print(result.table()); result.write_report("report/")
 
-``fit_sigma`` is the σ fit of method.md §2 (:mod:`kdq.function.sigma.fit`) at any named submodule of any
-``nn.Module`` (a forward hook stops the forward there, so a model torch.fx cannot trace works too); ``compare`` is
-the metrics stage's analysis (:mod:`kdq.function.metrics.measures`) on in-memory σ maps.
+``fit_sigma`` is the σ fit of method.md §2 (:mod:`kdq.function.sigma.fit`) at any submodule (or torch.fx
+graph node) of any ``nn.Module`` (a forward hook stops the forward at a submodule, so a model torch.fx cannot
+trace works too); ``compare`` is the metrics stage's analysis (:mod:`kdq.function.metrics.measures`) on
+in-memory σ maps.
 """
 from __future__ import annotations
 
@@ -25,20 +26,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdq.function.checks import (BOOTSTRAP_COUNT, LEVEL, NONNEGATIVE, SEED, CheckError, check_bool, check_epochs,
-                                 check_grid, check_in, check_weight_distances)
+from kdq.function.checks import (BOOTSTRAP_COUNT, LEVEL, NONNEGATIVE, POSITIVE_INT, SEED, CheckError, check_bool,
+                                 check_epochs, check_grid, check_in, check_weight_distances)
 from kdq.function.data.files import mask_fits
 from kdq.function.data.masks import grey_values, mask_to_grid
 from kdq.function.metrics.analysis import comparison_warnings
 from kdq.function.metrics.caveats import single_run_caveat
 from kdq.function.metrics.config import MetricsConfig
 from kdq.function.metrics.measures import NetInput, compare_runs, mhat_allowed
-from kdq.function.metrics.report import LayerResult, terminal_table, write_outputs
+from kdq.function.metrics.report import LayerResult, layer_tag, terminal_table, write_outputs
 from kdq.function.sigma.effective import entropy_gap, keeps_image, usable_sigma_f2
 from kdq.function.sigma.entropy import entropy_map
 from kdq.function.sigma.fit import SigmaConfig, SigmaFit, SigmaFitter
+from kdq.function.sigma.grid import upsample
 from kdq.models.registry import family_of
-from kdq.models.taps import Tap, truncated
+from kdq.models.taps import Tap, TapNotFound, tap_method, truncated
 
 
 @dataclass
@@ -61,10 +63,15 @@ class SigmaResult:
         return usable_sigma_f2(self.sigma_f2) and keeps_image(self.bg_minus_fg)
 
 
-def fit_sigma(model: nn.Module, layer: str | Tap, images: torch.Tensor, masks=None,
+def fit_sigma(model: nn.Module, layer: str | nn.Module | Tap, images: torch.Tensor, masks=None,
               config: SigmaConfig | None = None, seeds: Sequence[int] | None = None,
               device: torch.device | str | None = None, activation=F.relu) -> list[SigmaResult]:
-    """Fit one σ map per image at the output of submodule ``layer`` of ``model`` (method.md §2).
+    """Fit one σ map per image at the output of ``layer`` of ``model`` (method.md §2).
+
+    ``layer``: a submodule of ``model`` (``model.layer4[0].conv2``), its name (``"layer4.0.conv2"``) or the name
+    of a torch.fx graph node that is not a submodule (``"layer4.0.add"``, a residual block's sum before its ReLU:
+    the forward must then be traceable); a submodule is read with a forward hook, so any forward works.  A name
+    that is neither is a ValueError naming the closest submodules and graph nodes.
 
     ``images``: ``(N, 3, S, S)`` (a tensor or a numpy array), normalised as the model expects (integer pixels are
     fitted as given, with a warning).  ``masks`` (optional): ``(N, H, W)`` foreground masks of the images' size or
@@ -83,9 +90,7 @@ def fit_sigma(model: nn.Module, layer: str | Tap, images: torch.Tensor, masks=No
         raise TypeError(f"config must be a kdq.SigmaConfig, got {type(config).__name__}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(layer, (str, Tap)):
-        raise TypeError(f"layer must name a submodule (a str), got {type(layer).__name__}")
-    tap = layer if isinstance(layer, Tap) else Tap(layer, f"{layer}.weight")
+    tap = _layer_tap(model, layer)
     images = _images(images)
     n, size = images.shape[0], images.shape[-1]
     check_grid("config.grid", config.grid, size)
@@ -111,6 +116,26 @@ def fit_sigma(model: nn.Module, layer: str | Tap, images: torch.Tensor, masks=No
         out.append(SigmaResult(fit.sigma, emap, fit.steps_run, fit.final_lambda, fit.sigma_f2, fit.best_step, fit,
                                gap))
     return out
+
+
+def _layer_tap(model: nn.Module, layer) -> Tap:
+    """The tap ``layer`` names: a submodule's or graph node's name, the submodule itself (an ``nn.Module`` of
+    ``model``) or a :class:`~kdq.models.taps.Tap`; a TypeError or a ValueError naming ``layer`` (the stages'
+    check, :func:`~kdq.models.taps.tap_method`, with the closest names) otherwise."""
+    if isinstance(layer, nn.Module):
+        name = next((name for name, module in model.named_modules() if module is layer), None)
+        if name is None:
+            raise ValueError(f"layer is a {type(layer).__name__} that is not a submodule of model")
+        return Tap(name, f"{name}.weight")
+    if not isinstance(layer, (str, Tap)):
+        raise TypeError(f"layer must be a submodule of model or name one (or a graph node), got "
+                        f"{type(layer).__name__}")
+    tap = layer if isinstance(layer, Tap) else Tap(layer, f"{layer}.weight")
+    try:
+        tap_method(model, tap.node)
+    except TapNotFound as exc:
+        raise TapNotFound(f"layer: {exc}") from None
+    return tap
 
 
 def _images(images) -> torch.Tensor:
@@ -219,15 +244,21 @@ class Comparison:
         """The table as aligned text."""
         return terminal_table([self.layer], self.layer.comparison.level)
 
-    def write_report(self, folder: str | Path) -> Path:
+    def write_report(self, folder: str | Path, show_images: int = MetricsConfig.show_images,
+                     max_columns: int = MetricsConfig.max_columns) -> Path:
         """Write ``metrics.json``, ``metrics.csv``, ``report.md`` and the figures into ``folder``; returns the
-        report's path."""
+        report's path.  With ``images`` given to :func:`compare`, the entropy-map figure shows the first
+        ``show_images`` of them at up to ``max_columns`` checkpoints (the metrics stage's ``--show-images`` and
+        ``--max-columns``)."""
         from kdq.function.io.atomic import write_bytes
         from kdq.function.metrics.analysis import render_figures
 
+        check_in("show_images", show_images, POSITIVE_INT)
+        check_in("max_columns", max_columns, POSITIVE_INT)
         folder = Path(folder)
-        for key, png in render_figures(self.layer, None, 8).items():
-            rel = f"figures/{self.layer.layer}_{key}.png"
+        shown = self.layer.figure_data.get("images")
+        for key, png in render_figures(self.layer, shown[:show_images] if shown else None, max_columns).items():
+            rel = f"figures/{layer_tag(self.layer, '{}_')}{key}.png"
             self.layer.figures[key] = rel
             write_bytes(folder / rel, png)
         c = self.layer.comparison
@@ -239,7 +270,8 @@ class Comparison:
 def compare(label_maps, distil_maps, masks, D_label, D_distil, *, b: float = MetricsConfig.b,
             n_boot: int = MetricsConfig.bootstrap, seed: int = MetricsConfig.seed, level: float = MetricsConfig.level,
             epochs_label: Sequence[int] | None = None, epochs_distil: Sequence[int] | None = None,
-            skip_epoch0: bool = False, names: Sequence[str] | None = None, layer: str = "layer") -> Comparison:
+            skip_epoch0: bool = False, names: Sequence[str] | None = None, layer: str | None = None,
+            images=None) -> Comparison:
     """method.md §3 on in-memory maps: label net vs distil net on the same N images.
 
     ``label_maps``/``distil_maps``: σ* per image and checkpoint, ``(N, K, g, g)`` (each net its own K, oldest
@@ -253,7 +285,9 @@ def compare(label_maps, distil_maps, masks, D_label, D_distil, *, b: float = Met
     checkpoint epochs).  ``epochs_*``: distinct, increasing epochs ≥ 0.  ``skip_epoch0`` leaves epoch 0 out of m̂
     (the ResNet rule; kept when it is the only checkpoint).  ``b``, ``n_boot``, ``seed`` and ``level`` follow the
     rules of the metrics stage's ``--b``, ``--bootstrap``, ``--seed`` and ``--level``; a bad argument is a
-    ValueError or TypeError naming it.
+    ValueError or TypeError naming it.  ``layer`` (optional) names the layer in the table, the report and the
+    figures (without it they name none).  ``images`` (optional): the N images, ``(N, 3, S, S)`` or ``(N, S, S, 3)``
+    (a tensor or an array; normalised floats are rescaled for display), for the report's entropy-map figure.
     """
     for name, value, rule in (("b", b, NONNEGATIVE), ("n_boot", n_boot, BOOTSTRAP_COUNT), ("seed", seed, SEED),
                               ("level", level, LEVEL)):
@@ -270,6 +304,35 @@ def compare(label_maps, distil_maps, masks, D_label, D_distil, *, b: float = Met
         raise CheckError(f"masks must be (N, g, g) cells or square (N, S, S) masks, got {fg_masks.shape}")
     grid = maps["label"].shape[-1]
     fg = np.stack([_cells(fg_masks[i], w, grid, f"masks[{i}]") for i in range(n)])
+    _check_maps_and_distances(maps, D, fg)
+    given = {"label": epochs_label, "distil": epochs_distil}
+    epochs = {net: check_epochs(f"epochs_{net}", range(maps[net].shape[2]) if given[net] is None else given[net])
+              for net in maps}
+    for net, eps in epochs.items():
+        if len(eps) != maps[net].shape[2]:
+            raise CheckError(f"epochs_{net} must name each of the {maps[net].shape[2]} checkpoints, got {len(eps)}")
+    if names is not None and len(names) != n:
+        raise CheckError(f"names must hold one name per image ({n}), got {len(names)}")
+    if layer is not None and not (isinstance(layer, str) and layer):
+        raise TypeError(f"layer must be a non-empty str naming the layer (or None), got {layer!r}")
+    shown = None if images is None else _display_images(images, fg_masks, fg, n)
+    runs = {net: [NetInput(H=entropy_map(run), fg=fg, D_at=d, allowed=mhat_allowed(epochs[net], skip_epoch0))
+                  for run, d in zip(maps[net], D[net])] for net in maps}
+    comp = compare_runs(runs["label"], runs["distil"], b, n_boot, seed, level)
+    cautions = comparison_warnings(comp)
+    for message in cautions:
+        warnings.warn(f"kdq.compare: {message}", stacklevel=2)
+    names = list(names or (f"image_{i}" for i in range(fg.shape[0])))
+    inputs = _inputs_record({"label_maps": label_maps, "distil_maps": distil_maps, "masks": fg_masks,
+                             "D_label": D_label, "D_distil": D_distil, "images": images}, epochs, given)
+    result = _api_result(comp, runs, D, layer, names, epochs, grid, w if shown is None else shown[0][1].shape[0],
+                         inputs, skip_epoch0, cautions, b, shown)
+    return Comparison(result)
+
+
+def _check_maps_and_distances(maps: dict[str, np.ndarray], D: dict[str, list[np.ndarray]], fg: np.ndarray) -> None:
+    """Each net's maps over the masks' N images and grid, positive and finite; one non-decreasing distance per
+    checkpoint and run (a CheckError naming the argument)."""
     for net, arr in maps.items():
         shape = arr.shape[1:] if arr.shape[0] == 1 else arr.shape
         if arr.shape[1] != fg.shape[0] or arr.shape[-2:] != fg.shape[-2:]:
@@ -284,24 +347,14 @@ def compare(label_maps, distil_maps, masks, D_label, D_distil, *, b: float = Met
                                  f"first (np.cumsum of a WeightDistance row), got {d.tolist()}")
         if not (np.isfinite(arr).all() and (arr > 0).all()):
             raise CheckError(f"{net}_maps must be positive and finite (σ*)")
-    given = {"label": epochs_label, "distil": epochs_distil}
-    epochs = {net: check_epochs(f"epochs_{net}", range(maps[net].shape[2]) if given[net] is None else given[net])
-              for net in maps}
-    for net, eps in epochs.items():
-        if len(eps) != maps[net].shape[2]:
-            raise CheckError(f"epochs_{net} must name each of the {maps[net].shape[2]} checkpoints, got {len(eps)}")
-    if names is not None and len(names) != n:
-        raise CheckError(f"names must hold one name per image ({n}), got {len(names)}")
-    runs = {net: [NetInput(H=entropy_map(run), fg=fg, D_at=d, allowed=mhat_allowed(epochs[net], skip_epoch0))
-                  for run, d in zip(maps[net], D[net])] for net in maps}
-    comp = compare_runs(runs["label"], runs["distil"], b, n_boot, seed, level)
-    cautions = comparison_warnings(comp)
-    for message in cautions:
-        warnings.warn(f"kdq.compare: {message}", stacklevel=2)
-    names = list(names or (f"image_{i}" for i in range(fg.shape[0])))
+
+
+def _api_result(comp, runs, D, layer, names, epochs, grid, image_size, inputs, skip_epoch0, cautions, b,
+                shown) -> LayerResult:
+    """The report's record of an in-memory comparison (one layer; every image used by both nets)."""
     result = LayerResult(layer=layer, names={"label": names, "distil": names}, epochs=epochs,
                          epochs_source={"label": "given", "distil": "given"}, grid=grid,
-                         image_size=np.asarray(masks[0]).shape[-1], inputs={}, counts={
+                         image_size=image_size, inputs=inputs, counts={
                              "label_effective": len(names), "distil_effective": len(names), "both": len(names),
                              "used_label": len(names), "used_distil": len(names), "skipped": 0},
                          skipped={}, mask_fallback=[], mhat_skips_epoch0=skip_epoch0, compat="kdq",
@@ -310,8 +363,54 @@ def compare(label_maps, distil_maps, masks, D_label, D_distil, *, b: float = Met
                          runs={net: [{"run": f"{net}_maps[{r}]", "seed": None} for r in range(len(runs[net]))]
                                for net in runs})
     result.figure_data = {"H": {net: runs[net][0].H for net in runs}, "wd": None,
-                          "D": {net: D[net][0] for net in D}, "central": False, "b": b}
-    return Comparison(result)
+                          "D": {net: D[net][0] for net in D}, "central": False, "b": b,
+                          "images": None if shown is None else [(name, rgb, mask) for name, (rgb, mask)
+                                                                 in zip(names, shown)]}
+    return result
+
+
+def _inputs_record(arrays: dict, epochs: dict[str, list[int]], given: dict) -> dict[str, str]:
+    """What :func:`compare` was given, for the report's "Inputs": each array's shape and dtype (the distances
+    and the epochs by value); ``images`` only when given."""
+    out = {}
+    for name, value in arrays.items():
+        if value is None:
+            continue
+        array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+        text = f"{type(value).__name__} {tuple(array.shape)}, {array.dtype}"
+        if name.startswith("D_"):
+            text += ": " + " ".join(f"{v:.4g}" for v in array.ravel()[:20]) + (" …" if array.size > 20 else "")
+        out[name] = text
+    for net in ("label", "distil"):
+        out[f"epochs_{net}"] = " ".join(map(str, epochs[net])) + ("" if given[net] is not None else " (default)")
+    return out
+
+
+def _display_images(images, masks: np.ndarray, cells: np.ndarray, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(RGB uint8 ``(S, S, 3)``, foreground bool ``(S, S)``) of each of the ``n`` images, for the entropy-map
+    figure: ``images`` ``(N, 3, S, S)`` or ``(N, S, S, 3)``; integers are clipped to 0…255, floats (normalised)
+    rescaled to it per image.  The foreground is the mask where it is ``S×S``, else its cells upsampled."""
+    array = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    if array.ndim == 4 and array.shape[1] == 3 and array.shape[-1] != 3:
+        array = array.transpose(0, 2, 3, 1)
+    if array.ndim != 4 or array.shape[-1] != 3 or array.shape[1] != array.shape[2]:
+        raise CheckError(f"images must be (N, 3, S, S) or (N, S, S, 3) square RGB images, got {array.shape}")
+    if array.shape[0] != n:
+        raise CheckError(f"images holds {array.shape[0]} images for {n} masks")
+    if not (np.issubdtype(array.dtype, np.number) and np.isfinite(array).all()):
+        raise CheckError("images must hold finite real numbers")
+    size = array.shape[1]
+    out = []
+    for i in range(n):
+        image = array[i].astype(np.float64)
+        if not np.issubdtype(array.dtype, np.integer):
+            low, high = image.min(), image.max()
+            image = (image - low) / (high - low) * 255 if high > low else np.zeros_like(image)
+        rgb = np.clip(np.round(image), 0, 255).astype(np.uint8)
+        mask = grey_values(masks[i], f"masks[{i}]") > 0 if masks.shape[1:] == (size, size) else \
+            upsample(cells[i], size).astype(bool)
+        out.append((rgb, mask))
+    return out
 
 
 def _run_maps(name: str, maps) -> np.ndarray:

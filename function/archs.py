@@ -14,8 +14,9 @@ from kdq.function.checks import POSITIVE_INT
 from kdq.function.cli import UserError
 from kdq.function.config import option
 
-REGISTRY_HELP = "a registry name ({names}), torchvision:<name> (any torchvision classification model) or " \
-                "package.module:factory (factory(num_classes) → nn.Module, importable from PYTHONPATH)"
+REGISTRY_HELP = "a registry name ({names}), torchvision:<name> (any torchvision classification model), " \
+                "timm:<name> (any timm model, fresh weights; pip install timm) or package.module:factory " \
+                "(factory(num_classes=C) → nn.Module, importable from PYTHONPATH)"
 
 
 def arch_option(group: str, what: str = "the net", recorded: str | None = None, required: bool = True):
@@ -31,9 +32,11 @@ def arch_option(group: str, what: str = "the net", recorded: str | None = None, 
 def taps_option(group: str, recorded: str | None = None):
     """The config field ``taps`` (``--taps``)."""
     default = f"; default: what {recorded} recorded" if recorded else ""
-    return option(None, "for torchvision:/module: architectures, the submodule whose output is each layer's "
+    return option(None, "for torchvision:/timm:/module: architectures, the submodule or torch.fx graph node (e.g. "
+                        "layer4.0.add) whose output is each layer's "
                         "pre-activation feature (conv, fc1, fc2, fc3; any subset) and the weight whose distance "
-                        "is recorded (default <module>.weight); without it the last Conv2d is conv and the last "
+                        "is recorded (default <module>.weight, or for a node without one the conv or linear layer "
+                        "before it); without it the last Conv2d is conv and the last "
                         "Linear fc3" + default, group, metavar="LAYER=MODULE[:WEIGHT],...")
 
 
@@ -52,7 +55,8 @@ def resolve_arch(arch: str, taps: str | None = None, image_size: int | None = No
     taps_flag = flag.replace("arch", "taps")
     if not is_external(arch):
         if taps:
-            raise UserError(f"{taps_flag} applies to torchvision:/module: architectures; {arch} has its own taps")
+            raise UserError(f"{taps_flag} applies to torchvision:/timm:/module: architectures; {arch} has its own "
+                            "taps")
         try:
             info = arch_info(arch)
         except KeyError as exc:
@@ -97,9 +101,9 @@ def recorded_model(record: dict[str, Any]) -> dict[str, Any] | None:
 def arch_from(args, record: dict[str, Any] | None, prefix: str = "",
               source: str = "the run"):
     """The architecture of the flags ``--<prefix>arch/taps/image-size``, each left out taken from ``record`` (a
-    run.json); a flag given explicitly must agree with what the record says."""
-    from kdq.models.external import is_external, parse_taps, taps_text
-
+    run.json).  ``--<prefix>arch`` and ``--<prefix>image-size`` given explicitly must agree with what the record
+    says; ``--<prefix>taps`` may name other taps (which layer to analyse or distil is the later stage's choice: the
+    weights' keys decide whether the checkpoints fit, and the training run's weight distance stays its own)."""
     key = prefix.replace("-", "_")
     arch, taps, size = (getattr(args, f"{key}{name}") for name in ("arch", "taps", "image_size"))
     model = recorded_model(record or {}) or {}
@@ -109,18 +113,28 @@ def arch_from(args, record: dict[str, Any] | None, prefix: str = "",
     arch = arch or old_arch
     if arch is None:
         raise UserError(f"--{prefix}arch is needed: {source} does not record its architecture")
+    from kdq.models.external import is_external
+
     old_taps = model.get("taps") if is_external(arch) else None
-    if taps is not None and old_taps is not None:
-        try:
-            same = taps_text(parse_taps(taps)) == old_taps
-        except ValueError as exc:
-            raise UserError(f"--{prefix}taps: {exc}") from None
-        if not same:
-            raise UserError(f"--{prefix}taps {taps} but {source} was made with {old_taps}")
     old_size = model.get("image_size")
     if size is not None and old_size is not None and size != old_size:
         raise UserError(f"--{prefix}image-size {size} but {source} was made with {old_size}")
     return resolve_arch(arch, taps if taps is not None else old_taps, size or old_size, f"--{prefix}arch")
+
+
+def student_arch(args, info, teacher_info):
+    """The student's architecture: ``info`` (what ``--arch``, ``--taps`` and ``--image-size`` resolve to), except
+    that a student of the teacher's own architecture takes the teacher's taps and image size where those flags are
+    left out."""
+    from kdq.models.external import is_external, taps_text
+
+    if info.name != teacher_info.name:
+        return info
+    taps = args.taps if args.taps is not None or not is_external(args.arch) else taps_text(teacher_info.taps)
+    size = args.image_size if args.image_size is not None else teacher_info.input_size
+    if (taps, size) == (args.taps, args.image_size):
+        return info
+    return resolve_arch(args.arch, taps, size)
 
 
 def check_input_size(info, num_classes: int, flag: str = "--image-size") -> None:

@@ -185,6 +185,62 @@ def derive_seed(*parts: int) -> int:
     return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
+# torch's own default as this process started: its physical cores, or OMP_NUM_THREADS / MKL_NUM_THREADS where set
+TORCH_DEFAULT_THREADS = torch.get_num_threads()
+
+
+def positive_count(text: str | None) -> int | None:
+    """``text`` as a positive integer (an environment variable's value), None when it is not one."""
+    text = (text or "").strip()
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
+def make_jobs(makeflags: str, cores: int) -> int:
+    """How many jobs the GNU make that started this process may run at once, read from its ``MAKEFLAGS``
+    (``" -j2 --jobserver-auth=3,4"``): N for ``-jN``, ``cores`` for an unbounded ``-j``, 1 outside a parallel
+    make."""
+    jobs = 1
+    for word in makeflags.split():
+        if word == "--":  # the variables given on make's command line follow
+            break
+        if word.startswith("-j") or word == "--jobs" or word.startswith("--jobs="):
+            count = word.removeprefix("--jobs=").removeprefix("--jobs").removeprefix("-j")
+            jobs = int(count) if count.isdigit() and int(count) > 0 else cores
+    return jobs
+
+
+def concurrent_processes(env, cores: int) -> int:
+    """How many kdq processes share this machine's cores: torchrun's processes on this node (``LOCAL_WORLD_SIZE``,
+    else ``WORLD_SIZE``), or the jobs of the parallel make that runs this one; 1 otherwise."""
+    ranks = positive_count(env.get("LOCAL_WORLD_SIZE")) or positive_count(env.get("WORLD_SIZE")) or 1
+    return max(ranks, make_jobs(env.get("MAKEFLAGS", ""), cores))
+
+
+def default_threads(env=None, cores: int | None = None) -> int:
+    """``--threads``' default (auto): ``OMP_NUM_THREADS`` where it is set (the user's choice per process, or
+    torchrun's 1); else the ``cores`` (torch's default: the physical cores) shared by the processes that run at
+    once (:func:`concurrent_processes`: torchrun's ranks, a parallel make's jobs), at least 1 each.  Two processes
+    of two threads on two cores take turns on them (OpenMP threads spin while they wait for each other): one thread
+    each is faster (docs/performance.md, Threads)."""
+    env = os.environ if env is None else env
+    cores = TORCH_DEFAULT_THREADS if cores is None else cores
+    given = positive_count(env.get("OMP_NUM_THREADS"))
+    if given is not None:
+        return given
+    return max(1, cores // concurrent_processes(env, cores))
+
+
+def use_threads(config):
+    """The start of every stage: set torch's CPU threads to ``config.threads`` (None: :func:`default_threads`)
+    and return the config with the count it runs with, which its run.json records (a runtime setting:
+    ``--resume`` accepts another).  The setting is process-wide and stays after the stage returns (as
+    ``--deterministic``'s).  Inter-op threads are left alone: eager stages do not use them, and torch refuses to
+    set them twice in a process."""
+    threads = default_threads() if config.threads is None else config.threads
+    torch.set_num_threads(threads)
+    return config.replace(threads=threads)
+
+
 def set_deterministic(enabled: bool) -> None:
     """Opt-in deterministic algorithms (slower on CUDA); cuDNN autotuning off."""
     if enabled:

@@ -56,10 +56,17 @@ ARCH_NAMES: tuple[str, ...] = tuple(ARCH_TABLE)
 _LAZY = {
     "registry": ("ARCHS", "MODELS", "TAPS", "ArchInfo", "UnknownArch", "arch_info", "build_model", "check_pretrained",
                  "family_of", "feature_fn", "load_pretrained"),
-    "taps": ("Tap", "Truncated", "analysed_weight", "modules_up_to", "params_up_to", "state_keys_up_to", "truncated"),
+    "taps": ("Tap", "TapNotFound", "Truncated", "analysed_weight", "graph_node_names", "modules_up_to", "params_up_to",
+             "state_keys_up_to", "tap_method", "truncated"),
 }
 _OWNER = {name: module for module, names in _LAZY.items() for name in names}
 __all__ = ["ARCH_NAMES", "ARCH_TABLE", "FAMILIES", "FamilyDefaults", "LAYERS", "family_defaults", *_OWNER]
+_SUBMODULES = ("external", "registry", "taps")
+
+
+def __dir__() -> list[str]:
+    """The public names (those loaded on first use included) and the submodules, so that they tab-complete."""
+    return sorted({*__all__, *_SUBMODULES, *(name for name in globals() if name.startswith("__"))})
 
 
 def __getattr__(name: str):
@@ -67,4 +74,6 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(f"kdq.models.{_OWNER[name]}"), name)
         globals()[name] = value
         return value
+    if name in _SUBMODULES:  # a subpackage not imported yet
+        return importlib.import_module(f"kdq.models.{name}")
     raise AttributeError(f"module 'kdq.models' has no attribute {name!r}")

@@ -9,6 +9,7 @@ about it (family, input size, layer taps), and :func:`build_model` is the one wa
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable
@@ -189,9 +190,19 @@ def feature_fn(model: nn.Module, arch: ArchInfo | str, layer: str) -> nn.Module:
     return truncated(model, info.taps[layer])
 
 
+def _timm_classes(module: str, name: str) -> tuple[type, ...]:
+    """timm's model class ``timm.models.<module>.<name>`` when timm has been imported (a timm model exists only
+    then; timm is an optional extra and slow to import), else none."""
+    import sys
+
+    if "timm" not in sys.modules:
+        return ()
+    return (getattr(importlib.import_module(f"timm.models.{module}"), name),)
+
+
 def family_of(model: nn.Module) -> str:
-    """The family (``kdq.models.FAMILIES``) of a built model, by its class: a ResNet (kdq's or torchvision's,
-    ResNeXt and wide ResNets included) is ``"resnet"``, a VGG ``"vgg"``, an AlexNet ``"alexnet"``, anything else
+    """The family (``kdq.models.FAMILIES``) of a built model, by its class: a ResNet (kdq's, torchvision's or
+    timm's, ResNeXt and wide ResNets included) is ``"resnet"``, a VGG ``"vgg"``, an AlexNet ``"alexnet"``, anything else
     ``"other"``; a kdq wrapper (``.net``) is the family of the net it wraps."""
     from torchvision.models import AlexNet, ResNet, VGG
 
@@ -200,7 +211,8 @@ def family_of(model: nn.Module) -> str:
 
     if isinstance(model, WrappedNet):
         model = model.net
-    for family, classes in (("resnet", (ResNet, ResNetKD)), ("vgg", (VGG, TinyVGG)), ("alexnet", (AlexNet,))):
+    for family, classes in (("resnet", (ResNet, ResNetKD, *_timm_classes("resnet", "ResNet"))),
+                            ("vgg", (VGG, TinyVGG, *_timm_classes("vgg", "VGG"))), ("alexnet", (AlexNet,))):
         if isinstance(model, classes):
             return family
     return "other"

@@ -8,17 +8,19 @@ whose path length is recorded during training is ``net.classifier.0.weight``.
 tensor.  When the tap names a submodule (every registry tap does), a forward hook captures the submodule's
 output and stops the model's forward right there, so it works for any model, also one with data-dependent
 control flow after the tap; a tap on a graph node that is not a submodule (a functional ``add``, say) is
-extracted with torch.fx (``create_feature_extractor``), which needs a traceable forward.  The parameters and
-buffers the truncated forward uses — "the layers up to and including the layer" — are those the tap's output
-depends on (:func:`params_up_to`, :func:`state_keys_up_to`).
+extracted with torch.fx (``create_feature_extractor``), which needs a traceable forward.  :func:`tap_method`
+is the one check of a tap's name, for the API and the stages alike: a submodule, a graph node, or a ValueError
+naming the closest of both.  The parameters and buffers the truncated forward uses — "the layers up to and
+including the layer" — are those the tap's output depends on (:func:`params_up_to`, :func:`state_keys_up_to`).
 """
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 import torch
+import torch.fx
 from torch import nn
-
 
 
 @dataclass(frozen=True)
@@ -82,11 +84,53 @@ def is_submodule(model: nn.Module, node: str) -> bool:
     return True
 
 
+class TapNotFound(ValueError):
+    """A tap that names neither a submodule nor a torch.fx graph node of the model (one line, closest names)."""
+
+
+def graph_node_names(model: nn.Module) -> list[str]:
+    """The torch.fx graph nodes a tap may name (``layer4.0.add``, ``flatten``, ...): those of both the train and
+    the eval graph, as ``create_feature_extractor`` needs, in the eval graph's order; whatever torch.fx raises for
+    a model it cannot trace.  Tracing runs no tensor op, so a model on the meta device works."""
+    from torchvision.models.feature_extraction import get_graph_node_names
+
+    train, evaluation = get_graph_node_names(model)
+    in_train = set(train)
+    return [name for name in evaluation if name in in_train]
+
+
+def _closest(name: str, names) -> str:
+    """`` (closest: 'a', 'b')`` — the names nearest ``name`` by :func:`difflib.get_close_matches`, or ``""``."""
+    near = difflib.get_close_matches(name, list(dict.fromkeys(names)), n=3, cutoff=0.6)
+    return f" (closest: {', '.join(map(repr, near))})" if near else ""
+
+
+def tap_method(model: nn.Module, node: str, owner: str = "model") -> str:
+    """How a tap at ``node`` reads ``model``: ``"hook"`` when ``node`` is a submodule (the default path; any
+    forward works), ``"fx"`` when it is a torch.fx graph node and not a submodule (a functional ``add``, say: the
+    forward must be traceable).  A name that is neither is a :class:`TapNotFound` (a ValueError) naming
+    ``owner`` and the closest submodules and graph nodes — the one check of a tap's name, for the API and the
+    stages alike."""
+    if is_submodule(model, node):
+        return "hook"
+    modules = [name for name, _ in model.named_modules() if name]
+    try:
+        nodes = graph_node_names(model)
+    except Exception as exc:  # noqa: BLE001 - any failure of torch.fx to trace the model's forward
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise TapNotFound(f"{owner} has no submodule {node!r}{_closest(node, modules)}, and torch.fx cannot trace "
+                          f"it to look for a graph node ({reason})") from None
+    if node in nodes:
+        return "fx"
+    raise TapNotFound(f"{owner} has no submodule or graph node {node!r}{_closest(node, [*modules, *nodes])}")
+
+
 def truncated(model: nn.Module, tap: Tap, method: str = "auto") -> nn.Module:
     """A module computing the pre-activation output at ``tap``; nothing above it is run.
 
     ``method``: ``hook`` (the tap must name a submodule), ``fx`` (torch.fx; the forward must be traceable, e.g.
-    for ``torch.compile`` of the result) or ``auto`` (hook for a submodule, fx otherwise).
+    for ``torch.compile`` of the result) or ``auto`` (hook for a submodule, fx otherwise); a name that is neither
+    is a :class:`TapNotFound` (:func:`tap_method`).
     """
     if method == "auto":
         method = "hook" if is_submodule(model, tap.node) else "fx"
@@ -96,7 +140,33 @@ def truncated(model: nn.Module, tap: Tap, method: str = "auto") -> nn.Module:
         return Truncated(model, tap.node)
     from torchvision.models.feature_extraction import create_feature_extractor
 
-    return _Unwrap(create_feature_extractor(model, return_nodes={tap.node: "feature"}))
+    try:
+        extractor = create_feature_extractor(model, return_nodes={tap.node: "feature"})
+    except Exception:
+        tap_method(model, tap.node)  # a name that is neither: the one-line error naming the closest
+        raise
+    return _Unwrap(extractor)
+
+
+def suggested_weight(model: nn.Module, node: str) -> str | None:
+    """The weight a tap at ``node`` most likely analyses, for an error message: that of the first ``nn.Conv*d``
+    or ``nn.Linear`` met walking back from ``node`` along each op's first input in the torch.fx graph (for a
+    residual ``add`` of torchvision's or timm's ResNets, the block's last conv); None where there is none or the
+    model cannot be traced."""
+    try:
+        extractor = truncated(model, Tap(node, ""), "fx")
+    except Exception:  # noqa: BLE001 - untraceable or unknown: no suggestion
+        return None
+    graph = extractor.extractor.graph
+    output = next(n for n in graph.nodes if n.op == "output")
+    current = next(iter(output.args[0].values()))
+    while isinstance(current, torch.fx.Node) and current.op != "placeholder":
+        if current.op == "call_module":
+            module = extractor.extractor.get_submodule(current.target)
+            if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) and isinstance(module.weight, nn.Parameter):
+                return f"{current.target}.weight"
+        current = current.args[0] if current.args else None
+    return None
 
 
 def analysed_weight(model: nn.Module, tap: Tap) -> nn.Parameter:

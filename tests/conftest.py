@@ -21,9 +21,11 @@ def tiny_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def one_thread():
-    """Tiny fits run faster on one thread than two on a shared machine (and match torchrun's ranks)."""
+def one_thread(monkeypatch):
+    """Tiny fits run faster on one thread than two on a shared machine (and match torchrun's ranks); a stage run
+    in-process keeps it (its --threads default reads OMP_NUM_THREADS)."""
     before = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)

@@ -75,7 +75,7 @@ def test_defines_results_is_read_from_the_fields():
         "exact_masks", "mask_pad", "amp", "effective_rule", "effective_start"}
     # the training stages' runtime settings (the denylist they had before)
     runtime = {"out", "resume", "overwrite", "debug", "device", "workers", "progress", "deterministic",
-               "tensorboard", "save_optimizer"}
+               "tensorboard", "save_optimizer", "threads"}
     for config in (TrainConfig, DistillConfig):
         assert config.runtime_settings() == runtime
         assert set(config.result_settings()) == {f.name for f in dataclasses.fields(config)} - runtime

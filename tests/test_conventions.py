@@ -16,7 +16,8 @@ from tests.helpers import ROOT, run_script
 
 SCRIPTS = ["train_net/train_net.py", "distillation/distillation.py", "sigma/train_sigma.py",
            "sigma/find_knowledge_new.py", "supplement/train_teacher.py", "supplement/distill_long.py",
-           "function/stages/make_dataset.py", "function/stages/prepare_data.py", "function/stages/summarize_runs.py"]
+           "function/stages/make_dataset.py", "function/stages/prepare_data.py", "function/stages/summarize_runs.py",
+           "function/stages/weight_distance.py"]
 HELP_WITHOUT_TORCH = """
 import runpy, sys
 sys.argv = [sys.argv[1], "--help"]

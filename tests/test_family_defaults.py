@@ -65,3 +65,11 @@ def test_the_config_resolves_lambda_by_family_once():
     assert SigmaConfig(lam=3.0).resolved("resnet").lam == 3.0
     fitter = SigmaFitter(lambda x: x, SigmaConfig())  # a bare feature function: the "other" family
     assert fitter.cfg.lam == 7.0
+
+
+def test_timm_resnets_and_vggs_are_their_families():
+    timm = pytest.importorskip("timm", reason="timm is an optional extra (pip install -e .[timm])")
+    with torch.device("meta"):
+        assert family_of(timm.create_model("resnet10t", pretrained=False, num_classes=3)) == "resnet"
+        assert family_of(timm.create_model("vgg11", pretrained=False, num_classes=3)) == "vgg"
+        assert family_of(timm.create_model("mobilenetv3_small_050", pretrained=False, num_classes=3)) == "other"

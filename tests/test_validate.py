@@ -201,6 +201,61 @@ def test_make_n_demo_default_is_one_seed_in_the_readme_folders():
     assert "--out runs/demo/metrics_fc1 " in metrics[0]
 
 
+PY = "/nonexistent/venv/bin/python"
+# every stage command of `make -n demo`, as the Makefile wrote them before the demo ran its stages at once (issue 26),
+# each with --threads 2 (THREADS, default 2: the same whatever JOBS)
+DEMO_COMMANDS = [
+    f"{PY} -m kdq.function.stages.make_dataset --out data/embedded --seed 0 --overwrite",
+    f"{PY} train_net/train_net.py --arch vgg_tiny --data data/embedded --split train --val-split val --epochs 20 "
+    "--checkpoints 0 2 5 10 15 20 --batch-size 16 --lr 0.02 --device cpu --threads 2 --seed 0 --out runs/demo/label "
+    "--resume",
+    f"{PY} sigma/train_sigma.py --checkpoint_root runs/demo/label --arch vgg_tiny --layer fc1 --data data/embedded "
+    "--split train --pic-num 48 --effect-num 24 --samples 16 --steps 20 --break-steps 5 --lr 4e-4 --batch-images 6 "
+    "--device cpu --threads 2 --seed 0 --out runs/demo/sigma_label/fc1 --resume",
+    f"{PY} train_net/train_net.py --arch vgg_tiny --data data/embedded --split teacher --val-split val --epochs 20 "
+    "--checkpoints 20 --batch-size 16 --lr 0.02 --device cpu --threads 2 --seed 0 --out runs/demo/teacher --resume",
+    f"{PY} distillation/distillation.py --teacher_checkpoint runs/demo/teacher/20.pth.tar --teacher-arch vgg_tiny "
+    "--arch vgg_tiny --layer fc1 --data data/embedded --split train --val-split val --epochs 20 --finetune-epochs 20 "
+    "--checkpoints 0 2 5 10 15 20 --batch-size 16 --lr 0.02 --device cpu --threads 2 --seed 0  "
+    "--out runs/demo/distil/fc1 --resume",
+    f"{PY} sigma/train_sigma.py --checkpoint_root runs/demo/distil/fc1 --arch vgg_tiny --layer fc1 --data data/embedded "
+    "--split train --pic-num 48 --effect-num 24 --samples 16 --steps 20 --break-steps 5 --lr 4e-4 --batch-images 6 "
+    "--device cpu --threads 2 --seed 0 --out runs/demo/sigma_distil/fc1 --resume",
+    f"{PY} sigma/find_knowledge_new.py --label-sigma runs/demo/sigma_label/fc1 --distil-sigma runs/demo/sigma_distil/fc1 "
+    "--label-run runs/demo/label --distil-run runs/demo/distil/fc1 --data data/embedded --split train --layer fc1 "
+    "--bootstrap 1000 --threads 2 --seed 0 --out runs/demo/metrics_fc1 --overwrite",
+    f"{PY} -m kdq.function.stages.summarize_runs runs/demo",
+]
+
+
+def _stage_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(PY) and " pip " not in line]
+
+
+def test_make_n_demo_lists_every_stage_command_whatever_jobs():
+    """One at a time (JOBS, default 1) or at once, the demo's commands are the same, each once, with THREADS threads
+    a job: the same files whatever JOBS; THREADS reaches every stage."""
+    assert _stage_lines(_make_n("demo")) == DEMO_COMMANDS  # one at a time: in the prerequisites' order
+    for args in (("JOBS=2",), ("-j2",), ("-j3",)):
+        parallel = _stage_lines(_make_n("demo", *args))
+        assert sorted(parallel) == sorted(DEMO_COMMANDS)
+        assert parallel[0] == DEMO_COMMANDS[0] and parallel[-2:] == DEMO_COMMANDS[-2:]  # the dataset first, report last
+    one = _stage_lines(_make_n("demo", "JOBS=2", "THREADS=1"))
+    assert sorted(one) == sorted(c.replace("--threads 2", "--threads 1") for c in DEMO_COMMANDS)
+
+
+def test_make_n_study_builds_both_archs_after_one_dataset():
+    text = _make_n("study")
+    submakes = [line for line in text.splitlines() if line.startswith("make ")]
+    assert len(submakes) == 2 and all("--threads $(THREADS)" in line for line in submakes)
+    for arch in ("vgg_tiny", "resnet_tiny"):
+        assert sum(f"RUNS=runs/study/{arch} ARCH={arch} " in line for line in submakes) == 1
+        assert len([c for c in _commands(text, "sigma/train_sigma.py") if f"runs/study/{arch}/sigma_" in c]) == 8
+    assert all("--threads 2 " in c for c in _commands(text, "train_net/train_net.py"))
+    assert text.splitlines()[-1] == f"{PY} -m kdq.function.stages.summarize_runs runs/study --report " \
+        "runs/study/report.md --overwrite"
+
+
 # ---- bench/validate.py on fabricated runs -----------------------------------------------------------------
 
 def _metrics_json(path: Path, rows: dict) -> None:

@@ -47,7 +47,8 @@ def recorded_stage(folder: Path) -> str | None:
 
 
 DONE = ".done"  # the Makefile's marker of a finished stage
-PHASES = {"train_net": ("train",), "distillation": ("distill", "finetune")}  # EpochLoop names of each stage
+# EpochLoop names of each stage (weight_distance: checkpoints of another trainer, no loop)
+PHASES = {"train_net": ("train",), "distillation": ("distill", "finetune"), "weight_distance": ()}
 
 
 def phase_files(phase: str) -> tuple[str, str, str]:

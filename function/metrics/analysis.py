@@ -14,9 +14,9 @@ from kdq.function.data.folder import MaskedImageFolder
 from kdq.function.data.masks import central_square
 from kdq.function.metrics import plots
 from kdq.function.metrics.inputs import NETS, LayerInputs
-from kdq.function.metrics.caveats import final_accuracy, not_paper_settings, training_warnings
+from kdq.function.metrics.caveats import final_accuracy, not_paper_settings, tap_warnings, training_warnings
 from kdq.function.metrics.measures import METRICS, MIN_IMAGES, NetInput, compare_nets, compare_runs
-from kdq.function.metrics.report import LABELS, LayerResult, plural
+from kdq.function.metrics.report import LABELS, LayerResult, layer_tag, plural
 from kdq.function.progress import progress
 from kdq.function.sigma.entropy import entropy_map
 from kdq.function.sigma.grid import upsample
@@ -116,6 +116,8 @@ def degenerate_warnings(inp: LayerInputs, comp) -> list[str]:
         elif stages["distil"] == "train_net":
             out.append("the distil sigma run was fitted on a train_net run, not on a distilled net")
     out += training_warnings({d.run: d.record for d in inp.runs["label"]}, {d.run: d.record for d in inp.runs["distil"]})
+    out += tap_warnings(inp.layer, {d.sigma.path: d.sigma.meta for d in inp.runs["label"]},
+                        {d.sigma.path: d.sigma.meta for d in inp.runs["distil"]})
     return list(dict.fromkeys(out + comparison_warnings(comp)))
 
 
@@ -169,7 +171,7 @@ def render_figures(res: LayerResult, images: list[tuple[str, np.ndarray, np.ndar
     c = res.comparison
     counts = "/".join(str(len(res.names[n])) for n in NETS) if res.names["label"] != res.names["distil"] \
         else str(len(res.names["label"]))
-    tag = f"layer {res.layer}, {plural(counts, 'image')}"
+    tag = f"{layer_tag(res, 'layer {}, ')}{plural(counts, 'image')}"
     figs = {}
     if images:
         rows = {net: [res.names[net].index(name) for name, _, _ in images] for net in NETS}
@@ -177,7 +179,7 @@ def render_figures(res: LayerResult, images: list[tuple[str, np.ndarray, np.ndar
         concepts = {net: getattr(c, net).concepts[rows[net]] if getattr(c, net).concepts is not None else None
                     for net in NETS}
         figs["entropy_maps"] = plots.entropy_maps(images, H["label"], H["distil"], res.epochs,
-                                                  f"Entropy maps at {res.layer} (first {len(images)} of "
+                                                  f"Entropy maps{layer_tag(res, ' at {}')} (first {len(images)} of "
                                                   f"{plural(counts, 'image')})", max_columns, concepts)
     figs.update({
         "concept_curves": plots.concept_curves(res.epochs, c.curves, c.level, f"Visual concepts per image ({tag})"),

@@ -24,7 +24,7 @@ NOT_METHOD = frozenset({
     "save_optimizer", "data", "split", "val_split", "seed", "checkpoints", "checkpoint_root", "teacher_checkpoint",
     "arch", "teacher_arch", "taps", "teacher_taps", "image_size", "teacher_image_size", "teacher_format", "layer",
     "augment", "dropout", "foreground", "missing_mask", "mask_pad", "pic_seed", "lam", "finetune_lr", "pretrained",
-    "keep_pretrained_head", "effective_start"})
+    "keep_pretrained_head", "effective_start", "threads"})
 METHOD_STAGES = ("train_net", "distillation", "train_sigma")  # the stages whose settings are the method's
 PAPER_ARCHS = frozenset({"alexnet", "vgg11", "vgg16", "vgg16_bn", "vgg19", "resnet18", "resnet50", "resnet101",
                          "resnet152"})
@@ -121,18 +121,15 @@ def near_chance(record: dict) -> str | None:
     return f"final validation top-1 {acc:.1f} % against a chance level of {chance:.1f} %"
 
 
-def phase1_divergence(run: Path) -> str | None:
-    """Why a feature distillation's phase 1 diverged (its last epoch's validation MSE — or training loss — above
-    its first), or None."""
+def phase1_divergence(run: Path) -> tuple[str, str] | None:
+    """What went wrong in a feature distillation's phase 1 (:func:`~kdq.function.train.distill.phase1_trend` of its
+    ``distill_log.json``: ``("diverged" | "flat", detail)``), or None."""
     log = read_log(Path(run) / "distill_log.json")
-    if not isinstance(log, list) or len(log) < 2 or not all(isinstance(e, dict) for e in log):
+    if not isinstance(log, list):
         return None
-    key = "val_mse" if all(isinstance(e.get("val_mse"), (int, float)) for e in log) else "loss"
-    first, last = log[0].get(key), log[-1].get(key)
-    if not isinstance(first, (int, float)) or not isinstance(last, (int, float)) or not last > first:
-        return None
-    return f"phase-1 {key.replace('_', ' ')} rose from {first:.4g} (epoch {log[0].get('epoch')}) to {last:.4g} " \
-           f"(epoch {log[-1].get('epoch')})"
+    from kdq.function.train.distill import phase1_trend
+
+    return phase1_trend(log)
 
 
 def training_warnings(label: dict[Path, dict], distil: dict[Path, dict]) -> list[str]:
@@ -145,9 +142,13 @@ def training_warnings(label: dict[Path, dict], distil: dict[Path, dict]) -> list
         why = near_chance(teacher) if teacher else None
         if why:
             teachers.setdefault(str((record.get("teacher") or {}).get("checkpoint")), why)
-        diverged = phase1_divergence(run)
-        if diverged:
-            out.append(f"the distillation {run} diverged: {diverged}; its student did not learn the teacher's feature")
+        trend = phase1_divergence(run)
+        if trend and trend[0] == "diverged":
+            out.append(f"the distillation {run} diverged: {trend[1]}; its student did not learn the teacher's feature")
+        elif trend:
+            out.append(f"the distillation {run} learned nothing in phase 1: {trend[1]}; the teacher's feature at the "
+                       "layer may be (nearly) constant (a zero-initialised BatchNorm right before the tap?) or the "
+                       "learning rate too small")
     out += [f"the teacher {ckpt} has learned (almost) nothing: {why}; a student distilled from it is not the "
             "paper's distil net" for ckpt, why in teachers.items()]
     for run, record in label.items():
@@ -185,6 +186,7 @@ def not_paper_settings(sigma_records: dict[str, list[dict]], training_records: d
             out.append(f"{role}: " + ", ".join(shown))
         if role == "teacher training" and any(not (r.get("settings") or {}).get("pretrained") for r in records):
             out.append("teacher: trained from scratch (the paper's teachers start from ImageNet-pretrained weights)")
+    out += snapshot_distances(training_records)
     archs = sorted({str((r.get("model") or {}).get("arch")) for recs in training_records.values() for r in recs
                     if (r.get("model") or {}).get("arch")} - PAPER_ARCHS)
     if archs:
@@ -194,6 +196,55 @@ def not_paper_settings(sigma_records: dict[str, list[dict]], training_records: d
             dataset_kind, f"a {dataset_kind} dataset")
         out.append(f"dataset: {shown} (the paper's: CUB-200-2011, VOC 2012, ILSVRC-2013 DET)")
     return out + single_run_caveat(n_runs)
+
+
+SNAPSHOTS = "snapshots"  # run.json "weight_distance" of a run whose distances come from saved checkpoints
+
+
+def snapshot_distances(training_records: dict[str, list[dict]]) -> list[str]:
+    """The caveat of weight distances measured between saved checkpoints (``kdq-weight-distance``, run.json
+    ``"weight_distance": "snapshots"``) rather than summed over every optimizer step, one line per net."""
+    out = []
+    for net, records in training_records.items():
+        n = sum(r.get("weight_distance") == SNAPSHOTS for r in records)
+        if n:
+            which = "" if n == len(records) else f" ({n} of {len(records)} runs)"
+            out.append(f"{net} net weight distance{which}: from saved checkpoints (kdq-weight-distance), the distance "
+                       "between consecutive snapshots, a lower bound of the per-iteration path length the paper "
+                       "sums (docs/method.md §1)")
+    return out
+
+
+def tap_node(record: dict[str, Any], layer: str) -> str | None:
+    """The graph node (or submodule) a run's run.json records as its tap at ``layer`` (``model.taps``), or None."""
+    from kdq.models.external import parse_taps
+
+    taps = (record.get("model") or {}).get("taps")
+    if not isinstance(taps, str) or not taps:
+        return None
+    try:
+        tap = parse_taps(taps).get(layer)
+    except ValueError:
+        return None
+    return tap.node if tap is not None else None
+
+
+def tap_warnings(layer: str, label: dict[Path, dict], distil: dict[Path, dict]) -> list[str]:
+    """A warning for each distil sigma run (path → run.json) of the label runs' architecture that tapped ``layer`` at
+    another node than the first label sigma run: their σ maps measure different features, so the comparison is
+    not of like with like."""
+    if not label:
+        return []
+    first, rec = next(iter(label.items()))
+    node, arch = tap_node(rec, layer), (rec.get("model") or {}).get("arch")
+    out = []
+    for path, other in distil.items():
+        theirs = tap_node(other, layer)
+        if node and theirs and theirs != node and (other.get("model") or {}).get("arch") == arch:
+            out.append(f"the sigma runs tapped {layer} at different nodes (--label-sigma {first}: {node}; "
+                       f"--distil-sigma {path}: {theirs}): their σ maps measure different features; fit both at "
+                       "the same tap (train_sigma --taps)")
+    return out
 
 
 def single_run_caveat(n_runs: dict[str, int]) -> list[str]:

@@ -71,6 +71,7 @@ class MetricsConfig(StageConfig):
     out: Path | None = option(None, "folder for metrics.json, metrics.csv, report.md, figures/", OUTPUT, type=Path,
                               metavar="DIR", required=True)
     overwrite: bool = o.overwrite_option("replace a report already in --out", OUTPUT)
+    threads: int | None = o.threads_option(OUTPUT)
     no_figures: bool = option(False, "skip the figures (numbers and report only)", OUTPUT, action="store_true")
     progress: bool = o.progress_option(OUTPUT, "no progress bar over the bootstrap (it is plain lines anyway when "
                                                "stderr is not a terminal)")

@@ -147,11 +147,26 @@ def load_weight_diff(run: Path, flag: str, epochs: list[int], row: int) -> np.nd
     if max(epochs) > wd.shape[1] - 1:
         raise UserError(f"{flag}: {path} covers epochs 0..{wd.shape[1] - 1} but the sigma checkpoints reach "
                         f"epoch {max(epochs)}")
+    layer = LAYERS[row]
+    if np.isnan(wd[row, :max(epochs) + 1]).all() and not_tapped(read_run_json(run), layer):
+        raise UserError(f"{flag}: {run} recorded no weight distance for layer {layer} (its row of weight_diff.npy is "
+                        f"NaN: its taps named no {layer} weight); analyse a layer the training run tapped, retrain "
+                        f"with --taps naming a {layer} weight, or run kdq-weight-distance --checkpoints {run} "
+                        f"--taps {layer}=<module> --out <new run> (distances between its snapshots) and fit the "
+                        "sigma run on that run")
     try:  # the rule kdq.compare applies to its D_label and D_distil
         check_weight_distances(f"{flag}: {path}", wd[row, :max(epochs) + 1], " in the analysed layer's row")
     except CheckError as exc:
         raise UserError(f"{exc}: the file is damaged") from None
     return wd[row].astype(np.float64)
+
+
+def not_tapped(record: dict[str, Any], layer: str) -> bool:
+    """A training run's run.json records its taps (``model.taps``) and none at ``layer``: it tracked no weight there."""
+    from kdq.function.metrics.caveats import tap_node
+
+    taps = (record.get("model") or {}).get("taps")
+    return isinstance(taps, str) and bool(taps) and tap_node(record, layer) is None
 
 
 def pick_folder(folder: Path, layer: str, marker: str) -> Path:
@@ -501,6 +516,7 @@ def load_layer(req: MetricsConfig, layer: str, data: MaskedImageFolder, label_si
     wd = {net: [load_weight_diff(run, f"--{net}-run", e[0], row) for run, e in zip(runs[net], epochs[net])]
           for net in NETS}
 
+    notes += distance_source_notes(layer, sigmas, records)
     warnings: list[str] = []
     family, size = family_and_size(req, every, [r for net in NETS for r in records[net]], warnings, notes)
     skip0 = {"yes": True, "no": False}.get(req.mhat_skip_epoch0, family_defaults(family).mhat_skip_epoch0)
@@ -527,6 +543,21 @@ def load_layer(req: MetricsConfig, layer: str, data: MaskedImageFolder, label_si
             "on its own images, and the two-level bootstrap draws every drawn run's images on their own")
     return LayerInputs(layer, nets, len(names), skipped, paired, int(size), grid, skip0, req.compat, rule, fallback,
                        str(data.root), data.split, warnings, notes)
+
+
+def distance_source_notes(layer: str, sigmas: dict[str, list[SigmaRun]], records: dict[str, list[dict]]) -> list[str]:
+    """A note for each sigma run fitted at another tap of ``layer`` than its training run recorded (train_sigma
+    ``--taps``): σ comes from the sigma run's tap, D from the weight distance the training run recorded there."""
+    from kdq.function.metrics.caveats import tap_node
+
+    out = []
+    for net in NETS:
+        for sr, rec in zip(sigmas[net], records[net]):
+            fitted, trained = tap_node(sr.meta, layer), tap_node(rec, layer)
+            if fitted and trained and fitted != trained:
+                out.append(f"{net} net: σ fitted at {layer} = {fitted} (the sigma run's own tap); D is the weight "
+                           f"distance its training run recorded for {layer} (tap {trained})")
+    return list(dict.fromkeys(out))
 
 
 def _screen_pair(maps: dict[str, list[dict[str, np.ndarray]]], names: list[str], compat: str

@@ -33,7 +33,7 @@ FIGURE_ORDER = tuple(CAPTIONS)
 
 @dataclass
 class LayerResult:
-    layer: str
+    layer: str | None  # None: maps of no named layer (kdq.compare without layer=): no layer in titles and rows
     names: dict[str, list[str]]  # net → the images it was measured on, in order
     epochs: dict[str, list[int]]  # net → its checkpoint epochs
     epochs_source: dict[str, str]
@@ -59,6 +59,17 @@ class LayerResult:
     def names_of(self, net: str, run: int) -> list[str]:
         """The images run ``run`` (0-based) of ``net`` was measured on."""
         return self.run_names[net][run] if self.run_names.get(net) else self.names[net]
+
+
+def layer_tag(res: LayerResult, template: str = "**{}**: ") -> str:
+    """``template`` filled with the result's layer, or ``""`` for a result of no named layer (``kdq.compare``
+    without ``layer=``), so that no title or line carries a made-up layer name."""
+    return "" if res.layer is None else template.format(res.layer)
+
+
+def has_layers(results: list[LayerResult]) -> bool:
+    """Whether the tables carry a layer column (not for a single result of no named layer)."""
+    return any(res.layer is not None for res in results)
 
 
 # ---- numbers as text ------------------------------------------------------------------------------
@@ -113,8 +124,10 @@ def terminal_table(results: list[LayerResult], level: float) -> str:
     """The hypotheses table with aligned columns (plain ASCII)."""
     header = HEADER[:5] + [f"{level:.0%} CI"] + HEADER[6:]
     rows = [header] + table_rows(results)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    numeric = {2, 3, 4}
+    if not has_layers(results):
+        rows = [row[1:] for row in rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    numeric = {2, 3, 4} if has_layers(results) else {1, 2, 3}
 
     def line(r):
         return "  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
@@ -263,7 +276,7 @@ def per_run_section(results: list[LayerResult]) -> list[str]:
                                                                            else "")
                                 for i, r in enumerate(res.runs.get(net, [])))
                  for net in ("label", "distil")}
-        lines += [f"**{res.layer}** — label net ({seeds['label']}); distil net ({seeds['distil']}).", "",
+        lines += [f"{layer_tag(res, '**{}** — ')}label net ({seeds['label']}); distil net ({seeds['distil']}).", "",
                   "| metric | label runs | label pooled (spread) | distil runs | distil pooled (spread) |",
                   "| --- | --- | ---: | --- | ---: |"]
         for row in res.comparison.rows:
@@ -284,28 +297,30 @@ def cell(text: str) -> str:
 
 def markdown(results: list[LayerResult], settings: dict[str, Any], level: float) -> str:
     pct = f"{level:.0%}"
-    layers = ", ".join(res.layer for res in results)
-    lines = [f"# Label net vs distil net at {layers}: the three hypotheses", ""]
+    at = layer_tag(results[0], " at {}") if len(results) == 1 else f" at {', '.join(res.layer for res in results)}"
+    lines = [f"# Label net vs distil net{at}: the three hypotheses", ""]
     lines += settings_section(results)
     lines += ["## How to read this", "", HOW_TO_READ, "| metric | what it measures | the paper predicts |", "| --- | --- | --- |"]
     lines += [f"| {m.label} | {cell(m.what)} | {predicted_text(m.predicted, '—')} |" for m in ALL_METRICS]
-    warnings = [f"- **{res.layer}**: {w}" for res in results for w in res.warnings]
+    warnings = [f"- {layer_tag(res)}{w}" for res in results for w in res.warnings]
     if warnings:
         lines += ["", "## Warnings", "", *warnings]
+    column = ("| layer ", "| --- ") if has_layers(results) else ("", "")
     lines += ["", "## Results", "",
-              f"| layer | metric | label | distil | distil − label [{pct} CI] | predicted | verdict |",
-              "| --- | --- | ---: | ---: | --- | --- | --- |"]
+              f"{column[0]}| metric | label | distil | distil − label [{pct} CI] | predicted | verdict |",
+              f"{column[1]}| --- | ---: | ---: | --- | --- | --- |"]
     for res in results:
         for row in res.comparison.rows:
             diff, ci = fmt_diff(row)
-            lines.append(f"| {res.layer} | {LABELS[row['metric']]} | {fmt(row['label'])} | {fmt(row['distil'])} | "
+            lines.append(f"{layer_tag(res, '| {} ')}| {LABELS[row['metric']]} | {fmt(row['label'])} | "
+                         f"{fmt(row['distil'])} | "
                          f"{diff} {ci} | {predicted_text(row['predicted'])} | {verdict_text(row)} |")
     lines += per_run_section(results)
     lines += ["", "## The nets", ""]
     for res in results:
         acc = ", ".join(f"{net} net {fmt(res.accuracy.get(net))} %" if res.accuracy.get(net) is not None
                         else f"{net} net not recorded" for net in ("label", "distil"))
-        lines.append(f"- **{res.layer}**: final validation top-1: {acc}.")
+        lines.append(f"- {layer_tag(res)}final validation top-1: {acc}.")
     lines += ["", "## Images and settings", ""]
     for res in results:
         c = res.counts
@@ -325,7 +340,7 @@ def markdown(results: list[LayerResult], settings: dict[str, Any], level: float)
             common = f"{c['both']} distinct images effective in some run"
         else:
             common = f"{c['both']} effective in both runs"
-        lines.append(f"- **{res.layer}**: {used} ({common}{skipped}; "
+        lines.append(f"- {layer_tag(res)}{used} ({common}{skipped}; "
                      f"label run{'s' if '/' in effective['label'] else ''} {effective['label']}, distil "
                      f"run{'s' if '/' in effective['distil'] else ''} {effective['distil']} effective); "
                      f"{schedules}; grid {res.grid}×{res.grid}; S = {res.image_size}; "
@@ -348,15 +363,15 @@ def markdown(results: list[LayerResult], settings: dict[str, Any], level: float)
         for key in FIGURE_ORDER:
             if key in res.figures:
                 n += 1
-                lines += [f"![{key} {res.layer}]({res.figures[key]})", "",
-                          f"*Figure {n} ({res.layer}).* {CAPTIONS[key]}", ""]
-    notes = [f"- {res.layer}: {note}" for res in results for note in res.notes]
+                lines += [f"![{key}{layer_tag(res, ' {}')}]({res.figures[key]})", "",
+                          f"*Figure {n}{layer_tag(res, ' ({})')}.* {CAPTIONS[key]}", ""]
+    notes = [f"- {layer_tag(res, '{}: ')}{note}" for res in results for note in res.notes]
     if notes:
         lines += ["## Notes", ""] + notes + [""]
     lines += ["## Inputs", ""]
     for res in results:
         for flag, path in res.inputs.items():
-            lines.append(f"- {res.layer} `{flag}`: `{path}`")
+            lines.append(f"- {layer_tag(res, '{} ')}`{flag}`: `{path}`")
     lines.append("")
     return "\n".join(lines)
 
@@ -370,6 +385,6 @@ def write_outputs(out: Path, results: list[LayerResult], settings: dict[str, Any
         **provenance, "settings": settings,
         "not_paper_settings": not_paper_items(results),
         "table": [dict(zip(HEADER, r)) for r in table_rows(results)],
-        "layers": {res.layer: layer_json(res) for res in results}}))
+        "layers": {res.layer or "": layer_json(res) for res in results}}))
     write_text(out / "metrics.csv", metrics_csv(results))
     write_text(out / "report.md", markdown(results, settings, level))

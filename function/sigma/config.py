@@ -152,9 +152,13 @@ class SigmaRunConfig(StageConfig):
                                       "accumulated (same result up to rounding, less memory); default: 32 on the "
                                       "CPU (faster), else all, halved automatically on CUDA out-of-memory", SPEED,
                                       check=POSITIVE_INT, **_RUNTIME)
-    amp: str | None = option(SigmaConfig.amp, "autocast the net's forward (bf16 unless fp16 is named); changes the "
-                                              "maps slightly", SPEED, choices=AMP_CHOICES, nargs="?", const="bf16")
-    channels_last: bool = option(False, "channels-last memory format for conv nets", SPEED, action="store_true",
+    amp: str | None = option(SigmaConfig.amp, "the steps' forward and backward in bf16 (unless fp16 is named; σ_f² "
+                                              "stays fp32): on CUDA, or on a CPU with bf16 units (amx_bf16, "
+                                              "avx512_bf16; elsewhere it warns: slower); changes the maps "
+                                              "(docs/performance.md)", SPEED, choices=AMP_CHOICES, nargs="?",
+                             const="bf16")
+    channels_last: bool = option(False, "channels-last memory format for conv nets (CUDA, and with --amp on the "
+                                        "CPU: bf16 + channels-last is the fastest CPU fit)", SPEED, action="store_true",
                                  **_RUNTIME)
     cudnn_benchmark: bool = option(False, "let cuDNN pick the fastest conv algorithms", SPEED, action="store_true",
                                    **_RUNTIME)
@@ -165,6 +169,7 @@ class SigmaRunConfig(StageConfig):
     out: Path | None = option(None, "sigma run folder to write", "run", type=Path, required=True, **_RUNTIME)
     seed: int = option(0, "seed of every image's noise (by image and epoch)", "run", check=SEED)
     device: str = o.device_option()
+    threads: int | None = o.threads_option()
     deterministic: bool = o.deterministic_option(what="deterministic algorithms (slower on CUDA): two runs write "
                                                       "byte-identical files")
     resume: bool = o.resume_option("continue the run in --out (finished images are kept)")

@@ -34,6 +34,11 @@ cuDNN may pick other algorithms for other batch sizes, so batches agree to float
 eager ones to float rounding, which the SGD on σ can amplify where a ReLU input sits near 0 (tested:
 log σ* within 1e-4).
 
+Precision (``amp``): σ_f² is always computed in fp32 (from an fp32 h(x)); the steps' forward and backward, and
+the h(x) they compare with, run in bf16/fp16.  On the CPU with ``amp="bf16"`` the feature module is cast to bf16
+once per :meth:`SigmaFitter.fit` call (:func:`kdq.function.sigma.precision.bf16_copy`) instead of autocast; the
+maps then differ from fp32's (docs/performance.md, "bf16 on the CPU"), so fp32 stays the default.
+
 Records per image (arrays of length T): ``entropy`` = H̄ of the σ used at each step,
 ``feature_loss`` = MSE/σ_f², ``penalty_loss`` = −λ·H̄ (λ of that step); steps that were not run are
 **NaN** (the original code left zeros there).  A fit is *failed* when σ_f² is 0 or not finite, or
@@ -49,10 +54,12 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from kdq.function.sigma.config import SigmaConfig, decision_step  # noqa: F401 - the fit's settings live there
 from kdq.function.sigma.entropy import mean_entropy
 from kdq.function.sigma.grid import upsample
+from kdq.function.sigma.precision import bf16_copy
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 CPU_CHUNK = 32  # default noise samples per forward pass on the CPU
@@ -152,9 +159,12 @@ class SigmaFitter:
         gens = [torch.Generator(device=dev).manual_seed(int(s)) for s in seeds]
         T, g = cfg.steps, cfg.grid
 
-        with torch.no_grad():
-            clean = self._h(x)  # (B, F) float32
-            sigma_f2 = self._sigma_f2(x, clean, gens)  # (B,) float32
+        net = self._net_for_call()  # the steps' h: bf16 / fp16 with amp
+        with torch.no_grad():  # σ_f² in fp32 whatever amp (see _reference)
+            clean = self._h(self._reference, x)  # (B, F) float32
+            sigma_f2 = self._sigma_f2(self._reference, x, clean, gens)  # (B,) float32
+            if self.cfg.amp is not None:  # the steps compare h(x + σε) with h(x) through the same bf16 net
+                clean = self._h(net, x)
 
         sigma = torch.full((B, g, g), cfg.sigma0, device=dev)
         lam_t = torch.tensor(lams, dtype=torch.float32, device=dev)
@@ -177,7 +187,7 @@ class SigmaFitter:
                 hist_sigma[t, idx] = s
                 for j, gen in enumerate(ga):
                     eps[j].normal_(generator=gen)
-                fl, pen, h_bar, grad = self._step(xa, ca, fa, la, s, eps)
+                fl, pen, h_bar, grad = self._step(net, xa, ca, fa, la, s, eps)
                 hist[0, t, idx], hist[1, t, idx], hist[2, t, idx] = h_bar, fl, pen
                 if t == cfg.decision:
                     stop = reached_target(hist[0, : t + 1, idx], cfg.target_entropy).tolist()  # one sync
@@ -197,6 +207,24 @@ class SigmaFitter:
         return self._results(hist_sigma, hist, sigma_f2, lam_t, steps_run)
 
     # -- internals ----------------------------------------------------------------------------
+    def _net_for_call(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``h`` of one :meth:`fit` call, inputs to float32 ``(N, F)``.  bf16 on the CPU with an ``nn.Module`` feature
+        (and no ``compile``): the module cast to bf16 once, here — its weights as they are now, so a caller that loads
+        another checkpoint between calls gets it — rather than autocast re-casting every weight at every forward and
+        backward (measured as fast or faster, docs/performance.md); otherwise :meth:`_forward` (autocast when
+        ``amp`` is set)."""
+        cfg = self.cfg
+        if cfg.amp == "bf16" and self.device.type == "cpu" and not cfg.compile and isinstance(self.feature, nn.Module):
+            cast = bf16_copy(self.feature, cfg.channels_last)
+            return lambda inputs: self._forward_cast(cast, inputs)
+        return self._forward
+
+    def _forward_cast(self, cast: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        """``h`` of a flat batch through the bf16 copy ``cast`` of the feature, as float32 ``(N, F)``."""
+        inputs = inputs.to(torch.bfloat16, memory_format=torch.channels_last if self.cfg.channels_last
+                           else torch.contiguous_format)
+        return self.activation(cast(inputs)).float().reshape(inputs.shape[0], -1)
+
     def _autocast(self):
         if self.cfg.amp is None:
             return contextlib.nullcontext()
@@ -206,26 +234,35 @@ class SigmaFitter:
     def _features(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.activation(self.feature(inputs))
 
-    def _forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        """``h`` of a flat batch of inputs, as float32 ``(N, F)``."""
-        if self.cfg.channels_last:
+    def _forward(self, inputs: torch.Tensor, autocast: bool = True) -> torch.Tensor:
+        """``h`` of a flat batch of inputs, as float32 ``(N, F)``; ``autocast`` False: plain fp32 (contiguous inputs
+        when ``amp`` is set, so a bf16 fit's reference is the fp32 fit's to the bit)."""
+        if self.cfg.channels_last and (autocast or self.cfg.amp is None):
             inputs = inputs.contiguous(memory_format=torch.channels_last)
-        with self._autocast():
+        with self._autocast() if autocast else contextlib.nullcontext():
             out = self._net(inputs)
         return out.float().reshape(inputs.shape[0], -1)
 
-    def _forward_blocks(self, blocks: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _reference(self, inputs: torch.Tensor) -> torch.Tensor:
+        """``h`` in fp32 whatever ``amp``: σ_f² (and the h(x) it is measured from) of every fit.  Measured
+        (docs/performance.md, "bf16 on the CPU"): bf16 rounding adds a noise floor to MSE(h(x + σ₀ε), h(x)) that
+        inflated σ_f² by ~20% on the demo's net and moved σ* by steps.  The steps' h(x), on the other hand, agrees
+        best with fp32's maps when it comes from the same bf16 net as h(x + σε) (measured against an fp32 h(x): log σ*
+        correlation 0.98 vs 0.97 at conv, 0.88 vs 0.63 at fc1)."""
+        return self._forward(inputs, autocast=False)
+
+    def _forward_blocks(self, net, blocks: list[torch.Tensor]) -> list[torch.Tensor]:
         """``h`` of each image's block of noisy inputs.  On the CPU every block is its own pass, so an
         image's numbers never depend on the other images of its batch (math libraries pick their kernels by
         the shape of the whole pass); elsewhere the blocks go through the net together (faster on a GPU)."""
         if not self.batch_images or len(blocks) == 1:
-            return [self._forward(block) for block in blocks]
-        h = self._forward(torch.cat(blocks))
+            return [net(block) for block in blocks]
+        h = net(torch.cat(blocks))
         return list(h.split([block.shape[0] for block in blocks]))
 
-    def _h(self, x: torch.Tensor) -> torch.Tensor:
+    def _h(self, net, x: torch.Tensor) -> torch.Tensor:
         """Clean features, one image per pass (a batch of one is what any batching reduces to)."""
-        return torch.cat([self._forward(x[j:j + 1]) for j in range(x.shape[0])])
+        return torch.cat([net(x[j:j + 1]) for j in range(x.shape[0])])
 
     def _chunks(self, n: int):
         c = n if self.chunk is None else min(self.chunk, n)
@@ -250,7 +287,7 @@ class SigmaFitter:
     # forward and backward see the whole batch, on the CPU not even they (_forward_blocks).  On the CPU
     # an image's numbers are then bit-identical whatever the batch, so resumed or differently sharded
     # runs write the same bytes.
-    def _sigma_f2(self, x: torch.Tensor, clean: torch.Tensor, gens) -> torch.Tensor:
+    def _sigma_f2(self, net, x: torch.Tensor, clean: torch.Tensor, gens) -> torch.Tensor:
         """σ_f² per image: MSE(h(x + σ₀ε), h(x)) over n samples and the feature elements."""
         cfg, B = self.cfg, x.shape[0]
         eps = torch.empty((B, cfg.samples, *x.shape[1:]), device=x.device)
@@ -261,14 +298,14 @@ class SigmaFitter:
             sse = [torch.zeros((), device=x.device) for _ in range(B)]
             for a, b in self._chunks(cfg.samples):
                 blocks = [torch.add(x[j], eps[j, a:b], alpha=cfg.sigma0) for j in range(B)]
-                for j, h in enumerate(self._forward_blocks(blocks)):
+                for j, h in enumerate(self._forward_blocks(net, blocks)):
                     sse[j] = sse[j] + (h - clean[j]).square().sum()
             return torch.stack(sse)
 
         sse = self._with_oom_retry(run)
         return sse / (cfg.samples * clean.shape[1])
 
-    def _step(self, x, clean, sigma_f2, lam, s, eps):
+    def _step(self, net, x, clean, sigma_f2, lam, s, eps):
         """One SGD step's loss terms and gradient for the active images (σ ``s`` already clamped)."""
         cfg = self.cfg
         A, n, S = x.shape[0], cfg.samples, x.shape[-1]
@@ -284,7 +321,7 @@ class SigmaFitter:
                 # the 3 channels share a cell's σ; each image's noisy block is built on its own
                 blocks = [torch.addcmul(x[j], upsample(leaves[j], S), eps[j, a:b]) for j in range(A)]
                 parts = [(h - clean[j]).square().sum() / denom[j]
-                         for j, h in enumerate(self._forward_blocks(blocks))]
+                         for j, h in enumerate(self._forward_blocks(net, blocks))]
                 torch.stack(parts).sum().backward()
                 fl = [f + p.detach() for f, p in zip(fl, parts)]
             grad = torch.stack([leaf.grad for leaf in leaves])

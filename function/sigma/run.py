@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -45,6 +46,9 @@ from kdq.models.external import taps_text
 
 
 STATE_CACHE_BYTES = 1 << 30  # keep every checkpoint's weights in memory when they total less
+ZERO_FEATURE_SHARE = 0.5  # σ_f² = 0 for more than this share of a checkpoint's fits: the tap is named as a trap
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -304,8 +308,10 @@ def fit_images(plan: SigmaPlan, fitter: SigmaFitter, model: nn.Module, positions
         fits = fit_or_error(fitter, images[alive], seeds)
         stats["fit_seconds"] += time.perf_counter() - start
         stats["fits"] += len(alive)
+        stats["fitted"][k] += len(alive)
         still = []
         for j, fit in zip(alive, fits):
+            stats["zero_f2"][k] += fit.sigma_f2 == 0.0
             rec = records[j]
             gap = entropy_gap(fit.sigma, rec.fg) if not fit.failed else float("nan")
             rec.store(k, epoch, fit, gap)
@@ -364,6 +370,7 @@ class RunSummary:
     fits: int  # fits of this session, all ranks
     fit_seconds: float
     wall_s: float  # the fitting loop, all ranks done
+    notes: list[str] = field(default_factory=list)  # traps met on the way (:func:`zero_feature_note`)
 
 
 def run_images(plan: SigmaPlan, fitter: SigmaFitter, model: nn.Module, out: Path, ctx: Dist,
@@ -375,7 +382,8 @@ def run_images(plan: SigmaPlan, fitter: SigmaFitter, model: nn.Module, out: Path
     for pos, eff in layout.finished_images(out).items():
         if pos < len(status):
             status[pos] = EFFECTIVE if eff else NON_EFFECTIVE
-    stats = {"fits": 0, "fit_seconds": 0.0}
+    K = len(plan.epochs)
+    stats = {"fits": 0, "fit_seconds": 0.0, "fitted": np.zeros(K, dtype=np.int64), "zero_f2": np.zeros(K, dtype=np.int64)}
     bar = progress(total=len(status), desc="images", enabled=show, initial=sum(s != PENDING for s in status))
     started = time.time()
     while True:
@@ -403,11 +411,36 @@ def run_images(plan: SigmaPlan, fitter: SigmaFitter, model: nn.Module, out: Path
                 proved(out)  # an image is finished: a run that --overwrite replaced may go
     bar.close()
 
-    totals = torch.tensor([stats["fits"], stats["fit_seconds"]], dtype=torch.float64, device=device)
+    totals = torch.tensor([stats["fits"], stats["fit_seconds"], *stats["fitted"], *stats["zero_f2"]],
+                          dtype=torch.float64, device=device)
     if dist.is_initialized():
         dist.all_reduce(totals)
+    counts = totals[2:].cpu().numpy().astype(np.int64).reshape(2, K)
     n_eff = n_non = 0
+    notes = []
     if ctx.is_main:
         n_eff, n_non, _ = write_lists(out, plan.names, status, effect_num)
+        note = zero_feature_note(plan, {e: (int(z), int(n)) for e, n, z in zip(plan.epochs, *counts)})
+        if note:
+            log.warning("%s", note)
+            notes.append(note)
     return RunSummary(effective=n_eff, non_effective=n_non, processed=sum(s != PENDING for s in status),
-                      fits=int(totals[0].item()), fit_seconds=float(totals[1].item()), wall_s=time.time() - started)
+                      fits=int(totals[0].item()), fit_seconds=float(totals[1].item()), wall_s=time.time() - started,
+                      notes=notes)
+
+
+def zero_feature_note(plan: SigmaPlan, counts: dict[int, tuple[int, int]]) -> str | None:
+    """One line naming the trap when σ_f² = 0 for most fits (more than :data:`ZERO_FEATURE_SHARE`) at a checkpoint:
+    the feature at the tap does not change with the input there, which makes those images non-effective.
+    ``counts``: epoch → (fits with σ_f² = 0, fits).  None when no checkpoint has the trap."""
+    hit = {e: (z, n) for e, (z, n) in counts.items() if n and z > ZERO_FEATURE_SHARE * n}
+    if not hit:
+        return None
+    tap = plan.info.taps[plan.layer]
+    shown = ", ".join(f"{e} ({z} of {n} fits)" for e, (z, n) in sorted(hit.items()))
+    return (f"σ_f² = 0 for most images at epoch(s) {shown}: the feature at --layer {plan.layer} (node {tap.node}) "
+            "does not change with the input there, so those images are non-effective; this happens when a "
+            "BatchNorm initialised to zero sits right before the tap (timm's zero-initialised last BatchNorm of a "
+            "residual block, torchvision's zero_init_residual) or a ReLU layer before it is dead; try another tap "
+            "(--taps, e.g. the block's output: conv=layer4.0 rather than conv=layer4.0.bn2) or leave those "
+            "checkpoints out (--checkpoints)")

@@ -21,6 +21,7 @@ COMMANDS = {
     "make_dataset": ("kdq-data", None),
     "prepare_data": ("kdq-prepare-data", None),
     "summarize_runs": ("kdq-summarize", None),
+    "weight_distance": ("kdq-weight-distance", None),
 }
 SCRIPTS = {script: name for name, (_, script) in COMMANDS.items() if script}  # script path → module name
 

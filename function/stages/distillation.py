@@ -61,12 +61,12 @@ def with_field(args, **fields):
 def main(args: argparse.Namespace) -> None:
     """Distil a student from the frozen teacher (phase 1), then fine-tune the layers above ``--layer`` on labels
     (phase 2, where it applies), after every check that needs no output folder."""
-    from kdq.function.runtime import cleanup_distributed
+    from kdq.function.runtime import cleanup_distributed, use_threads
     from kdq.function.train.engine import evaluate
     from kdq.function.train.phase import finish_phase, start_phase
     from kdq.function.train.stage import resolved_augment, setup
 
-    args = resolve_args(args)  # a resolved copy: the caller's namespace is left as parsed
+    args = use_threads(resolve_args(args))  # a resolved copy (the caller's is left as parsed), threads set
     plan = plan_run(args)
     run = setup(args, "distillation", {"augment": resolved_augment(args)})
     if run.complete:
@@ -79,6 +79,7 @@ def main(args: argparse.Namespace) -> None:
         distilled = finish_phase(first)
         del first  # phase 1's DDP wrapper and optimizer go before phase 2 builds its own
         run.record.update(distill={"epochs": args.epochs, "last": distilled.history[-1] if distilled.history else {}})
+        warn_phase1(run, distilled.history)
         tuned = finetune(run, d, args, plan.info)
         final_val = evaluate(d.model, d.val_loader, run.device) if d.val_loader else {}
     if run.ctx.is_main:
@@ -102,7 +103,7 @@ class Plan:
 def plan_run(args) -> Plan:
     """Every check of a distillation run that needs no output folder (one-line UserErrors), in the order the
     stage has always made them, and what they load."""
-    from kdq.function.archs import arch_from, check_input_size, resolve_arch
+    from kdq.function.archs import arch_from, check_input_size, resolve_arch, student_arch
     from kdq.function.io.rundir import read_run_json
     from kdq.function.train.distill import prepare_teacher
     from kdq.function.train.stage import check_dropout, check_splits, checked_checkpoints, checked_lr_schedule, \
@@ -111,6 +112,7 @@ def plan_run(args) -> Plan:
     info = resolve_arch(args.arch, args.taps, args.image_size)
     teacher_run = read_run_json(args.teacher_checkpoint.parent) if args.teacher_format == "kdq" else {}
     teacher_info = arch_from(args, teacher_run, "teacher-", f"the teacher's run {args.teacher_checkpoint.parent}")
+    info = student_arch(args, info, teacher_info)  # the teacher's own arch: its taps and image size by default
     if teacher_info.input_size != info.input_size:
         raise UserError(f"the teacher takes {teacher_info.input_size} px inputs, the student {info.input_size} px: "
                         "one loader feeds both (--image-size / --teacher-image-size)")
@@ -172,6 +174,18 @@ def run_facts(args, plan: Plan) -> dict:
                         "model": model_record(plan.teacher_info), "format": args.teacher_format,
                         "mode": args.teacher_mode, **teacher.meta},
             "feature_shape": {"student": list(teacher.student_shape), "teacher": list(teacher.teacher_shape)}}
+
+
+def warn_phase1(run, history: list[dict]) -> None:
+    """A diverged or flat phase 1 (:func:`~kdq.function.train.distill.phase1_warning`): one warning, also recorded
+    in run.json (``notes``)."""
+    from kdq.function.train.distill import phase1_warning
+
+    message = phase1_warning(history)
+    if message is not None:
+        if run.ctx.is_main:
+            log.warning("%s", message)
+        run.record.update(notes=[*run.record.data.get("notes", []), message])
 
 
 def skipped_finetune(args) -> str | None:

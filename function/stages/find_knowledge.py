@@ -64,7 +64,9 @@ def main(args: MetricsConfig) -> None:
     from kdq.function.metrics.analysis import analyse_layer, render_figures, shown_images
     from kdq.function.metrics.inputs import NETS, SigmaRun, layer_dirs, load_layer
     from kdq.function.metrics.report import terminal_table, write_outputs
+    from kdq.function.runtime import use_threads
 
+    args = use_threads(args)  # torch's CPU threads (--threads), the count recorded in run.json
     check_in("--level", args.level, LEVEL)  # the rule kdq.compare applies to level
     check_out_apart(args.out, args)
     check_out(args.out, STAGE, overwrite=args.overwrite, resumable=False)

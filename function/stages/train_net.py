@@ -50,12 +50,13 @@ def read_pretrained(args: argparse.Namespace, info, num_classes: int) -> dict | 
 def main(args: argparse.Namespace) -> None:
     """Train one net on labels (its single phase), after every check that needs no output folder."""
     from kdq.function.archs import check_input_size, model_record, resolve_arch
-    from kdq.function.runtime import cleanup_distributed, startup_step
+    from kdq.function.runtime import cleanup_distributed, startup_step, use_threads
     from kdq.function.train.phase import Phase, accuracy_validation, cross_entropy_step, finish_phase, start_phase, \
         tracked_weights
     from kdq.function.train.stage import (check_dropout, check_splits, checked_checkpoints, checked_lr_schedule,
                                           load_splits, make_loaders, resolved_augment, setup)
 
+    args = use_threads(args)  # torch's CPU threads (--threads), the count recorded in run.json
     info = resolve_arch(args.arch, args.taps, args.image_size)
     checkpoints = checked_checkpoints(args)
     train_set, val_set = load_splits(args, info.input_size)

@@ -37,10 +37,12 @@ def main(args: SigmaRunConfig) -> None:
 
     from kdq.function.archs import model_record
     from kdq.function.io.rundir import RunRecord, check_out_apart, open_run
-    from kdq.function.runtime import all_ok, cleanup_distributed, init_distributed, set_deterministic
+    from kdq.function.runtime import all_ok, cleanup_distributed, init_distributed, set_deterministic, use_threads
     from kdq.function.sigma import layout
+    from kdq.function.sigma.precision import amp_warning
     from kdq.function.sigma.run import check_resumable, plan_run, prepare_model, run_images
 
+    args = use_threads(args)  # torch's CPU threads (--threads), the count recorded in run.json
     check_out_apart(args.out, args)
     plan = plan_run(args)  # every check that needs no writing
     ctx, device = init_distributed(args.device)
@@ -58,8 +60,9 @@ def main(args: SigmaRunConfig) -> None:
         set_deterministic(args.deterministic)
         if args.cudnn_benchmark:
             torch.backends.cudnn.benchmark = True
-        if args.amp and device.type != "cuda":
-            log.warning("--amp on %s uses its autocast (%s); it is meant for CUDA", device.type, args.amp)
+        amp_note = amp_warning(device.type, args.amp)  # none for bf16 on a CPU with bf16 units
+        if amp_note:
+            log.warning(amp_note)
         model, fitter = prepare_model(plan, device)
         done = run_images(plan, fitter, model, args.out, ctx, device, args.effect_num, args.batch_images, args.seed,
                           show=ctx.is_main and args.progress)
@@ -68,6 +71,8 @@ def main(args: SigmaRunConfig) -> None:
                       fits_this_session=done.fits,
                       seconds_per_fit=round(done.fit_seconds / done.fits, 4) if done.fits else None,
                       loop_wall_s=round(done.wall_s, 3), sample_chunk_used=fitter.chunk, resumed=resume)
+        if done.notes:  # traps met on the way (σ_f² = 0 at a checkpoint), also logged as warnings
+            record.update(notes=done.notes)
         record.save("complete")
         per_fit = f", {done.fit_seconds / done.fits:.2f} s/fit" if done.fits else ""
         print(f"sigma: {done.effective} effective, {done.non_effective} non-effective of {done.processed} processed "

@@ -76,8 +76,9 @@ class DistillConfig(StageConfig):
                                        "or train (dropout on, BatchNorm on batch statistics without updating them)",
                                TEACHER, choices=("eval", "train"))
     arch: str | None = arch_option(STUDENT, "the student")
-    taps: str | None = taps_option(STUDENT)
-    image_size: int | None = image_size_option(STUDENT)
+    taps: str | None = taps_option(STUDENT, "the teacher's run, for a student of the teacher's architecture,")
+    image_size: int | None = image_size_option(STUDENT, "the teacher's run, for a student of the teacher's "
+                                                        "architecture,")
     layer: str | None = option(None, "layer whose pre-activation output is distilled (required for --method "
                                      "feature; hinton distils the logits, fc3)", STUDENT, choices=LAYERS)
     dropout: float | None = option(None, "dropout of the student's fc head (registry architectures; default: the "

@@ -145,6 +145,44 @@ def evaluate_feature_mse(student_fn: nn.Module, teacher_fn: nn.Module, loader: D
     return {"val_mse": total / max(n, 1)}
 
 
+FLAT_PHASE1 = 1e-3  # phase 1's loss changed by less than this share of its first value: the student learned nothing
+ZERO_LOSS = 1e-10  # a phase-1 loss at or below this at both ends is (numerically) zero: flat, whatever its change
+
+
+def phase1_trend(history: list[dict]) -> tuple[str, str] | None:
+    """What phase 1's log (one dict per epoch) says went wrong, as ``(kind, detail)``: ``"diverged"`` when the last
+    epoch's validation MSE (or, without one, its training loss) is above the first's, ``"flat"`` when it changed by
+    less than :data:`FLAT_PHASE1` of the first or stayed at (numerical) zero (:data:`ZERO_LOSS`); None when it fell,
+    or with fewer than two epochs."""
+    if not isinstance(history, list) or len(history) < 2 or not all(isinstance(e, dict) for e in history):
+        return None
+    key = "val_mse" if all(isinstance(e.get("val_mse"), (int, float)) for e in history) else "loss"
+    first, last = history[0].get(key), history[-1].get(key)
+    if not isinstance(first, (int, float)) or not isinstance(last, (int, float)):
+        return None
+    what, span = key.replace("_", " "), f"{first:.4g} (epoch {history[0].get('epoch')}) to {last:.4g} " \
+                                         f"(epoch {history[-1].get('epoch')})"
+    if abs(last - first) <= FLAT_PHASE1 * abs(first) or max(abs(first), abs(last)) <= ZERO_LOSS:
+        return "flat", f"phase-1 {what} stayed flat from {span} (a relative change below {FLAT_PHASE1:g})"
+    if last > first:
+        return "diverged", f"phase-1 {what} rose from {span}"
+    return None
+
+
+def phase1_warning(history: list[dict]) -> str | None:
+    """The warning distillation logs at the end of phase 1 (and records in run.json) when :func:`phase1_trend`
+    finds a problem, saying what to try; None otherwise."""
+    trend = phase1_trend(history)
+    if trend is None:
+        return None
+    kind, detail = trend
+    if kind == "diverged":
+        return f"{detail}: the student did not learn the teacher's feature (try a smaller --lr)"
+    return (f"{detail}: the student learned nothing of the teacher's feature; the feature at the layer may be "
+            "(nearly) constant (a zero-initialised BatchNorm right before the tap: try another --teacher-taps/--taps, "
+            "e.g. the block's output) or the learning rate too small (--lr)")
+
+
 def load_teacher(path: Path, info, fmt: str = "kdq", flag: str = "--teacher_checkpoint",
                  arch_flag: str = "--teacher-arch") -> tuple[nn.Module, dict[str, Any]]:
     """Build the architecture ``info`` and load the teacher weights in ``path`` into it (``weights_only=True``).

@@ -96,6 +96,14 @@ def device_option(group: str = "run"):
     return option("auto", DEVICE_HELP, group, **RUNTIME)
 
 
+def threads_option(group: str = "run"):
+    return option(None, "torch's CPU threads (default: auto: OMP_NUM_THREADS where set; else the physical cores, "
+                        "shared out among the processes running at once: torchrun's ranks on this node or the jobs "
+                        "of a parallel make, at least 1 each; see docs/performance.md); run.json records the count "
+                        "used.  Results depend on it slightly on the CPU (float rounding), not on a GPU",
+                  group, check=POSITIVE_INT, metavar="N", **RUNTIME)
+
+
 def deterministic_option(group: str = "run", what: str = "use deterministic algorithms (slower on CUDA)"):
     return option(False, what, group, action="store_true", **RUNTIME)
 
@@ -129,7 +137,8 @@ TRAINING_FIELDS = {
     "data": ("Path | None", data_option), "split": ("str", split_option), "val_split": ("str", val_split_option),
     "augment": ("str", augment_option), "workers": ("int", workers_option), "out": ("Path | None", out_option),
     "checkpoints": ("list[str]", checkpoints_option), "save_optimizer": ("bool", save_optimizer_option),
-    "seed": ("int", seed_option), "device": ("str", device_option), "deterministic": ("bool", deterministic_option),
+    "seed": ("int", seed_option), "device": ("str", device_option), "threads": ("int | None", threads_option),
+    "deterministic": ("bool", deterministic_option),
     "resume": ("bool", resume_option), "overwrite": ("bool", overwrite_option),
     "tensorboard": ("Path | None", tensorboard_option), "progress": ("bool", progress_option),
 }
