@@ -353,8 +353,11 @@ raise SystemExit(run(lambda: Parser(prog="stage.py"), main, []))
                                      (signal.SIGINT, signal.SIGTERM)])
 def test_a_second_interrupt_during_the_clean_up_is_quiet_and_the_clean_up_finishes(signals, tmp_path):
     marker = tmp_path / "cleaned"
+    # Ctrl-C at its default in the child: a suite started in the background (``pytest &``) ignores SIGINT, which
+    # the child would inherit and kdq rightly keep ignoring
     proc = subprocess.Popen([sys.executable, "-c", CLEAN_UP_SCRIPT, str(marker)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout.readline().strip() == "working"
         proc.send_signal(signals[0])
