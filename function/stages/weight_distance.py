@@ -152,36 +152,13 @@ def read_snapshots(args, info) -> tuple[dict[int, dict], dict[int, Path], int]:
     return {e: states[e] for e in order}, {e: sources[e] for e in order}, classes
 
 
-def snapshot_table(states: dict[int, dict], weights: dict[str, str]):
-    """``weight_diff`` (4, E+1) from snapshots (``{epoch: state dict}``, oldest first): for each layer of ``weights``
-    (layer → parameter name), ``‖w(e_k) − w(e_{k−1})‖ / ‖w(e_0)‖`` at each saved epoch ``e_k`` after the first, 0
-    elsewhere; NaN rows for the layers not named.  A weight that is 0 at ``e_0`` is a CheckError."""
-    import numpy as np
-    import torch
-
-    from kdq.function.train.weight_distance import check_initial_norms
-    from kdq.models import LAYERS
-
-    epochs = list(states)
-    table = np.full((len(LAYERS), epochs[-1] + 1), np.nan)
-    first = states[epochs[0]]
-    norms = [float(torch.linalg.vector_norm(first[name].double())) for name in weights.values()]
-    check_initial_norms(list(weights.values()), norms)
-    for (layer, name), norm in zip(weights.items(), norms):
-        row = LAYERS.index(layer)
-        table[row] = 0.0
-        for before, after in zip(epochs, epochs[1:]):
-            step = torch.linalg.vector_norm(states[after][name].double() - states[before][name].double())
-            table[row, after] = float(step) / norm
-    return table
-
-
 def main(args: argparse.Namespace) -> None:
     from kdq.function.archs import model_record, resolve_arch
     from kdq.function.checks import CheckError
     from kdq.function.io.atomic import save_npy
     from kdq.function.io.checkpoint import checkpoint_path, save_checkpoint
     from kdq.function.io.rundir import RunRecord, prepare_out
+    from kdq.function.train.weight_distance import snapshot_table
 
     info = resolve_arch(args.arch, args.taps, args.image_size)
     states, sources, classes = read_snapshots(args, info)

@@ -111,6 +111,25 @@ def check_initial_norms(names: Sequence[str], norms: Sequence[float]) -> None:
                              "values or track another weight")
 
 
+def snapshot_table(states: dict[int, dict], weights: Mapping[str, str]) -> np.ndarray:
+    """The approximation of :class:`WeightDistance`'s table for checkpoints saved by another trainer (docs/method.md
+    §1): ``weight_diff`` (4, E+1) from snapshots (``{epoch: state dict}``, oldest first): for each layer of ``weights``
+    (layer → parameter name), ``‖w(e_k) − w(e_{k−1})‖ / ‖w(e_0)‖`` at each saved epoch ``e_k`` after the first, 0
+    elsewhere; NaN rows for the layers not named.  A weight that is 0 at ``e_0`` is a CheckError."""
+    epochs = list(states)
+    table = np.full((len(LAYERS), epochs[-1] + 1), np.nan)
+    first = states[epochs[0]]
+    norms = [float(torch.linalg.vector_norm(first[name].double())) for name in weights.values()]
+    check_initial_norms(list(weights.values()), norms)
+    for (layer, name), norm in zip(weights.items(), norms):
+        row = LAYERS.index(layer)
+        table[row] = 0.0
+        for before, after in zip(epochs, epochs[1:]):
+            step = torch.linalg.vector_norm(states[after][name].double() - states[before][name].double())
+            table[row, after] = float(step) / norm
+    return table
+
+
 def cumulative_distance(weight_diff: np.ndarray) -> np.ndarray:
     """``D(e) = Σ_{t ≤ e} weight_diff[..., t]`` for every ``e`` (same shape, float64)."""
     return np.cumsum(np.asarray(weight_diff, dtype=np.float64), axis=-1)
