@@ -17,7 +17,8 @@ import importlib
 __version__ = "0.1.0"
 
 _API = {"fit_sigma": "kdq.function.api", "compare": "kdq.function.api", "SigmaResult": "kdq.function.api",
-        "SigmaConfig": "kdq.function.sigma.config", "WeightDistance": "kdq.function.train.weight_distance"}
+        "SigmaConfig": "kdq.function.sigma.config", "Tokens": "kdq.function.sigma.units",
+        "Points": "kdq.function.sigma.units", "WeightDistance": "kdq.function.train.weight_distance"}
 __all__ = ["__version__", *_API]
 _SUBPACKAGES = ("function", "models")
 

@@ -16,8 +16,9 @@ in-memory σ maps.
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -39,6 +40,7 @@ from kdq.function.sigma.effective import entropy_gap, keeps_image, usable_sigma_
 from kdq.function.sigma.entropy import entropy_map
 from kdq.function.sigma.fit import SigmaConfig, SigmaFit, SigmaFitter
 from kdq.function.sigma.grid import upsample
+from kdq.function.sigma.units import Cells, Injected, Points, Tokens, UnitSpace, module_output, unit_space
 from kdq.models.registry import family_of
 from kdq.models.taps import Tap, TapNotFound, tap_method, truncated
 
@@ -46,8 +48,8 @@ from kdq.models.taps import Tap, TapNotFound, tap_method, truncated
 @dataclass
 class SigmaResult:
     """One image's fit: σ* (g×g), its entropy map, how the fit ran, and — with a mask — the fg/bg test."""
-    sigma: np.ndarray  # (g, g) σ*: the noise scale kept (all 0 for a failed fit)
-    entropy_map: np.ndarray  # (g, g) log σ* + ½ log 2πe: low where the layer keeps the input
+    sigma: np.ndarray  # (g, g) σ* (tokens, points: (U,), NaN on padding): the noise scale kept (0: a failed fit)
+    entropy_map: np.ndarray  # like sigma: log σ* + ½ log 2πe, low where the layer keeps the input
     steps_run: int
     final_lambda: float  # λ after the decision step (×1.5 when the target entropy was not reached)
     sigma_f2: float  # σ_f²: the feature's variance under σ₀ noise (0: the image is non-effective)
@@ -63,10 +65,20 @@ class SigmaResult:
         return usable_sigma_f2(self.sigma_f2) and keeps_image(self.bg_minus_fg)
 
 
-def fit_sigma(model: nn.Module, layer: str | nn.Module | Tap, images: torch.Tensor, masks=None,
+def fit_sigma(model: nn.Module, layer: str | nn.Module | Tap, inputs=None, foreground=None,
               config: SigmaConfig | None = None, seeds: Sequence[int] | None = None,
-              device: torch.device | str | None = None, activation=F.relu) -> list[SigmaResult]:
-    """Fit one σ map per image at the output of ``layer`` of ``model`` (method.md §2).
+              device: torch.device | str | None = None, activation=F.relu, units: str | UnitSpace | None = None, *,
+              images=None, masks=None) -> list[SigmaResult]:
+    """Fit one σ map per input at the output of ``layer`` of ``model`` (method.md §2).
+
+    ``units`` says what one σ value perturbs (method.md, "Units beyond images"): None or ``"cells"`` — images, σ on
+    the config's g×g grid (below); ``"tokens"`` or :class:`kdq.Tokens` — ``inputs`` are token ids ``(N, L)``, the
+    noise goes to the output of the submodule ``Tokens.embedding`` (default ``"embed"``), one σ per token, padding
+    (``Tokens.mask``, else ids equal to ``Tokens.pad_id``, default 0) never a unit; ``"points"`` or
+    :class:`kdq.Points` — ``inputs`` are point clouds ``(N, P, 3)``, one σ per point.  For tokens and points σ is
+    relative to each input's own scale (:func:`kdq.function.sigma.units.unit_scale`), ``foreground`` is ``(N, U)``
+    (one flag per token or point), and ``sigma``/``entropy_map`` are ``(U,)``, NaN on padding.  ``images`` and
+    ``masks`` are the older names of ``inputs`` and ``foreground``.
 
     ``layer``: a submodule of ``model`` (``model.layer4[0].conv2``), its name (``"layer4.0.conv2"``) or the name
     of a torch.fx graph node that is not a submodule (``"layer4.0.add"``, a residual block's sum before its ReLU:
@@ -85,29 +97,27 @@ def fit_sigma(model: nn.Module, layer: str | nn.Module | Tap, images: torch.Tens
     method's ``h = ReLU(layer(x))``).  A bad argument is a ValueError or TypeError naming it (the rules of the sigma
     stage's flags, :mod:`kdq.function.checks`).
     """
+    inputs = _renamed("inputs", inputs, "images", images, required=True)
+    foreground = _renamed("foreground", foreground, "masks", masks)
     config = SigmaConfig() if config is None else config
     if not isinstance(config, SigmaConfig):
         raise TypeError(f"config must be a kdq.SigmaConfig, got {type(config).__name__}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     tap = _layer_tap(model, layer)
-    images = _images(images)
+    space = _unit_spec(units, config.grid)
+    if not isinstance(space, Cells):
+        return _fit_units(model, tap, inputs, foreground, config, seeds, device, activation, space)
+    images, masks = _images(inputs), foreground
     n, size = images.shape[0], images.shape[-1]
     check_grid("config.grid", config.grid, size)
     device = _device(model, device)
     seeds = _seeds(seeds, n)
     cells = None if masks is None else _mask_cells(masks, (images.shape[-2], size), config.grid, n)
-    was_training = model.training
-    flags = [p.requires_grad for p in model.parameters()]
-    model.eval().requires_grad_(False)
-    try:
+    with _eval(model):
         fitter = SigmaFitter(truncated(model, tap).eval(), config, device, activation=activation,
                              family=family_of(model))
         fits = fitter.fit(images, seeds)
-    finally:
-        model.train(was_training)
-        for p, flag in zip(model.parameters(), flags):
-            p.requires_grad_(flag)
     out = []
     for i, fit in enumerate(fits):
         gap = None if cells is None else (entropy_gap(fit.sigma, cells[i]) if not fit.failed else float("nan"))
@@ -116,6 +126,94 @@ def fit_sigma(model: nn.Module, layer: str | nn.Module | Tap, images: torch.Tens
         out.append(SigmaResult(fit.sigma, emap, fit.steps_run, fit.final_lambda, fit.sigma_f2, fit.best_step, fit,
                                gap))
     return out
+
+
+def _renamed(name: str, value, old: str, old_value, required: bool = False):
+    """The argument given as ``name`` or by its older name ``old`` (a TypeError when both or, ``required``,
+    neither is given)."""
+    if value is not None and old_value is not None:
+        raise TypeError(f"give {name} or {old} (its older name), not both")
+    value = old_value if value is None else value
+    if required and value is None:
+        raise TypeError(f"{name} is required")
+    return value
+
+
+def _unit_spec(units, grid: int) -> UnitSpace:
+    """The unit space ``units`` names: None/"cells", "tokens", "points" (their defaults) or a space."""
+    named = {"tokens": Tokens, "points": Points}
+    if isinstance(units, str) and units in named:
+        return named[units]()
+    try:
+        return unit_space(units, grid)
+    except ValueError as exc:
+        raise CheckError(f"units: {exc}") from None
+
+
+def _fit_units(model: nn.Module, tap: Tap, inputs, foreground, config: SigmaConfig, seeds, device, activation,
+               space: UnitSpace) -> list[SigmaResult]:
+    """:func:`fit_sigma` for tokens and points: check the inputs, bind the space, fit, and report σ per unit."""
+    from kdq.function.sigma.inputs import point_clouds, token_ids, unit_foreground
+
+    device = _device(model, device)
+    if isinstance(space, Tokens):
+        if tap_method(model, tap.node) != "hook":
+            raise CheckError(f"layer: a token fit taps a submodule, and {tap.node!r} is a graph node")
+        try:
+            model.get_submodule(space.embedding)
+        except AttributeError:
+            raise CheckError(f"units: the model has no submodule {space.embedding!r} to perturb (Tokens.embedding "
+                             f"names the module whose output is the tokens' embeddings)") from None
+        ids, valid = token_ids(inputs, space.mask, space.pad_id, getattr(model, "max_length", None))
+        ids = ids.to(device)
+        with _eval(model):
+            values = module_output(model, space.embedding, ids, space.call)
+        if values.dim() != 3 or values.shape[:2] != ids.shape:
+            raise CheckError(f"units: {space.embedding!r} gives {tuple(values.shape)} for ids {tuple(ids.shape)}, "
+                             "not one embedding vector per token (N, L, D)")
+        feature = Injected(model, space.embedding, tap.node, space.call)
+        space = replace(space, mask=valid, ids=ids)
+    else:
+        values = point_clouds(inputs)
+        valid = torch.ones(values.shape[:2], dtype=torch.bool) if space.mask is None else \
+            torch.as_tensor(space.mask).bool()
+        if valid.shape != values.shape[:2]:
+            raise CheckError(f"the points mask must be (N, P) = {tuple(values.shape[:2])}, got {tuple(valid.shape)}")
+        feature = truncated(model, tap)
+        space = replace(space, mask=valid)
+    flags = None if foreground is None else unit_foreground(foreground, valid)
+    seeds = _seeds(seeds, values.shape[0])
+    with _eval(model):
+        fitter = SigmaFitter(feature.eval(), config, device, activation=activation, family=family_of(model))
+        fits = fitter.fit(values.to(device, torch.float32), seeds, units=space)
+    return [_unit_result(fit, valid[i].cpu().numpy(), None if flags is None else flags[i])
+            for i, fit in enumerate(fits)]
+
+
+def _unit_result(fit: SigmaFit, valid: np.ndarray, flags: np.ndarray | None) -> SigmaResult:
+    """One unit fit's result: σ* and its entropy per unit, NaN on padding; the fg/bg gap over the real units."""
+    sigma = fit.sigma.astype(np.float32)
+    sigma[~valid] = np.nan
+    gap = None
+    if flags is not None:
+        gap = entropy_gap(fit.sigma[valid], flags[valid]) if not fit.failed else float("nan")
+    with np.errstate(divide="ignore"):
+        emap = entropy_map(sigma)
+    return SigmaResult(sigma, emap, fit.steps_run, fit.final_lambda, fit.sigma_f2, fit.best_step, fit, gap)
+
+
+@contextlib.contextmanager
+def _eval(model: nn.Module):
+    """``model`` in eval mode with its gradients off, as it was afterwards."""
+    was_training = model.training
+    flags = [p.requires_grad for p in model.parameters()]
+    model.eval().requires_grad_(False)
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
 
 
 def _layer_tap(model: nn.Module, layer) -> Tap:
@@ -271,7 +369,7 @@ def compare(label_maps, distil_maps, masks, D_label, D_distil, *, b: float = Met
             n_boot: int = MetricsConfig.bootstrap, seed: int = MetricsConfig.seed, level: float = MetricsConfig.level,
             epochs_label: Sequence[int] | None = None, epochs_distil: Sequence[int] | None = None,
             skip_epoch0: bool = False, names: Sequence[str] | None = None, layer: str | None = None,
-            images=None) -> Comparison:
+            images=None, units: str | None = None) -> Comparison:
     """method.md §3 on in-memory maps: label net vs distil net on the same N images.
 
     ``label_maps``/``distil_maps``: σ* per image and checkpoint, ``(N, K, g, g)`` (each net its own K, oldest
@@ -288,7 +386,16 @@ def compare(label_maps, distil_maps, masks, D_label, D_distil, *, b: float = Met
     ValueError or TypeError naming it.  ``layer`` (optional) names the layer in the table, the report and the
     figures (without it they name none).  ``images`` (optional): the N images, ``(N, 3, S, S)`` or ``(N, S, S, 3)``
     (a tensor or an array; normalised floats are rescaled for display), for the report's entropy-map figure.
+
+    ``units="tokens"`` or ``"points"``: unit-level maps (method.md, "Units beyond images") — ``label_maps`` /
+    ``distil_maps`` are ``(N, K, U)`` (or ``(R, N, K, U)``), σ* per token or point as :func:`fit_sigma` gives it,
+    NaN on the units that are not units (padding; the same in every map of an input), and ``masks`` is the ``(N, U)``
+    foreground flags.  The metrics are the same formulas over units; padding is neither foreground nor background.
     """
+    if units not in (None, "cells"):
+        return _compare_units(units, label_maps, distil_maps, masks, D_label, D_distil, b=b, n_boot=n_boot,
+                              seed=seed, level=level, epochs_label=epochs_label, epochs_distil=epochs_distil,
+                              skip_epoch0=skip_epoch0, names=names, layer=layer, images=images)
     for name, value, rule in (("b", b, NONNEGATIVE), ("n_boot", n_boot, BOOTSTRAP_COUNT), ("seed", seed, SEED),
                               ("level", level, LEVEL)):
         check_in(name, value, rule)  # the rules of the metrics stage's --b, --bootstrap, --seed, --level
@@ -304,6 +411,49 @@ def compare(label_maps, distil_maps, masks, D_label, D_distil, *, b: float = Met
         raise CheckError(f"masks must be (N, g, g) cells or square (N, S, S) masks, got {fg_masks.shape}")
     grid = maps["label"].shape[-1]
     fg = np.stack([_cells(fg_masks[i], w, grid, f"masks[{i}]") for i in range(n)])
+    return _compare_maps(maps, D, fg, None, fg_masks, w, grid, b=b, n_boot=n_boot, seed=seed, level=level,
+                         epochs_label=epochs_label, epochs_distil=epochs_distil, skip_epoch0=skip_epoch0, names=names,
+                         layer=layer, images=images, given_arrays={"label_maps": label_maps,
+                                                                   "distil_maps": distil_maps, "D_label": D_label,
+                                                                   "D_distil": D_distil})
+
+
+def _compare_units(units: str, label_maps, distil_maps, masks, D_label, D_distil, *, images, **options) -> Comparison:
+    """:func:`compare` on unit-level maps ``(N, K, U)``: checked, then compared as a 1×U grid, NaN off the units."""
+    from kdq.function.sigma.units import UNIT_KINDS
+
+    if units not in UNIT_KINDS:
+        raise CheckError(f"units must be one of {', '.join(UNIT_KINDS)}, got {units!r}")
+    if images is not None:
+        raise CheckError("images are shown for cells only: leave them out with units="
+                         f"{units!r} (the stage's report draws tokens and points)")
+    maps = {"label": _run_maps("label_maps", label_maps, unit_level=True),
+            "distil": _run_maps("distil_maps", distil_maps, unit_level=True)}
+    D = {net: _run_distances(f"D_{net}", value, maps[net].shape[0])
+         for net, value in (("label", D_label), ("distil", D_distil))}
+    valid = np.isfinite(maps["label"][0, :, 0])  # (N, U): the units of each input
+    for net, arr in maps.items():
+        if (np.isfinite(arr) != valid[None, :, None]).any():
+            raise CheckError(f"{net}_maps must be NaN on the same units (padding) of an input at every checkpoint "
+                             "and in both nets: the units that are not units")
+    flags = np.asarray(masks.detach().cpu().numpy() if isinstance(masks, torch.Tensor) else masks)
+    if flags.ndim != 2 or flags.shape != valid.shape:
+        raise CheckError(f"masks must be (N, U) = {valid.shape}, one foreground flag per unit, got {flags.shape}")
+    fg = flags > 0
+    if (fg & ~valid).any():
+        raise CheckError(f"masks[{int((fg & ~valid).any(axis=1).argmax())}] marks padding as foreground")
+    maps = {net: np.where(np.isfinite(arr), arr, 1.0)[:, :, :, None, :] for net, arr in maps.items()}
+    entropy_nan = {net: ~valid[None, :, None, None, :] for net in maps}
+    given = {"label_maps": label_maps, "distil_maps": distil_maps, "D_label": D_label, "D_distil": D_distil}
+    return _compare_maps(maps, D, fg[:, None], valid[:, None], flags, valid.shape[1], valid.shape[1],
+                         images=None, given_arrays=given, off_units=entropy_nan, **options)
+
+
+def _compare_maps(maps, D, fg, valid, fg_masks, width, grid, *, b, n_boot, seed, level, epochs_label, epochs_distil,
+                  skip_epoch0, names, layer, images, given_arrays, off_units=None) -> Comparison:
+    """The checks and the analysis shared by cells and units: ``maps`` ``(R, N, K, g, g)``, ``fg`` ``(N, g, g)``,
+    ``valid`` like ``fg`` or None; ``off_units``: per net, where the entropy is NaN (not a unit)."""
+    n = fg.shape[0]
     _check_maps_and_distances(maps, D, fg)
     given = {"label": epochs_label, "distil": epochs_distil}
     epochs = {net: check_epochs(f"epochs_{net}", range(maps[net].shape[2]) if given[net] is None else given[net])
@@ -316,16 +466,20 @@ def compare(label_maps, distil_maps, masks, D_label, D_distil, *, b: float = Met
     if layer is not None and not (isinstance(layer, str) and layer):
         raise TypeError(f"layer must be a non-empty str naming the layer (or None), got {layer!r}")
     shown = None if images is None else _display_images(images, fg_masks, fg, n)
-    runs = {net: [NetInput(H=entropy_map(run), fg=fg, D_at=d, allowed=mhat_allowed(epochs[net], skip_epoch0))
-                  for run, d in zip(maps[net], D[net])] for net in maps}
+    entropies = {net: entropy_map(maps[net]) for net in maps}
+    for net, off in (off_units or {}).items():
+        entropies[net] = np.where(np.broadcast_to(off, entropies[net].shape), np.nan, entropies[net])
+    runs = {net: [NetInput(H=H, fg=fg, D_at=d, allowed=mhat_allowed(epochs[net], skip_epoch0), valid=valid)
+                  for H, d in zip(entropies[net], D[net])] for net in maps}
     comp = compare_runs(runs["label"], runs["distil"], b, n_boot, seed, level)
     cautions = comparison_warnings(comp)
     for message in cautions:
-        warnings.warn(f"kdq.compare: {message}", stacklevel=2)
+        warnings.warn(f"kdq.compare: {message}", stacklevel=3)
     names = list(names or (f"image_{i}" for i in range(fg.shape[0])))
-    inputs = _inputs_record({"label_maps": label_maps, "distil_maps": distil_maps, "masks": fg_masks,
-                             "D_label": D_label, "D_distil": D_distil, "images": images}, epochs, given)
-    result = _api_result(comp, runs, D, layer, names, epochs, grid, w if shown is None else shown[0][1].shape[0],
+    arrays = {name: given_arrays[name] for name in ("label_maps", "distil_maps")}
+    arrays.update(masks=fg_masks, D_label=given_arrays["D_label"], D_distil=given_arrays["D_distil"], images=images)
+    inputs = _inputs_record(arrays, epochs, given)
+    result = _api_result(comp, runs, D, layer, names, epochs, grid, width if shown is None else shown[0][1].shape[0],
                          inputs, skip_epoch0, cautions, b, shown)
     return Comparison(result)
 
@@ -413,13 +567,15 @@ def _display_images(images, masks: np.ndarray, cells: np.ndarray, n: int) -> lis
     return out
 
 
-def _run_maps(name: str, maps) -> np.ndarray:
-    """σ* of one net as ``(R, N, K, g, g)``: one run ``(N, K, g, g)`` or ``R`` training runs stacked."""
+def _run_maps(name: str, maps, unit_level: bool = False) -> np.ndarray:
+    """σ* of one net as ``(R, N, K, g, g)``: one run ``(N, K, g, g)`` or ``R`` training runs stacked; unit-level
+    maps (``unit_level``) as ``(R, N, K, U)`` from ``(N, K, U)`` or ``(R, N, K, U)``."""
     arr = np.asarray(maps, dtype=np.float64)
-    if arr.ndim == 4:
+    axes, shape = (3, "(N, K, U)") if unit_level else (4, "(N, K, g, g)")
+    if arr.ndim == axes:
         return arr[None]
-    if arr.ndim != 5:
-        raise CheckError(f"{name} must be (N, K, g, g), or (R, N, K, g, g) for R training runs, got shape {arr.shape}")
+    if arr.ndim != axes + 1:
+        raise CheckError(f"{name} must be {shape}, or (R, {shape[1:]} for R training runs, got shape {arr.shape}")
     return arr
 
 
@@ -434,4 +590,4 @@ def _run_distances(name: str, D, n_runs: int) -> list[np.ndarray]:
     return [check_weight_distances(f"{name}[{r}]", row).astype(np.float64) for r, row in enumerate(rows)]
 
 
-__all__ = ["Comparison", "SigmaConfig", "SigmaResult", "compare", "fit_sigma"]
+__all__ = ["Comparison", "Points", "SigmaConfig", "SigmaResult", "Tokens", "compare", "fit_sigma"]

@@ -165,9 +165,13 @@ def test_batched_fit_equals_fitting_each_image_alone():
         # chunking the samples only changes the summation order
         assert a.best_step == d.best_step and a.steps_run == d.steps_run
         np.testing.assert_allclose(a.sigma, d.sigma, rtol=1e-5)
-        np.testing.assert_allclose(a.entropy, d.entropy, rtol=1e-5)
+        # H̄ is a mean of log σ: σ within rtol 1e-5 puts it within atol 1e-5 (a relative test fails near H̄ = 0;
+        # seen on an AMD EPYC: 5.7e-6 apart at H̄ = -0.44)
+        np.testing.assert_allclose(a.entropy, d.entropy, rtol=0, atol=1e-5)
         np.testing.assert_allclose(a.feature_loss, d.feature_loss, rtol=1e-4)
-        assert a.sigma_f2 == pytest.approx(d.sigma_f2, rel=1e-5)
+        # σ_f² is a mean of (h(x + σ₀ε) − h(x))², a difference of nearby values: the matmul of another batch size
+        # (other kernels) moves it by more than float32's step (seen on an AMD EPYC: 1.5e-5 relative), as feature_loss
+        assert a.sigma_f2 == pytest.approx(d.sigma_f2, rel=1e-4)
 
 
 def test_amp_and_channels_last_paths_run():

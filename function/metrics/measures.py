@@ -73,20 +73,24 @@ def screen_sigma(sigma: np.ndarray) -> str | None:
     return None
 
 
-def background_means(H: np.ndarray, fg: np.ndarray) -> np.ndarray:
-    """(N, K): each image's mean of ``H`` over its background cells (NaN when it has none)."""
+def background_means(H: np.ndarray, fg: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """(N, K): each image's mean of ``H`` over its background cells (NaN when it has none).  ``valid`` (like
+    ``fg``): the units that are units (tokens: not padding; None: every cell) — the others are no background."""
     bg = ~np.asarray(fg, dtype=bool)
+    if valid is not None:
+        bg = bg & np.asarray(valid, dtype=bool)
     n_bg = bg.sum(axis=(-2, -1))  # (N,)
     total = np.where(bg[:, None], H, 0.0).sum(axis=(-2, -1))  # (N, K)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(n_bg[:, None] > 0, total / np.maximum(n_bg, 1)[:, None], np.nan)
 
 
-def background_baseline(H: np.ndarray, fg: np.ndarray, skip_nan: bool = True) -> np.ndarray:
+def background_baseline(H: np.ndarray, fg: np.ndarray, skip_nan: bool = True,
+                        valid: np.ndarray | None = None) -> np.ndarray:
     """(K,): ``H̄_bg(k)`` = mean over images of each image's background mean.  Images without background cells
     do not take part (NaN if no image has any); ``skip_nan=False`` is the original's plain mean, which an image
     without background turns into NaN."""
-    return _mean_over_images(background_means(H, fg), skip_nan)
+    return _mean_over_images(background_means(H, fg, valid), skip_nan)
 
 
 def _mean_over_images(values: np.ndarray, skip_nan: bool) -> np.ndarray:
@@ -209,6 +213,8 @@ class NetInput:
     D_at: np.ndarray  # (K,) cumulative weight distance at each checkpoint
     allowed: np.ndarray  # (K,) bool: checkpoints m̂ may pick
     original: bool = False  # the original's arithmetic: off-by-one D for ResNets, NaN baseline, inf slopes
+    valid: np.ndarray | None = None  # (N, g, g) bool: the units that are units (tokens: not padding); None: all.
+    #                                  Tokens and points are a 1×U grid (N, K, 1, U), NaN entropy on non-units
 
     @property
     def shift(self) -> int:
@@ -246,7 +252,7 @@ class PerImage:
 
 def per_image_metrics(net: NetInput, b: float) -> PerImage:
     """All per-image values of docs/method.md §3 for one net."""
-    return _per_image(net, background_means(net.H, net.fg), b, np.arange(net.H.shape[0]))
+    return _per_image(net, background_means(net.H, net.fg, net.valid), b, np.arange(net.H.shape[0]))
 
 
 def _per_image(net: NetInput, bg_means: np.ndarray, b: float, idx: np.ndarray) -> PerImage:
@@ -420,7 +426,7 @@ def compare_runs(label: list[NetInput], distil: list[NetInput], b: float, n_boot
             raise ValueError(f"the {net} net needs at least one run")
         if len({x.H.shape[1] for x in runs}) != 1:
             raise ValueError(f"the runs of the {net} net have different numbers of checkpoints")
-    bgm = {net: [background_means(x.H, x.fg) for x in runs] for net, runs in nets.items()}
+    bgm = {net: [background_means(x.H, x.fg, x.valid) for x in runs] for net, runs in nets.items()}
 
     def statistic(net: str, r: int, idx: np.ndarray) -> np.ndarray:
         return _stat_vector(_per_image(nets[net][r], bgm[net][r], b, idx))
@@ -456,7 +462,7 @@ def compare_nets(label: NetInput, distil: NetInput, b: float, n_boot: int, seed:
             raise ValueError("a paired comparison needs the same images for both nets")
         return compare_runs([label], [distil], b, n_boot, seed, level, loop)
     nets = {"label": label, "distil": distil}
-    bgm = {k: background_means(v.H, v.fg) for k, v in nets.items()}
+    bgm = {k: background_means(v.H, v.fg, v.valid) for k, v in nets.items()}
     sizes = {k: v.H.shape[0] for k, v in nets.items()}
     per = {k: _per_image(v, bgm[k], b, np.arange(sizes[k])) for k, v in nets.items()}
 

@@ -57,9 +57,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdq.function.sigma.config import SigmaConfig, decision_step  # noqa: F401 - the fit's settings live there
-from kdq.function.sigma.entropy import mean_entropy
-from kdq.function.sigma.grid import upsample
 from kdq.function.sigma.precision import bf16_copy
+from kdq.function.sigma.units import Cells, UnitSpace, unit_space
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 CPU_CHUNK = 32  # default noise samples per forward pass on the CPU
@@ -95,7 +94,7 @@ def select_step(entropy: Sequence[float] | np.ndarray, target: float) -> int:
 class SigmaFit:
     """The result of one (image, checkpoint) fit.  Arrays of length T hold NaN for steps not run."""
 
-    sigma: np.ndarray  # (g, g) float32: σ*; all zeros for a failed fit
+    sigma: np.ndarray  # (g, g) float32 (cells; (U,) for tokens and points): σ*; all zeros for a failed fit
     entropy: np.ndarray  # (T,) float64: H̄ of the σ used at each step
     feature_loss: np.ndarray  # (T,) float64: MSE / σ_f²
     penalty_loss: np.ndarray  # (T,) float64: −λ·H̄
@@ -104,6 +103,7 @@ class SigmaFit:
     steps_run: int
     final_lambda: float
     history: np.ndarray = field(repr=False)  # (steps_run, g, g) float32: the σ used at each step
+    valid: np.ndarray | None = None  # (U,) bool: the units that are units (tokens: not padding); None: all
 
     @property
     def failed(self) -> bool:
@@ -141,14 +141,20 @@ class SigmaFitter:
 
     # -- public -------------------------------------------------------------------------------
     def fit(self, images: torch.Tensor, seeds: Sequence[int],
-            lam: float | Sequence[float] | None = None) -> list[SigmaFit]:
-        """Fit σ for each image of ``images`` (B, 3, S, S); ``seeds[i]`` seeds image i's noise."""
+            lam: float | Sequence[float] | None = None, units: str | UnitSpace | None = None) -> list[SigmaFit]:
+        """Fit σ for each input of ``images``; ``seeds[i]`` seeds input i's noise.  ``units``
+        (:mod:`kdq.function.sigma.units`): None or ``"cells"`` — images ``(B, C, S, S)``, σ on the config's g×g
+        grid; a :class:`~kdq.function.sigma.units.Tokens` or :class:`~kdq.function.sigma.units.Points` space —
+        inputs ``(B, U, D)`` (embedding outputs, coordinates), one σ per unit."""
         cfg = self.cfg
-        if images.dim() != 4:
-            raise ValueError(f"images must be (B, C, S, S), got {tuple(images.shape)}")
-        B, _, S, S2 = images.shape
-        if S != S2:
-            raise ValueError(f"images must be square, got {S}×{S2}")
+        space = unit_space(units, cfg.grid)
+        if isinstance(space, Cells):
+            if images.dim() != 4:
+                raise ValueError(f"images must be (B, C, S, S), got {tuple(images.shape)}")
+            S, S2 = images.shape[2:]
+            if S != S2:
+                raise ValueError(f"images must be square, got {S}×{S2}")
+        B = images.shape[0]
         if len(seeds) != B:
             raise ValueError(f"{B} images but {len(seeds)} seeds")
         if B == 0:
@@ -156,19 +162,20 @@ class SigmaFitter:
         lams = [cfg.lam] * B if lam is None else ([float(lam)] * B if np.isscalar(lam) else list(lam))
         dev = self.device
         x = images.to(dev, torch.float32)
+        space = space.bind(x)
         gens = [torch.Generator(device=dev).manual_seed(int(s)) for s in seeds]
-        T, g = cfg.steps, cfg.grid
+        T, shape = cfg.steps, space.sigma_shape(x)
 
         net = self._net_for_call()  # the steps' h: bf16 / fp16 with amp
         with torch.no_grad():  # σ_f² in fp32 whatever amp (see _reference)
-            clean = self._h(self._reference, x)  # (B, F) float32
-            sigma_f2 = self._sigma_f2(self._reference, x, clean, gens)  # (B,) float32
+            clean = self._h(self._reference, x, space)  # (B, F) float32
+            sigma_f2 = self._sigma_f2(self._reference, x, clean, gens, space)  # (B,) float32
             if self.cfg.amp is not None:  # the steps compare h(x + σε) with h(x) through the same bf16 net
-                clean = self._h(net, x)
+                clean = self._h(net, x, space)
 
-        sigma = torch.full((B, g, g), cfg.sigma0, device=dev)
+        sigma = torch.full((B, *shape), cfg.sigma0, device=dev)
         lam_t = torch.tensor(lams, dtype=torch.float32, device=dev)
-        hist_sigma = torch.zeros((T, B, g, g), device=dev)
+        hist_sigma = torch.zeros((T, B, *shape), device=dev)
         hist = torch.full((3, T, B), float("nan"), device=dev)  # entropy, feature loss, penalty loss
         steps_run = [0] * B
         ok = torch.isfinite(sigma_f2) & (sigma_f2 > 0)
@@ -187,7 +194,7 @@ class SigmaFitter:
                 hist_sigma[t, idx] = s
                 for j, gen in enumerate(ga):
                     eps[j].normal_(generator=gen)
-                fl, pen, h_bar, grad = self._step(net, xa, ca, fa, la, s, eps)
+                fl, pen, h_bar, grad = self._step(net, xa, ca, fa, la, s, eps, space, active)
                 hist[0, t, idx], hist[1, t, idx], hist[2, t, idx] = h_bar, fl, pen
                 if t == cfg.decision:
                     stop = reached_target(hist[0, : t + 1, idx], cfg.target_entropy).tolist()  # one sync
@@ -204,7 +211,7 @@ class SigmaFitter:
             t = last + 1
         for i in active:
             steps_run[i] = T
-        return self._results(hist_sigma, hist, sigma_f2, lam_t, steps_run)
+        return self._results(hist_sigma, hist, sigma_f2, lam_t, steps_run, space)
 
     # -- internals ----------------------------------------------------------------------------
     def _net_for_call(self) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -216,14 +223,14 @@ class SigmaFitter:
         cfg = self.cfg
         if cfg.amp == "bf16" and self.device.type == "cpu" and not cfg.compile and isinstance(self.feature, nn.Module):
             cast = bf16_copy(self.feature, cfg.channels_last)
-            return lambda inputs: self._forward_cast(cast, inputs)
+            return lambda inputs, *context: self._forward_cast(cast, inputs, *context)
         return self._forward
 
-    def _forward_cast(self, cast: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    def _forward_cast(self, cast: nn.Module, inputs: torch.Tensor, *context) -> torch.Tensor:
         """``h`` of a flat batch through the bf16 copy ``cast`` of the feature, as float32 ``(N, F)``."""
         inputs = inputs.to(torch.bfloat16, memory_format=torch.channels_last if self.cfg.channels_last
-                           else torch.contiguous_format)
-        return self.activation(cast(inputs)).float().reshape(inputs.shape[0], -1)
+                           and inputs.dim() == 4 else torch.contiguous_format)
+        return self.activation(cast(inputs, *context)).float().reshape(inputs.shape[0], -1)
 
     def _autocast(self):
         if self.cfg.amp is None:
@@ -231,38 +238,41 @@ class SigmaFitter:
         dtype = torch.bfloat16 if self.cfg.amp == "bf16" else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    def _features(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.activation(self.feature(inputs))
+    def _features(self, inputs: torch.Tensor, *context) -> torch.Tensor:
+        return self.activation(self.feature(inputs, *context))
 
-    def _forward(self, inputs: torch.Tensor, autocast: bool = True) -> torch.Tensor:
+    def _forward(self, inputs: torch.Tensor, *context, autocast: bool = True) -> torch.Tensor:
         """``h`` of a flat batch of inputs, as float32 ``(N, F)``; ``autocast`` False: plain fp32 (contiguous inputs
         when ``amp`` is set, so a bf16 fit's reference is the fp32 fit's to the bit)."""
-        if self.cfg.channels_last and (autocast or self.cfg.amp is None):
+        if self.cfg.channels_last and (autocast or self.cfg.amp is None) and inputs.dim() == 4:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         with self._autocast() if autocast else contextlib.nullcontext():
-            out = self._net(inputs)
+            out = self._net(inputs, *context)
         return out.float().reshape(inputs.shape[0], -1)
 
-    def _reference(self, inputs: torch.Tensor) -> torch.Tensor:
+    def _reference(self, inputs: torch.Tensor, *context) -> torch.Tensor:
         """``h`` in fp32 whatever ``amp``: σ_f² (and the h(x) it is measured from) of every fit.  Measured
         (docs/performance.md, "bf16 on the CPU"): bf16 rounding adds a noise floor to MSE(h(x + σ₀ε), h(x)) that
         inflated σ_f² by ~20% on the demo's net and moved σ* by steps.  The steps' h(x), on the other hand, agrees
         best with fp32's maps when it comes from the same bf16 net as h(x + σε) (measured against an fp32 h(x): log σ*
         correlation 0.98 vs 0.97 at conv, 0.88 vs 0.63 at fc1)."""
-        return self._forward(inputs, autocast=False)
+        return self._forward(inputs, *context, autocast=False)
 
-    def _forward_blocks(self, net, blocks: list[torch.Tensor]) -> list[torch.Tensor]:
-        """``h`` of each image's block of noisy inputs.  On the CPU every block is its own pass, so an
-        image's numbers never depend on the other images of its batch (math libraries pick their kernels by
-        the shape of the whole pass); elsewhere the blocks go through the net together (faster on a GPU)."""
+    def _forward_blocks(self, net, blocks: list[torch.Tensor], inputs: Sequence[int],
+                        space: UnitSpace) -> list[torch.Tensor]:
+        """``h`` of each image's block of noisy inputs (``inputs[j]``: the index of block j's input in the
+        batch, for the further model inputs of ``space``: token ids).  On the CPU every block is its own pass, so
+        an image's numbers never depend on the other images of its batch (math libraries pick their kernels by the
+        shape of the whole pass); elsewhere the blocks go through the net together (faster on a GPU)."""
+        contexts = [space.context(i, block.shape[0]) for i, block in zip(inputs, blocks)]
         if not self.batch_images or len(blocks) == 1:
-            return [net(block) for block in blocks]
-        h = net(torch.cat(blocks))
+            return [net(block, *context) for block, context in zip(blocks, contexts)]
+        h = net(torch.cat(blocks), *(torch.cat(parts) for parts in zip(*contexts)))
         return list(h.split([block.shape[0] for block in blocks]))
 
-    def _h(self, net, x: torch.Tensor) -> torch.Tensor:
+    def _h(self, net, x: torch.Tensor, space: UnitSpace) -> torch.Tensor:
         """Clean features, one image per pass (a batch of one is what any batching reduces to)."""
-        return torch.cat([net(x[j:j + 1]) for j in range(x.shape[0])])
+        return torch.cat([net(x[j:j + 1], *space.context(j, 1)) for j in range(x.shape[0])])
 
     def _chunks(self, n: int):
         c = n if self.chunk is None else min(self.chunk, n)
@@ -287,7 +297,7 @@ class SigmaFitter:
     # forward and backward see the whole batch, on the CPU not even they (_forward_blocks).  On the CPU
     # an image's numbers are then bit-identical whatever the batch, so resumed or differently sharded
     # runs write the same bytes.
-    def _sigma_f2(self, net, x: torch.Tensor, clean: torch.Tensor, gens) -> torch.Tensor:
+    def _sigma_f2(self, net, x: torch.Tensor, clean: torch.Tensor, gens, space: UnitSpace) -> torch.Tensor:
         """σ_f² per image: MSE(h(x + σ₀ε), h(x)) over n samples and the feature elements."""
         cfg, B = self.cfg, x.shape[0]
         eps = torch.empty((B, cfg.samples, *x.shape[1:]), device=x.device)
@@ -297,31 +307,31 @@ class SigmaFitter:
         def run():
             sse = [torch.zeros((), device=x.device) for _ in range(B)]
             for a, b in self._chunks(cfg.samples):
-                blocks = [torch.add(x[j], eps[j, a:b], alpha=cfg.sigma0) for j in range(B)]
-                for j, h in enumerate(self._forward_blocks(net, blocks)):
+                blocks = [space.perturb0(j, x[j], cfg.sigma0, eps[j, a:b]) for j in range(B)]
+                for j, h in enumerate(self._forward_blocks(net, blocks, range(B), space)):
                     sse[j] = sse[j] + (h - clean[j]).square().sum()
             return torch.stack(sse)
 
         sse = self._with_oom_retry(run)
         return sse / (cfg.samples * clean.shape[1])
 
-    def _step(self, net, x, clean, sigma_f2, lam, s, eps):
-        """One SGD step's loss terms and gradient for the active images (σ ``s`` already clamped)."""
+    def _step(self, net, x, clean, sigma_f2, lam, s, eps, space: UnitSpace, active: list[int]):
+        """One SGD step's loss terms and gradient for the active images (σ ``s`` already clamped; ``active[j]``:
+        the batch index of active image j)."""
         cfg = self.cfg
-        A, n, S = x.shape[0], cfg.samples, x.shape[-1]
+        A, n = x.shape[0], cfg.samples
         denom = n * clean.shape[1] * sigma_f2  # (A,)
 
         def run():
             leaves = [s[j].detach().requires_grad_(True) for j in range(A)]
-            h_bar = torch.stack([mean_entropy(leaf) for leaf in leaves])
+            h_bar = torch.stack([space.mean_entropy(i, leaf) for i, leaf in zip(active, leaves)])
             pen = -lam * h_bar
             pen.sum().backward()
             fl = [torch.zeros((), device=x.device) for _ in range(A)]
             for a, b in self._chunks(n):
-                # the 3 channels share a cell's σ; each image's noisy block is built on its own
-                blocks = [torch.addcmul(x[j], upsample(leaves[j], S), eps[j, a:b]) for j in range(A)]
+                blocks = [space.perturb(active[j], x[j], leaves[j], eps[j, a:b]) for j in range(A)]
                 parts = [(h - clean[j]).square().sum() / denom[j]
-                         for j, h in enumerate(self._forward_blocks(net, blocks))]
+                         for j, h in enumerate(self._forward_blocks(net, blocks, active, space))]
                 torch.stack(parts).sum().backward()
                 fl = [f + p.detach() for f, p in zip(fl, parts)]
             grad = torch.stack([leaf.grad for leaf in leaves])
@@ -329,7 +339,7 @@ class SigmaFitter:
 
         return self._with_oom_retry(run)
 
-    def _results(self, hist_sigma, hist, sigma_f2, lam_t, steps_run) -> list[SigmaFit]:
+    def _results(self, hist_sigma, hist, sigma_f2, lam_t, steps_run, space: UnitSpace) -> list[SigmaFit]:
         cfg = self.cfg
         hs = hist_sigma.cpu().numpy()
         hh = hist.cpu().numpy().astype(np.float64)
@@ -339,11 +349,13 @@ class SigmaFitter:
         for i in range(hs.shape[1]):
             entropy = hh[0, :, i].copy()
             best = select_step(entropy, cfg.target_entropy)
-            sig = hs[best, i].copy() if best >= 0 else np.zeros((cfg.grid, cfg.grid), np.float32)
-            if best >= 0 and not np.isfinite(sig).all():
+            valid = space.valid(i)
+            valid = None if valid is None else valid.cpu().numpy().astype(bool)
+            sig = hs[best, i].copy() if best >= 0 else np.zeros(hs.shape[2:], np.float32)
+            if best >= 0 and not np.isfinite(sig if valid is None else sig[valid]).all():
                 best, sig = -1, np.zeros_like(sig)
             out.append(SigmaFit(sigma=sig, entropy=entropy, feature_loss=hh[1, :, i].copy(),
                                 penalty_loss=hh[2, :, i].copy(), sigma_f2=float(f2[i]), best_step=best,
                                 steps_run=steps_run[i], final_lambda=float(lams[i]),
-                                history=hs[: steps_run[i], i].copy()))
+                                history=hs[: steps_run[i], i].copy(), valid=valid))
         return out
