@@ -85,7 +85,19 @@ def model_record(info) -> dict[str, Any]:
     """What run.json records of an architecture (``model``): enough to rebuild it in a later stage."""
     from kdq.models.external import taps_text
 
-    return {"arch": info.name, "taps": taps_text(info.taps), "image_size": info.input_size, "family": info.family}
+    record = {"arch": info.name, "taps": taps_text(info.taps), "image_size": info.input_size, "family": info.family}
+    if info.modality != "image":  # the builder options the data fixed (a text net's vocabulary and length)
+        record.update(modality=info.modality, options=dict(info.options))
+    return record
+
+
+def probe_input(info):
+    """The probe batch that finds the parameters and modules up to a tap (:func:`kdq.models.params_up_to`): None —
+    two images of the architecture's size, as always — for an image net; token ids or point clouds otherwise."""
+    if info.modality == "image":
+        return None
+    vocab = info.options.get("vocab_size")
+    return info.example_input(2, **({"vocab_size": vocab} if vocab else {}))
 
 
 def recorded_model(record: dict[str, Any]) -> dict[str, Any] | None:
@@ -119,7 +131,11 @@ def arch_from(args, record: dict[str, Any] | None, prefix: str = "",
     old_size = model.get("image_size")
     if size is not None and old_size is not None and size != old_size:
         raise UserError(f"--{prefix}image-size {size} but {source} was made with {old_size}")
-    return resolve_arch(arch, taps if taps is not None else old_taps, size or old_size, f"--{prefix}arch")
+    info = resolve_arch(arch, taps if taps is not None else old_taps, size or old_size, f"--{prefix}arch")
+    options = model.get("options")
+    if isinstance(options, dict) and options:  # the builder options the training data fixed
+        info = dataclasses.replace(info, options={**info.options, **options})
+    return info
 
 
 def student_arch(args, info, teacher_info):
@@ -147,6 +163,9 @@ def check_input_size(info, num_classes: int, flag: str = "--image-size") -> None
     from kdq.function.io.checkpoint import first_line
 
     size = info.input_size
+    if info.modality != "image":
+        _check_example_forward(info, num_classes)
+        return
 
     def forward(device: str) -> None:
         with torch.random.fork_rng(devices=[]), torch.device(device):
@@ -162,3 +181,20 @@ def check_input_size(info, num_classes: int, flag: str = "--image-size") -> None
         except Exception as exc:  # noqa: BLE001 - whatever the model raises, it cannot take this input
             raise UserError(f"{flag} {size}: {info.name} cannot take {size}x{size} inputs (a forward of one image "
                             f"fails: {first_line(exc)})") from exc
+
+
+def _check_example_forward(info, num_classes: int) -> None:
+    """One CPU forward of a token or point net on its probe input (they are small): a net that cannot take its
+    inputs is one UserError before a stage writes anything."""
+    import torch
+
+    from kdq.function.io.checkpoint import first_line
+
+    try:
+        with torch.random.fork_rng(devices=[]):
+            model = info.build(num_classes).eval()
+            with torch.no_grad():
+                model(probe_input(info))
+    except Exception as exc:  # noqa: BLE001 - whatever the model raises, it cannot take this input
+        raise UserError(f"--arch {info.name} cannot take its {info.modality} inputs (a forward fails: "
+                        f"{first_line(exc)})") from exc

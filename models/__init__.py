@@ -5,6 +5,9 @@
     tap = TAPS["vgg_tiny"]["conv"]            # Tap(node=..., weight=...)
     feature = truncated(model, tap)(images)   # pre-activation, layers above never run
 
+Besides images, the registry holds CPU-sized nets for token sequences (``transformer_tiny``, ``bilstm_tiny``) and
+point clouds (``pointnet_tiny``, ``dgcnn_tiny``): ``ARCH_MODALITY`` says which input each architecture takes.
+
 This module itself imports neither torch nor torchvision: the layer names and the registry's architecture names
 are here, so that a script's ``--help`` stays fast; everything else is loaded from :mod:`kdq.models.registry` and
 :mod:`kdq.models.taps` when it is first used.
@@ -41,8 +44,13 @@ def family_defaults(family: str | None) -> FamilyDefaults:
     return FAMILIES.get(family or "other", FAMILIES["other"])
 
 
-# The registry's architectures: name → (family, input side S, how the registry builds it).  The names are written
-# here only, so that a script's --help lists them without importing torch; models/registry.py builds each by its kind.
+DEFAULT_MAX_LENGTH = 64  # the text nets' default max_length: the most tokens a sequence may hold
+DEFAULT_POINTS = 128  # the point-cloud nets' default number of points per cloud (the nets take any number)
+
+# The registry's architectures: name → (family, size, how the registry builds it).  The size is the input side S of
+# an image net, the default max length of a text net and the default number of points of a point-cloud net.  The
+# names are written here only, so that a script's --help lists them without importing torch; models/registry.py
+# builds each by its kind.
 ARCH_TABLE: dict[str, tuple[str, int, str]] = {
     "alexnet": ("alexnet", 227, "torchvision_alexnet"),
     **{name: ("vgg", 224, "torchvision_vgg") for name in ("vgg11", "vgg16", "vgg16_bn", "vgg19")},
@@ -50,8 +58,18 @@ ARCH_TABLE: dict[str, tuple[str, int, str]] = {
     "vgg_tiny": ("vgg", 64, "vgg_tiny"),
     "vgg_tiny_bn": ("vgg", 64, "vgg_tiny"),
     "resnet_tiny": ("resnet", 64, "resnet_tiny"),
+    "transformer_tiny": ("other", DEFAULT_MAX_LENGTH, "transformer_tiny"),
+    "bilstm_tiny": ("other", DEFAULT_MAX_LENGTH, "bilstm_tiny"),
+    "pointnet_tiny": ("other", DEFAULT_POINTS, "pointnet_tiny"),
+    "dgcnn_tiny": ("other", DEFAULT_POINTS, "dgcnn_tiny"),
 }
 ARCH_NAMES: tuple[str, ...] = tuple(ARCH_TABLE)
+
+MODALITIES: tuple[str, ...] = ("image", "text", "points")
+# What each architecture takes: "image" (B, 3, S, S) floats, "text" (B, L) token ids (0 = padding) or "points"
+# (B, P, 3) coordinates.
+ARCH_MODALITY: dict[str, str] = {name: "image" for name in ARCH_NAMES} | {
+    "transformer_tiny": "text", "bilstm_tiny": "text", "pointnet_tiny": "points", "dgcnn_tiny": "points"}
 
 _LAZY = {
     "registry": ("ARCHS", "MODELS", "TAPS", "ArchInfo", "UnknownArch", "arch_info", "build_model", "check_pretrained",
@@ -60,8 +78,9 @@ _LAZY = {
              "state_keys_up_to", "tap_method", "truncated"),
 }
 _OWNER = {name: module for module, names in _LAZY.items() for name in names}
-__all__ = ["ARCH_NAMES", "ARCH_TABLE", "FAMILIES", "FamilyDefaults", "LAYERS", "family_defaults", *_OWNER]
-_SUBMODULES = ("external", "registry", "taps")
+__all__ = ["ARCH_MODALITY", "ARCH_NAMES", "ARCH_TABLE", "DEFAULT_MAX_LENGTH", "DEFAULT_POINTS", "FAMILIES",
+           "FamilyDefaults", "LAYERS", "MODALITIES", "family_defaults", *_OWNER]
+_SUBMODULES = ("external", "points", "registry", "taps", "text")
 
 
 def __dir__() -> list[str]:

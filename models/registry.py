@@ -10,18 +10,21 @@ about it (family, input size, layer taps), and :func:`build_model` is the one wa
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+import inspect
+from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import nn
 
 from torchvision.models import vgg as tv_vgg
 
-from kdq.models import ARCH_NAMES, ARCH_TABLE, LAYERS, FamilyDefaults, family_defaults
+from kdq.models import ARCH_MODALITY, ARCH_NAMES, ARCH_TABLE, LAYERS, FamilyDefaults, family_defaults
+from kdq.models.points import DGCNN_TAPS, POINTNET_TAPS, build_dgcnn_tiny, build_pointnet_tiny
 from kdq.models.resnet import RESNET_TAPS, build_resnet_tiny, build_torchvision_resnet
 from kdq.models.taps import Tap, truncated
+from kdq.models.text import DEFAULT_VOCAB, EMBED, PAD, TEXT_TAPS, build_bilstm_tiny, build_transformer_tiny
 from kdq.models.vgg import build_torchvision_vgg, build_vgg_tiny, feature_layout, tiny_cfg, vgg_taps
 
 
@@ -29,7 +32,7 @@ from kdq.models.vgg import build_torchvision_vgg, build_vgg_tiny, feature_layout
 class ArchInfo:
     """What the stages need to know of an architecture, and how to build it."""
     family: str  # "vgg", "alexnet", "resnet" or "other": picks the defaults (kdq.models.FAMILIES)
-    input_size: int  # S: the side of the square input
+    input_size: int  # S, the side of the square input; text: the default max length L; points: the default P
     taps: dict[str, Tap]  # layer → tap, for the layers this architecture names (the registry: all four)
     head: tuple[str, ...]  # state_dict prefixes (of ``pretrained_root``) a pretrained backbone does not set
     output: tuple[str, ...]  # the prefixes still fresh with --keep-pretrained-head (the output layer)
@@ -37,6 +40,11 @@ class ArchInfo:
     builder: Callable[..., nn.Module] | None = None  # builder(num_classes=..., [dropout=...]) → model
     pretrained_root: str = "net"  # the submodule a torchvision-format state dict is loaded into ("": the model)
     dropout: bool = True  # the builder takes a dropout argument
+    modality: str = "image"  # what the net takes (kdq.models.MODALITIES): "image", "text" or "points"
+    inject: str | None = None  # the submodule whose output the σ fit's noise replaces (None: the input itself)
+    options: dict[str, Any] = field(default_factory=dict)  # builder options the data fixed (vocab_size, max_length)
+    options: dict[str, Any] = field(default_factory=dict)  # builder keywords every build passes (a text net's
+    # vocab_size and max_length, fixed by its training data); build(..., **options) adds to / overrides them
 
     @property
     def defaults(self) -> FamilyDefaults:
@@ -50,15 +58,46 @@ class ArchInfo:
         return 256 if self.input_size in (224, 227) else round(self.input_size * 256 / 224)
 
     def build(self, num_classes: int, pretrained: dict[str, Any] | None = None, dropout: float | None = None,
-              keep_head: bool = False) -> nn.Module:
-        """A new model with fresh weights (seed torch before calling); see :func:`load_pretrained`."""
+              keep_head: bool = False, **options: Any) -> nn.Module:
+        """A new model with fresh weights (seed torch before calling); see :func:`load_pretrained`.  The entry's
+        :attr:`options` and ``options`` (which win) go to the builder by keyword (the text nets' ``vocab_size`` and
+        ``max_length``); one it does not take is a ValueError naming those it does."""
         kwargs = {} if dropout is None else {"dropout": dropout}
         if kwargs and not self.dropout:
             raise ValueError(f"{self.name} takes no dropout setting")
-        model = self.builder(num_classes=num_classes, **kwargs)
+        options = {**self.options, **options}
+        options = {**self.options, **options}
+        self.check_options(options)
+        model = self.builder(num_classes=num_classes, **kwargs, **options)
         if pretrained is not None:
             load_pretrained(model, self, pretrained, keep_head=keep_head)
         return model
+
+    def check_options(self, options: dict[str, Any]) -> None:
+        """A ValueError for a builder option (beyond ``num_classes`` and ``dropout``) the builder does not take; the
+        registry's own settings of a builder (``partial``'s keywords: ``batch_norm``, ``hidden``) are none."""
+        fixed = {"num_classes", "dropout", *(getattr(self.builder, "keywords", None) or {})}
+        taken = [name for name in inspect.signature(self.builder).parameters if name not in fixed]
+        unknown = sorted(set(options) - set(taken))
+        if unknown:
+            known = ", ".join(taken) if taken else "none"
+            raise ValueError(f"{self.name or 'this architecture'} takes no option {', '.join(unknown)} "
+                             f"(its options: {known})")
+
+    def example_input(self, batch: int = 2, device: torch.device | str | None = None,
+                      vocab_size: int = DEFAULT_VOCAB) -> torch.Tensor:
+        """A seeded probe batch of this architecture's input (the same values on every call): images
+        ``(batch, 3, S, S)``; token ids ``(batch, L)``, L the default max length, drawn from ``1..vocab_size-1``,
+        the first row full and the others ending in padding (at most half of L); points ``(batch, P, 3)``."""
+        generator = torch.Generator(device=device or "cpu").manual_seed(0)
+        size = self.input_size
+        if self.modality == "text":
+            ids = torch.randint(PAD + 1, vocab_size, (batch, size), device=device, generator=generator)
+            lengths = size - (torch.arange(batch, device=device) * size) // (2 * batch)
+            return ids.masked_fill(torch.arange(size, device=device) >= lengths.unsqueeze(1), PAD)
+        if self.modality == "points":
+            return torch.randn(batch, size, 3, device=device, generator=generator)
+        return torch.randn(batch, 3, size, size, device=device, generator=generator)
 
 
 _TV_VGG_CFG = {"vgg11": ("A", False), "vgg16": ("D", False), "vgg16_bn": ("D", True), "vgg19": ("E", False)}
@@ -77,25 +116,44 @@ _VGG_HEAD, _VGG_OUTPUT = ("classifier.",), ("classifier.6.",)
 _RESNET_HEAD = _RESNET_OUTPUT = ("fc.", "features.")
 _RESNET_WIDTH = {"resnet18": 4096, "resnet50": 2048, "resnet101": 2048, "resnet152": 2048}  # the head's W
 
-# how the registry builds each kind of architecture of kdq.models.ARCH_TABLE: name → (builder, taps, head, output)
-_Parts = tuple[Callable[..., nn.Module], dict[str, Tap], tuple, tuple]
+_OWN_HEAD, _OWN_OUTPUT = _VGG_HEAD, _VGG_OUTPUT  # the text and point-cloud nets: the tiny VGG's head, at the root
+_INJECT = {"text": EMBED}  # modality → the submodule whose output the σ fit's noise replaces (others: the input)
+
+
+class _Parts(NamedTuple):
+    """How the registry builds one kind of architecture."""
+    builder: Callable[..., nn.Module]
+    taps: dict[str, Tap]
+    head: tuple[str, ...]
+    output: tuple[str, ...]
+    pretrained_root: str = "net"
+
+
+# how the registry builds each kind of architecture of kdq.models.ARCH_TABLE: name → its parts
 _KINDS: dict[str, Callable[[str], _Parts]] = {
-    "torchvision_alexnet": lambda name: (partial(build_torchvision_vgg, name), vgg_taps(_ALEXNET_LAYOUT, (1, 4, 6)),
-                                         _VGG_HEAD, _VGG_OUTPUT),
-    "torchvision_vgg": lambda name: (partial(build_torchvision_vgg, name), _tv_vgg_taps(name), _VGG_HEAD, _VGG_OUTPUT),
-    "torchvision_resnet": lambda name: (partial(build_torchvision_resnet, name, hidden=_RESNET_WIDTH[name]),
-                                        RESNET_TAPS, _RESNET_HEAD, _RESNET_OUTPUT),
-    "vgg_tiny": lambda name: (partial(build_vgg_tiny, batch_norm=name.endswith("_bn")),
-                              vgg_taps(feature_layout(tiny_cfg(), name.endswith("_bn")), (0, 3, 6)),
-                              _VGG_HEAD, _VGG_OUTPUT),
-    "resnet_tiny": lambda name: (build_resnet_tiny, RESNET_TAPS, _RESNET_HEAD, _RESNET_OUTPUT),
+    "torchvision_alexnet": lambda name: _Parts(partial(build_torchvision_vgg, name),
+                                               vgg_taps(_ALEXNET_LAYOUT, (1, 4, 6)), _VGG_HEAD, _VGG_OUTPUT),
+    "torchvision_vgg": lambda name: _Parts(partial(build_torchvision_vgg, name), _tv_vgg_taps(name), _VGG_HEAD,
+                                           _VGG_OUTPUT),
+    "torchvision_resnet": lambda name: _Parts(partial(build_torchvision_resnet, name, hidden=_RESNET_WIDTH[name]),
+                                              RESNET_TAPS, _RESNET_HEAD, _RESNET_OUTPUT),
+    "vgg_tiny": lambda name: _Parts(partial(build_vgg_tiny, batch_norm=name.endswith("_bn")),
+                                    vgg_taps(feature_layout(tiny_cfg(), name.endswith("_bn")), (0, 3, 6)),
+                                    _VGG_HEAD, _VGG_OUTPUT),
+    "resnet_tiny": lambda name: _Parts(build_resnet_tiny, RESNET_TAPS, _RESNET_HEAD, _RESNET_OUTPUT),
+    "transformer_tiny": lambda name: _Parts(build_transformer_tiny, TEXT_TAPS, _OWN_HEAD, _OWN_OUTPUT, ""),
+    "bilstm_tiny": lambda name: _Parts(build_bilstm_tiny, TEXT_TAPS, _OWN_HEAD, _OWN_OUTPUT, ""),
+    "pointnet_tiny": lambda name: _Parts(build_pointnet_tiny, POINTNET_TAPS, _OWN_HEAD, _OWN_OUTPUT, ""),
+    "dgcnn_tiny": lambda name: _Parts(build_dgcnn_tiny, DGCNN_TAPS, _OWN_HEAD, _OWN_OUTPUT, ""),
 }
 
 
 def _entry(name: str) -> ArchInfo:
     family, size, kind = ARCH_TABLE[name]
-    builder, taps, head, output = _KINDS[kind](name)
-    return ArchInfo(family, size, taps, head, output, name=name, builder=builder)
+    parts = _KINDS[kind](name)
+    modality = ARCH_MODALITY[name]
+    return ArchInfo(family, size, parts.taps, parts.head, parts.output, name=name, builder=parts.builder,
+                    pretrained_root=parts.pretrained_root, modality=modality, inject=_INJECT.get(modality))
 
 
 ARCHS: dict[str, ArchInfo] = {name: _entry(name) for name in ARCH_NAMES}
@@ -115,13 +173,15 @@ def arch_info(name: str) -> ArchInfo:
 
 
 def build_model(name: str, num_classes: int, pretrained: dict[str, Any] | None = None,
-                dropout: float | None = None, keep_head: bool = False) -> nn.Module:
+                dropout: float | None = None, keep_head: bool = False, **options: Any) -> nn.Module:
     """Build a registered architecture with fresh docs/method.md §0 weights (seed torch before calling).
 
     ``pretrained`` is a torchvision-format state dict of the backbone (read from a local file by the caller;
     kdq never downloads): see :func:`load_pretrained`.  ``dropout`` None keeps the architecture's default (0.5).
+    ``options`` go to the builder: the text nets take ``vocab_size`` (default 64; a dataset's vocab.txt gives it)
+    and ``max_length`` (default 64).
     """
-    return arch_info(name).build(num_classes, pretrained, dropout, keep_head)
+    return arch_info(name).build(num_classes, pretrained, dropout, keep_head, **options)
 
 
 def _root(model: nn.Module, info: ArchInfo) -> nn.Module:

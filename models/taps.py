@@ -177,14 +177,20 @@ def analysed_weight(model: nn.Module, tap: Tap) -> nn.Parameter:
     return params[tap.weight]
 
 
-def _probe(model: nn.Module, size: int) -> torch.Tensor:
+def _probe(model: nn.Module, size: int, example: torch.Tensor | None = None) -> torch.Tensor:
+    """The input the functions below run ``model`` on, on the model's device: ``example`` when given (token ids or
+    point clouds: :meth:`ArchInfo.example_input <kdq.models.registry.ArchInfo.example_input>`), else two seeded
+    ``size``-px images."""
     device = next(iter(model.parameters()), torch.zeros(())).device
+    if example is not None:
+        return example.to(device)
     return torch.randn(2, 3, size, size, device=device, generator=torch.Generator(device=device).manual_seed(0))
 
 
-def params_up_to(model: nn.Module, tap: Tap, size: int = 64) -> list[str]:
+def params_up_to(model: nn.Module, tap: Tap, size: int = 64, example: torch.Tensor | None = None) -> list[str]:
     """Names (in ``model``'s namespace) of the parameters the output at ``tap`` depends on (a gradient reaches
-    them from it), in the model's order; found on a probe batch of ``size``-px inputs in eval mode."""
+    them from it), in the model's order; found in eval mode on ``example`` (a probe batch of the model's input), by
+    default on two ``size``-px images."""
     was_training = model.training
     model.eval()
     names, params = zip(*[(n, p) for n, p in model.named_parameters()]) if any(True for _ in model.parameters()) \
@@ -195,7 +201,7 @@ def params_up_to(model: nn.Module, tap: Tap, size: int = 64) -> list[str]:
             for p in params:
                 p.requires_grad_(True)
             try:
-                out = truncated(model, tap)(_probe(model, size))
+                out = truncated(model, tap)(_probe(model, size, example))
                 grads = torch.autograd.grad(out.float().sum(), params, allow_unused=True)
             finally:
                 for p, flag in zip(params, flags):
@@ -205,8 +211,9 @@ def params_up_to(model: nn.Module, tap: Tap, size: int = 64) -> list[str]:
     return [n for n, g in zip(names, grads) if g is not None]
 
 
-def modules_up_to(model: nn.Module, tap: Tap, size: int = 64) -> list[str]:
-    """Names of the submodules that finish their forward before the tap's output exists (the tap included)."""
+def modules_up_to(model: nn.Module, tap: Tap, size: int = 64, example: torch.Tensor | None = None) -> list[str]:
+    """Names of the submodules that finish their forward before the tap's output exists (the tap included), on
+    ``example`` (default: two ``size``-px images)."""
     if not is_submodule(model, tap.node):  # an fx node: the modules the extractor keeps
         used = {id(m) for m in truncated(model, tap, "fx").modules()}
         return [n for n, m in model.named_modules() if id(m) in used]
@@ -217,7 +224,7 @@ def modules_up_to(model: nn.Module, tap: Tap, size: int = 64) -> list[str]:
     model.eval()
     try:
         with torch.no_grad():
-            truncated(model, tap)(_probe(model, size))
+            truncated(model, tap)(_probe(model, size, example))
     finally:
         for h in handles:
             h.remove()
@@ -225,12 +232,12 @@ def modules_up_to(model: nn.Module, tap: Tap, size: int = 64) -> list[str]:
     return done
 
 
-def state_keys_up_to(model: nn.Module, tap: Tap, size: int = 64) -> list[str]:
+def state_keys_up_to(model: nn.Module, tap: Tap, size: int = 64, example: torch.Tensor | None = None) -> list[str]:
     """``state_dict`` keys of ``model`` the truncated forward at ``tap`` uses: the parameters its output depends
     on and the buffers (BatchNorm statistics) of the modules that ran before it — the weights a later stage must
-    load to run the model up to the layer."""
-    params = set(params_up_to(model, tap, size))
-    ran = set(modules_up_to(model, tap, size))
+    load to run the model up to the layer; found on ``example`` (default: two ``size``-px images)."""
+    params = set(params_up_to(model, tap, size, example))
+    ran = set(modules_up_to(model, tap, size, example))
     all_params = {name for name, _ in model.named_parameters()}
     keys = []
     for key in model.state_dict(keep_vars=True):

@@ -70,8 +70,8 @@ def test_a_config_made_in_python_is_checked_as_the_flag_is(capsys):
 def test_defines_results_is_read_from_the_fields():
     # the sigma stage's settings that change its files (the allowlist it had before the configs, by hand)
     assert set(SigmaRunConfig.result_settings()) == {
-        "checkpoint_root", "data", "arch", "taps", "image_size", "layer", "split", "grid", "samples", "steps",
-        "break_steps", "lr", "sigma0", "target_entropy", "lam", "seed", "pic_seed", "foreground", "missing_mask",
+        "checkpoint_root", "data", "modality", "arch", "taps", "image_size", "layer", "split", "grid", "samples",
+        "steps", "break_steps", "lr", "sigma0", "target_entropy", "lam", "seed", "pic_seed", "foreground", "missing_mask",
         "exact_masks", "mask_pad", "amp", "effective_rule", "effective_start"}
     # the training stages' runtime settings (the denylist they had before)
     runtime = {"out", "resume", "overwrite", "debug", "device", "workers", "progress", "deterministic",

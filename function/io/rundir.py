@@ -30,6 +30,9 @@ RUN_JSON = "run.json"
 NEW, RESUME, REPLACE = "new", "resume", "replace"
 DATASET_JSON = "dataset.json"
 SYNTHETIC_GENERATOR = "kdq.synthetic"  # dataset.json's "generator" of the embedded dataset (make_dataset)
+TEXT_GENERATOR = "kdq.synthetic_text"  # ... of the embedded text dataset (make_dataset --modality text)
+POINTS_GENERATOR = "kdq.synthetic_points"  # ... of the embedded point clouds (make_dataset --modality points)
+DATASET_GENERATORS = (SYNTHETIC_GENERATOR, TEXT_GENERATOR, POINTS_GENERATOR)  # what make_dataset writes
 
 
 def recorded_stage(folder: Path) -> str | None:
@@ -39,7 +42,7 @@ def recorded_stage(folder: Path) -> str | None:
     if isinstance(stage, str):
         return stage
     manifest = read_json(Path(folder) / DATASET_JSON)
-    if manifest.get("generator") == SYNTHETIC_GENERATOR:
+    if manifest.get("generator") in DATASET_GENERATORS:
         return "make_dataset"
     if isinstance(manifest.get("preparer"), str):
         return "prepare_data"
@@ -133,12 +136,13 @@ def _metrics_owns(out: Path) -> Owns:
 
 
 def _dataset_owns(out: Path) -> Owns:
-    """The embedded dataset: dataset.json and, for each split and class it records, the images make_dataset
-    writes there and their masks under ``seg/``."""
-    from kdq.function.data.synthetic import dataset_files
+    """An embedded dataset: dataset.json and what make_dataset writes for each split and class it records (images
+    and their masks under ``seg/``; a text dataset's vocab.txt and <split>.jsonl; point clouds and their flags)."""
+    from kdq.function.data import points, synthetic, text
 
     manifest = read_json(out / DATASET_JSON)
-    files = {(DATASET_JSON,)} | {tuple(Path(f).parts) for f in dataset_files(manifest)}
+    written = [f for module in (synthetic, text, points) for f in module.dataset_files(manifest)]
+    files = {(DATASET_JSON,)} | {tuple(Path(f).parts) for f in written}
     folders = {parts[:i] for parts in files for i in range(1, len(parts))}
     return lambda parts, is_dir: parts in (folders if is_dir else files)
 

@@ -29,7 +29,7 @@ def net_input(inp: LayerInputs, net: str, run: int = 0) -> NetInput:
     """What :func:`~kdq.function.metrics.measures.compare_runs` measures of one training run of a net."""
     d = inp.runs[net][run]
     return NetInput(H=entropy_map(d.maps), fg=d.fg, D_at=distance_at(d.wd_row, d.epochs), allowed=d.allowed,
-                    original=inp.compat == "original")
+                    original=inp.compat == "original", valid=d.valid)
 
 
 def _inputs_record(inp: LayerInputs) -> dict[str, str]:
@@ -202,3 +202,25 @@ def distance_curve(figure_data: dict, net: str, epochs: list[int]) -> tuple[np.n
     return np.asarray(epochs), np.asarray(figure_data["D"][net])
 
 
+
+
+def unit_figures(res: LayerResult, data, show_images: int, max_columns: int) -> dict[str, bytes]:
+    """The entropy figure of tokens (coloured by entropy, per net and checkpoint) or points (coloured by entropy,
+    two views), for the first ``show_images`` inputs both nets were measured on (:mod:`.unit_plots`)."""
+    from kdq.function.metrics import unit_plots
+
+    distil = set(res.names["distil"])
+    shown = [name for name in res.names["label"] if name in distil][:show_images]
+    if not shown:
+        return {}
+    rows = {net: [res.names[net].index(name) for name in shown] for net in NETS}
+    H = {net: res.figure_data["H"][net][rows[net]][:, :, 0, :] for net in NETS}  # (N, K, U), NaN past an input
+    index = [data.index_of(name) for name in shown]
+    flags = [data.foreground(i) for i in index]
+    if data.modality == "text":
+        png = unit_plots.token_entropy_figure([data.tokens(i) for i in index], H, flags, res.epochs, shown,
+                                              max_columns)
+    else:
+        png = unit_plots.point_entropy_figure(np.stack([data.points(i) for i in index]), H, np.stack(flags),
+                                              res.epochs, shown)
+    return {"entropy_maps": png}

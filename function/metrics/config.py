@@ -39,6 +39,7 @@ class MetricsConfig(StageConfig):
                                            type=Path, nargs="+", metavar="RUN")
     data: Path | None = option(None, "dataset root with masks under seg/ (docs/method.md §4)", INPUTS, type=Path,
                                metavar="ROOT", required=True)
+    modality: str | None = o.modality_option(group=INPUTS)
     split: str = option("train", "the split the sigma runs' image names are relative to", INPUTS, metavar="SPLIT")
     layer: str | None = option(None, "layer analysed; 'all' = one table over the four layers (see folders below); "
                                      "default: the layer the sigma run records", INPUTS, choices=(*LAYERS, "all"))

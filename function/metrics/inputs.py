@@ -95,13 +95,22 @@ class SigmaRun:
                         return epochs
         return None
 
+    @property
+    def units(self) -> bool:
+        """True for a sigma run of tokens or points (σ* per unit, ``(K, 1, 1, U)``)."""
+        return self.recorded("modality") in ("text", "points")
+
     def sigma(self, name: str) -> np.ndarray:
-        """σ* of one image as float64 (K, g, g); UserError when the file is missing or malformed."""
+        """σ* of one image as float64 (K, g, g) (tokens, points: (K, 1, U)); UserError when the file is missing or
+        malformed."""
         path = layout.array_path(self.path, self.index[name], "best_sigma_entropy")
         arr = load_npy(path, self.flag, f" (image {name})")
         if arr.ndim == 4 and arr.shape[1] == 1:
             arr = arr[:, 0]
-        if arr.ndim != 3 or arr.shape[1] != arr.shape[2] or not np.issubdtype(arr.dtype, np.number):
+        square = arr.ndim == 3 and arr.shape[1] == arr.shape[2]
+        if self.units:
+            square = arr.ndim == 3 and arr.shape[1] == 1
+        if not square or not np.issubdtype(arr.dtype, np.number):
             raise UserError(f"{self.flag}: {path} has shape {arr.shape} ({arr.dtype}); expected (K, 1, g, g)")
         return arr.astype(np.float64)
 
@@ -247,10 +256,11 @@ class NetData:
     epochs_source: str
     wd_row: np.ndarray  # the layer's row of weight_diff.npy
     names: list[str]  # the images this net is measured on
-    maps: np.ndarray  # (N, K, g, g) σ*
+    maps: np.ndarray  # (N, K, g, g) σ* (tokens, points: (N, K, 1, U), NaN beyond an input's units)
     fg: np.ndarray  # (N, g, g) foreground cells
     allowed: np.ndarray  # (K,) bool: checkpoints m̂ may pick
     record: dict[str, Any] = field(default_factory=dict)  # the training run's run.json (read once)
+    valid: np.ndarray | None = None  # (N, 1, U) bool for tokens and points: the units; None for images
 
 
 @dataclass
@@ -470,7 +480,10 @@ def _epochs(req: MetricsConfig, sigmas: dict[str, list[SigmaRun]], runs: dict[st
 
 
 def _one_grid(sigmas: dict[str, list[SigmaRun]], maps: dict[str, list[dict]]) -> int:
-    """The grid g every sigma run was fitted on (a UserError naming the runs when they differ)."""
+    """The grid g every sigma run was fitted on (a UserError naming the runs when they differ); tokens and points:
+    the most units an input has."""
+    if any(sr.units for net in NETS for sr in sigmas[net]):
+        return max(m.shape[-1] for net in NETS for run in maps[net] for m in run.values())
     grids = {(sr.flag if len(sigmas[net]) == 1 else f"{sr.flag} {sr.path}"): next(iter(m.values())).shape[-1]
              for net in NETS for sr, m in zip(sigmas[net], maps[net])}
     if len(set(grids.values())) > 1:
@@ -521,17 +534,23 @@ def load_layer(req: MetricsConfig, layer: str, data: MaskedImageFolder, label_si
     family, size = family_and_size(req, every, [r for net in NETS for r in records[net]], warnings, notes)
     skip0 = {"yes": True, "no": False}.get(req.mhat_skip_epoch0, family_defaults(family).mhat_skip_epoch0)
     skipped, kept = (_screen_runs(maps, own) if several else _screen_pair(maps, names, req.compat))
-    rule = _foreground(req, every, data)
-    cells, fallback = foreground_cells(data, list(dict.fromkeys(n for net in NETS for k in kept[net] for n in k)),
-                                       rule, int(size), grid)
+    units = _unit_modality(every, data)
+    shown = list(dict.fromkeys(n for net in NETS for k in kept[net] for n in k))
+    if units:
+        from kdq.function.sigma.unit_run import FlagForeground
+
+        rule, fallback = FlagForeground(), []
+        cells = {name: data.foreground(data.index_of(name)) for name in shown}
+    else:
+        rule = _foreground(req, every, data)
+        cells, fallback = foreground_cells(data, shown, rule, int(size), grid)
     nets: dict[str, list[NetData]] = {}
     for net in NETS:
         net_epochs_, source = epochs[net][0]
         allowed = mhat_allowed(net_epochs_, skip0)
         if skip0 and set(net_epochs_) == {0}:
             notes.append(f"{net} net: m̂: epoch 0 is the only checkpoint, so it is kept")
-        nets[net] = [NetData(net, sr, run, net_epochs_, source, w, k, np.stack([m[n] for n in k]),
-                             np.stack([cells[n] for n in k]), allowed, rec)
+        nets[net] = [_net_data(net, sr, run, net_epochs_, source, w, k, m, cells, allowed, rec, units)
                      for sr, run, w, m, k, rec in zip(sigmas[net], runs[net], wd[net], maps[net], kept[net],
                                                       records[net])]
     paired = len({tuple(k) for net in NETS for k in kept[net]}) == 1
@@ -543,6 +562,33 @@ def load_layer(req: MetricsConfig, layer: str, data: MaskedImageFolder, label_si
             "on its own images, and the two-level bootstrap draws every drawn run's images on their own")
     return LayerInputs(layer, nets, len(names), skipped, paired, int(size), grid, skip0, req.compat, rule, fallback,
                        str(data.root), data.split, warnings, notes)
+
+
+def _unit_modality(sigmas: list[SigmaRun], data) -> bool:
+    """True when the sigma runs are of tokens or points (they must all be, and the dataset too)."""
+    kinds = {sr.units for sr in sigmas}
+    if len(kinds) > 1:
+        raise UserError("the sigma runs mix images with tokens or points")
+    units = kinds.pop()
+    if units != (getattr(data, "modality", "image") != "image"):
+        raise UserError(f"--data {data.root} holds {getattr(data, 'modality', 'image')} data but the sigma runs were "
+                        f"fitted on {'tokens or points' if units else 'images'}")
+    return units
+
+
+def _net_data(net, sr, run, epochs, source, wd, names, maps, cells, allowed, record, units: bool) -> NetData:
+    """One training run's :class:`NetData`; tokens and points side by side with their units padded."""
+    if not units:
+        return NetData(net, sr, run, epochs, source, wd, names, np.stack([maps[n] for n in names]),
+                       np.stack([cells[n] for n in names]), allowed, record)
+    from kdq.function.sigma.unit_run import padded_units
+
+    for n in names:
+        if maps[n].shape[-1] != cells[n].shape[0]:
+            raise UserError(f"{sr.flag}: input {n} has σ* for {maps[n].shape[-1]} units but the dataset gives it "
+                            f"{cells[n].shape[0]} foreground flags (another dataset?)")
+    stacked, fg, valid = padded_units([maps[n] for n in names], [cells[n] for n in names])
+    return NetData(net, sr, run, epochs, source, wd, names, stacked, fg, allowed, record, valid)
 
 
 def distance_source_notes(layer: str, sigmas: dict[str, list[SigmaRun]], records: dict[str, list[dict]]) -> list[str]:
@@ -615,12 +661,12 @@ def _read_maps(run: SigmaRun, names: list[str], epochs: list[int], grid: int | N
         if shape is None:
             shape = arr.shape
             K, g = shape[0], shape[-1]
-            if grid is not None and grid != g:
+            if grid is not None and grid != g and not run.units:
                 raise UserError(f"--grid {grid} but {run.flag} {run.path} holds a {g}x{g} grid")
             if len(epochs) != K:
                 raise UserError(f"{run.flag}: the sigma files hold {K} checkpoints but the epochs given are "
                                 f"{len(epochs)}: {epochs}")
-        elif arr.shape != shape:
+        elif arr.shape != shape and not (run.units and arr.shape[:-1] == shape[:-1]):  # inputs of other lengths
             raise UserError(f"{run.flag}: image {name} has σ* of shape {arr.shape}, others {shape}")
         maps[name] = arr
     return maps

@@ -113,6 +113,7 @@ class SigmaRunConfig(StageConfig):
                                            NET, type=int, nargs="+", metavar="E", results=False)
     data: Path | None = option(None, "dataset root (<root>/<split>/<class>/<image>)", IMAGES, type=Path,
                                required=True)
+    modality: str | None = o.modality_option(group=IMAGES)
     split: str = option("train", "split to draw images from", IMAGES)
     foreground: str = _FOREGROUND["foreground"]
     missing_mask: str = _FOREGROUND["missing_mask"]

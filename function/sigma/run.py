@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from kdq.function.archs import arch_from, check_input_size
+from kdq.function.archs import arch_from, check_input_size, probe_input
 from kdq.function.checks import CheckError, check_grid
 from kdq.function.cli import UserError, env_rank, existing_dir
 from kdq.function.data.folder import MaskedImageFolder
@@ -38,6 +38,7 @@ from kdq.function.sigma import layout
 from kdq.function.sigma.effective import drop_reason, entropy_gap, rule_start
 from kdq.function.sigma.config import SigmaConfig, SigmaRunConfig, check_fit_settings
 from kdq.function.sigma.fit import SigmaFit, SigmaFitter
+from kdq.function.sigma.unit_run import UnitSource, unit_batch, unit_feature
 from kdq.function.sigma.selection import EFFECTIVE, NON_EFFECTIVE, PENDING, draw_order, name_lists, next_round
 from kdq.function.train.schedules import paper_list
 from kdq.function.train.stage import lost_files
@@ -77,20 +78,26 @@ class SigmaPlan:
     config: SigmaConfig
     checkpoints: Checkpoints
     model: nn.Module  # the net, holding the first checkpoint's weights; only the layers up to --layer matter
-    dataset: MaskedImageFolder
+    dataset: MaskedImageFolder | UnitSource  # images, or tokens and points (kdq.function.sigma.unit_run)
     draw: list[int]  # dataset indices in draw order
     names: list[str]  # their names (full_name_list.txt)
-    foreground: Foreground
+    foreground: Foreground | None  # the image foreground rule; None for tokens and points (their flags)
     rule_start: int | None  # first epoch of the fg/bg rule; None when it is off
 
     @property
     def epochs(self) -> list[int]:
         return self.checkpoints.epochs
 
+    @property
+    def units(self) -> bool:
+        """True for tokens and points: one σ per unit instead of a g×g grid."""
+        return self.info.modality != "image"
+
     def resolved(self) -> dict:
         """Settings whose value this plan derived (recorded and compared on --resume as the values used)."""
+        foreground = {"foreground": "flags"} if self.foreground is None else self.foreground.describe()
         return {"arch": self.info.name, "taps": taps_text(self.info.taps), "image_size": self.info.input_size,
-                "lam": self.config.lam, **self.foreground.describe()}
+                "lam": self.config.lam, "modality": self.info.modality, **foreground}
 
 
 def plan_run(args: SigmaRunConfig) -> SigmaPlan:
@@ -102,7 +109,8 @@ def plan_run(args: SigmaRunConfig) -> SigmaPlan:
         raise UserError(f"--layer {args.layer}: {info.name} has no tap there (taps: {', '.join(info.taps) or 'none'})")
     size = info.input_size
     try:  # the rules SigmaConfig applies too, under the flags' names
-        check_grid("--grid", args.grid, size, info.name)
+        if info.modality == "image":
+            check_grid("--grid", args.grid, size, info.name)
         check_fit_settings(vars(args), lambda name: "--" + name.replace("_", "-"))
     except CheckError as exc:
         raise UserError(str(exc)) from None
@@ -115,6 +123,8 @@ def plan_run(args: SigmaRunConfig) -> SigmaPlan:
     start = None
     if args.effective_rule == "on":
         start = args.effective_start if args.effective_start is not None else rule_start(checkpoints.total_epochs)
+    if info.modality != "image":
+        return _plan_units(args, info, config, checkpoints, model, start)
     foreground = resolve_foreground(args.foreground, args.missing_mask, dataset_kind(args.data), args.exact_masks,
                                     args.mask_pad)
     dataset = MaskedImageFolder(args.data, args.split, transform=eval_transform(size),
@@ -126,6 +136,22 @@ def plan_run(args: SigmaRunConfig) -> SigmaPlan:
     return SigmaPlan(info=info, layer=args.layer, config=config, checkpoints=checkpoints,
                      model=model, dataset=dataset, draw=draw, names=[dataset.names[i] for i in draw],
                      foreground=foreground, rule_start=start)
+
+
+def _plan_units(args: SigmaRunConfig, info: ArchInfo, config: SigmaConfig, checkpoints: Checkpoints,
+                model: nn.Module, start: int | None) -> SigmaPlan:
+    """The rest of :func:`plan_run` for tokens and points: their split (checked as it is read), the draw."""
+    from kdq.function.data.modality import resolve_modality
+
+    resolve_modality(args.modality, args.data, info.modality, info.name)
+    dataset = UnitSource(info.modality, args.data, args.split)
+    if info.modality == "text" and dataset.dataset.max_length > info.input_size:
+        raise UserError(f"--data: {args.data} holds sequences of up to {dataset.dataset.max_length} tokens; the "
+                        f"net takes at most {info.input_size}")
+    draw = draw_order(len(dataset), args.pic_num, args.pic_seed)
+    return SigmaPlan(info=info, layer=args.layer, config=config, checkpoints=checkpoints, model=model,
+                     dataset=dataset, draw=draw, names=[dataset.names[i] for i in draw], foreground=None,
+                     rule_start=start)
 
 
 def fit_memory(batch: int, samples: int, steps: int, checkpoints: int, size: int) -> dict[str, int]:
@@ -192,7 +218,7 @@ def read_checkpoints(args: SigmaRunConfig, info: ArchInfo,
             check_input_size(info, num_classes)
             with startup_step("building the model"), torch.random.fork_rng(devices=[]):
                 model = info.build(num_classes)
-                keys = state_keys_up_to(model, info.taps[args.layer], info.input_size)
+                keys = state_keys_up_to(model, info.taps[args.layer], info.input_size, probe_input(info))
         check_fits(model, sd, info.name, f"--checkpoint_root: {path}")
         cache[e] = {k: sd[k] for k in keys}  # the layers above --layer are never run
         cached += sum(t.numel() * t.element_size() for t in cache[e].values())
@@ -251,8 +277,10 @@ class ImageRecord:
     reason: str | None = None  # why it is non-effective; None while effective
 
     @classmethod
-    def empty(cls, pos: int, index: int, name: str, fg: np.ndarray, K: int, T: int, g: int) -> "ImageRecord":
-        arrays = {"best_sigma_entropy": np.zeros((K, 1, g, g), dtype=np.float64),  # unfitted: 0 (≤ 0: no fit)
+    def empty(cls, pos: int, index: int, name: str, fg: np.ndarray, K: int, T: int,
+              shape: tuple[int, int]) -> "ImageRecord":
+        """``shape``: the map's, ``(g, g)`` cells or ``(1, U)`` units."""
+        arrays = {"best_sigma_entropy": np.zeros((K, 1, *shape), dtype=np.float64),  # unfitted: 0 (≤ 0: no fit)
                   "entropy": np.full((K, 1, T), np.nan),  # steps (and checkpoints) not run are NaN
                   "feature_loss": np.full((K, 1, T), np.nan), "penalty_loss": np.full((K, 1, T), np.nan),
                   "sigma_f_matrix": np.full((K, 1), np.nan)}
@@ -262,9 +290,11 @@ class ImageRecord:
     def effective(self) -> bool:
         return self.reason is None
 
-    def store(self, k: int, epoch: int, fit: SigmaFit, gap: float) -> None:
+    def store(self, k: int, epoch: int, fit: SigmaFit, gap: float, sigma: np.ndarray | None = None) -> None:
+        """Checkpoint ``k``'s fit; ``sigma``: its map as stored (units: the real units' σ as 1×U), default
+        ``fit.sigma``."""
         a = self.arrays
-        a["best_sigma_entropy"][k, 0] = fit.sigma
+        a["best_sigma_entropy"][k, 0] = fit.sigma if sigma is None else sigma
         a["entropy"][k, 0], a["feature_loss"][k, 0] = fit.entropy, fit.feature_loss
         a["penalty_loss"][k, 0], a["sigma_f_matrix"][k, 0] = fit.penalty_loss, fit.sigma_f2
         self.fits[epoch] = {"best_step": fit.best_step, "steps_run": fit.steps_run,
@@ -283,7 +313,10 @@ class ImageRecord:
 
 
 def foreground_grid(plan: SigmaPlan, index: int) -> np.ndarray:
-    """The (g, g) foreground cells of dataset image ``index`` that the effective rule compares."""
+    """The (g, g) foreground cells of dataset image ``index`` that the effective rule compares (tokens and points:
+    the ``(U,)`` flags of its real units)."""
+    if plan.units:
+        return plan.dataset.foreground(index)
     values = None if plan.foreground.source == "central" else plan.dataset.mask_values(index)
     return plan.foreground.cells(values, plan.info.input_size, plan.config.grid)[0]
 
@@ -292,9 +325,14 @@ def fit_images(plan: SigmaPlan, fitter: SigmaFitter, model: nn.Module, positions
                show: bool, stats: dict) -> list[ImageRecord]:
     """Fit every checkpoint (last to first) for the images at ``positions`` of the draw."""
     cfg, K = plan.config, len(plan.epochs)
-    records = [ImageRecord.empty(p, plan.draw[p], plan.names[p], foreground_grid(plan, plan.draw[p]), K,
-                                 cfg.steps, cfg.grid) for p in positions]
-    images = torch.stack([plan.dataset[plan.draw[p]][0] for p in positions])
+    fgs = [foreground_grid(plan, plan.draw[p]) for p in positions]
+    records = [ImageRecord.empty(p, plan.draw[p], plan.names[p], fg, K, cfg.steps,
+                                 (1, fg.shape[0]) if plan.units else (cfg.grid, cfg.grid))
+               for p, fg in zip(positions, fgs)]
+    if plan.units:
+        images, valid = plan.dataset.inputs([plan.draw[p] for p in positions])
+    else:
+        images = torch.stack([plan.dataset[plan.draw[p]][0] for p in positions])
     alive = list(range(len(records)))
     bar = progress(total=K, desc="checkpoints", leave=False, enabled=show)
     for k in reversed(range(K)):
@@ -305,7 +343,11 @@ def fit_images(plan: SigmaPlan, fitter: SigmaFitter, model: nn.Module, positions
         model.load_state_dict(plan.checkpoints.state(epoch), strict=False)  # only the weights up to --layer
         seeds = [derive_seed(seed, records[j].index, epoch) for j in alive]
         start = time.perf_counter()
-        fits = fit_or_error(fitter, images[alive], seeds)
+        if plan.units:  # a token's clean embedding is this checkpoint's
+            values, units = unit_batch(model, plan.info, images[alive], valid[alive], fitter.device)
+            fits = fitter.fit(values, seeds, units=units)
+        else:
+            fits = fit_or_error(fitter, images[alive], seeds)
         stats["fit_seconds"] += time.perf_counter() - start
         stats["fits"] += len(alive)
         stats["fitted"][k] += len(alive)
@@ -313,8 +355,10 @@ def fit_images(plan: SigmaPlan, fitter: SigmaFitter, model: nn.Module, positions
         for j, fit in zip(alive, fits):
             stats["zero_f2"][k] += fit.sigma_f2 == 0.0
             rec = records[j]
-            gap = entropy_gap(fit.sigma, rec.fg) if not fit.failed else float("nan")
-            rec.store(k, epoch, fit, gap)
+            sigma = fit.sigma if not plan.units else \
+                (fit.sigma if fit.valid is None else fit.sigma[fit.valid])[None]  # the real units, as 1×U
+            gap = entropy_gap(sigma, rec.fg[None] if plan.units else rec.fg) if not fit.failed else float("nan")
+            rec.store(k, epoch, fit, gap, sigma)
             rec.reason = drop_reason(fit.sigma_f2, gap, epoch, plan.rule_start)
             if rec.effective:
                 still.append(j)
@@ -346,7 +390,9 @@ def prepare_model(plan: SigmaPlan, device: torch.device) -> tuple[nn.Module, Sig
     try:
         # torch.compile needs a traceable graph (fx); otherwise a hook stops the forward at the layer
         method = "fx" if plan.config.compile else "auto"
-        fitter = SigmaFitter(truncated(model, plan.info.taps[plan.layer], method).eval(), plan.config, device)
+        feature = unit_feature(model, plan.info, plan.layer) if plan.units else \
+            truncated(model, plan.info.taps[plan.layer], method)
+        fitter = SigmaFitter(feature.eval(), plan.config, device)
     except RuntimeError as exc:  # only torch.compile raises here: it refuses some Python builds
         raise UserError(f"--compile: {exc}; run without --compile") from None
     return model, fitter

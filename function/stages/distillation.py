@@ -107,7 +107,7 @@ def plan_run(args) -> Plan:
     from kdq.function.io.rundir import read_run_json
     from kdq.function.train.distill import prepare_teacher
     from kdq.function.train.stage import check_dropout, check_splits, checked_checkpoints, checked_lr_schedule, \
-        load_splits
+        study_data
 
     info = resolve_arch(args.arch, args.taps, args.image_size)
     teacher_run = read_run_json(args.teacher_checkpoint.parent) if args.teacher_format == "kdq" else {}
@@ -117,7 +117,10 @@ def plan_run(args) -> Plan:
         raise UserError(f"the teacher takes {teacher_info.input_size} px inputs, the student {info.input_size} px: "
                         "one loader feeds both (--image-size / --teacher-image-size)")
     checkpoints = checked_checkpoints(args)
-    train_set, val_set = load_splits(args, info.input_size)
+    _, info, train_set, val_set = study_data(args, info)
+    if teacher_info.options != info.options:
+        raise UserError(f"the teacher was trained with {teacher_info.options}, the student's data give "
+                        f"{info.options}: distil on the teacher's dataset (its vocabulary and length)")
     num_classes = len(train_set.classes)
     check_dropout(args.dropout, info)
     check_input_size(info, num_classes)
@@ -132,6 +135,7 @@ def plan_run(args) -> Plan:
 def build_distillation(run, args, plan: Plan):
     """The student (built first: call it right after seeding), its adapter, the teacher on the device and the
     loaders: the :class:`~kdq.function.train.distill.Distillation` the phases share."""
+    from kdq.function.archs import probe_input
     from kdq.function.runtime import startup_step
     from kdq.function.train.distill import Distillation, build_student, split_at_layer
     from kdq.function.train.stage import make_loaders
@@ -140,7 +144,7 @@ def build_distillation(run, args, plan: Plan):
     info, classes = plan.info, plan.train_set.classes
     with startup_step("building the student and the teacher"):
         student, adapter = build_student(info, len(classes), args.dropout, plan.teacher, args.adapter, run.device)
-        below, frozen_modules = split_at_layer(student, info.taps[args.layer], info.input_size)
+        below, frozen_modules = split_at_layer(student, info.taps[args.layer], info.input_size, probe_input(info))
     with startup_step("building the data loaders"):
         loader, val_loader = make_loaders(args, plan.train_set, plan.val_set, info, run.ctx, run.device)
     meta = {"classes": classes, "num_classes": len(classes), "method": args.method, "layer": args.layer,

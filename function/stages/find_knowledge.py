@@ -76,7 +76,7 @@ def main(args: MetricsConfig) -> None:
         if layer not in LAYERS:
             raise UserError("--layer is needed: the label sigma run does not record its layer")
     record = RunRecord(args.out, STAGE, args, resolved={"layer": layer}, carry_wall_time=False)
-    data = MaskedImageFolder(args.data, args.split)
+    data = _dataset(args)
     inputs = [load_layer(args, name, data, a, b)  # every check before any output
               for name, a, b in layer_dirs(layer, args.label_sigma, args.distil_sigma)]
     check_out_apart(args.out, args, recorded={f"the {net} net's training run {d.run} (recorded in its sigma run)": d.run
@@ -90,8 +90,13 @@ def main(args: MetricsConfig) -> None:
     results = [analyse_layer(inp, data, args.b, args.bootstrap, args.seed, args.level, args.progress) for inp in inputs]
     figures = {}
     for res in ([] if args.no_figures else results):
-        images = shown_images(res, data, args.show_images)
-        for key, png in render_figures(res, images, args.max_columns).items():
+        images = shown_images(res, data, args.show_images) if isinstance(data, MaskedImageFolder) else None
+        pngs = render_figures(res, images, args.max_columns)
+        if not isinstance(data, MaskedImageFolder):
+            from kdq.function.metrics.analysis import unit_figures
+
+            pngs.update(unit_figures(res, data, args.show_images, args.max_columns))
+        for key, png in pngs.items():
             rel = f"figures/{res.layer}_{key}.png"
             res.figures[key] = rel
             figures[rel] = png
@@ -106,6 +111,20 @@ def main(args: MetricsConfig) -> None:
         record.save("complete", folder=tmp)
     print(terminal_table(results, args.level))
     print(f"\nwrote {args.out / 'report.md'}, metrics.json, metrics.csv and {len(figures)} figures")
+
+
+def _dataset(args):
+    """The split the sigma runs were fitted on: images (the folder layout), or tokens and points (their layouts)."""
+    from kdq.function.data.folder import MaskedImageFolder
+    from kdq.function.data.modality import dataset_modality
+    from kdq.function.sigma.unit_run import UnitSource
+
+    modality = dataset_modality(args.data)
+    if args.modality is not None and args.modality != modality:
+        raise UserError(f"--modality {args.modality} but {args.data} holds a {modality} dataset")
+    if modality == "image":
+        return MaskedImageFolder(args.data, args.split)
+    return UnitSource(modality, args.data, args.split)
 
 
 def cli(argv=None) -> int:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from kdq.function.archs import probe_input
 from kdq.function.cli import UserError
 from kdq.function.io.checkpoint import (check_fits, check_recorded_arch, load_checkpoint, num_classes_in,
                                         state_dict_of)
@@ -122,10 +123,12 @@ def eval_mode(*modules: nn.Module):
 
 
 @torch.no_grad()
-def feature_shape(fn: nn.Module, size: int, device: torch.device | str = "cpu") -> tuple[int, ...]:
-    """The per-sample shape of ``fn``'s output for one ``3×size×size`` input (run in eval mode)."""
+def feature_shape(fn: nn.Module, size: int, device: torch.device | str = "cpu", example=None) -> tuple[int, ...]:
+    """The per-sample shape of ``fn``'s output for one ``3×size×size`` input, or for ``example`` (token ids, point
+    clouds: a probe batch), run in eval mode."""
+    inputs = torch.zeros(1, 3, size, size, device=device) if example is None else example.to(device)
     with eval_mode(fn):
-        return tuple(fn(torch.zeros(1, 3, size, size, device=device)).shape[1:])
+        return tuple(fn(inputs).shape[1:])
 
 
 @torch.no_grad()
@@ -250,9 +253,9 @@ def prepare_teacher(path: Path, teacher_info, fmt: str, mode: str, student_info,
     fn = model if method == "hinton" else truncated(model, teacher_info.taps[layer])
     with torch.random.fork_rng(devices=[]):
         probe = student_info.build(len(classes), dropout=dropout)
-    size = student_info.input_size
-    student_shape = feature_shape(truncated(probe, student_info.taps[layer]), size)
-    teacher_shape = feature_shape(fn, size)
+    size, example = student_info.input_size, probe_input(student_info)
+    student_shape = feature_shape(truncated(probe, student_info.taps[layer]), size, example=example)
+    teacher_shape = feature_shape(fn, size, example=example)
     if adapter:
         try:
             make_adapter(student_shape, teacher_shape)
@@ -265,11 +268,11 @@ def prepare_teacher(path: Path, teacher_info, fmt: str, mode: str, student_info,
     return Teacher(model, fn, meta, student_shape, teacher_shape)
 
 
-def split_at_layer(student: nn.Module, tap: Tap, size: int) -> tuple[list[str], list[str]]:
+def split_at_layer(student: nn.Module, tap: Tap, size: int, example=None) -> tuple[list[str], list[str]]:
     """The student's parameter names up to and including the layer (phase 1 learns them, phase 2 freezes them)
     and the names of its modules that run before the layer's output exists (eval in phase 2 with
-    ``--frozen-mode eval``)."""
-    return params_up_to(student, tap, size), modules_up_to(student, tap, size)
+    ``--frozen-mode eval``); found on ``example`` (tokens, points), else on two ``size``-px images."""
+    return params_up_to(student, tap, size, example), modules_up_to(student, tap, size, example)
 
 
 def build_student(info, num_classes: int, dropout: float | None, teacher: Teacher, adapter: bool,

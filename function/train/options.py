@@ -53,6 +53,14 @@ def data_option():
     return option(None, "dataset root (<root>/<split>/<class>/<image>)", "data", type=Path, required=True)
 
 
+def modality_option(what: str = "the dataset", group: str = "data"):
+    from kdq.function.data.modality import MODALITY_NAMES
+
+    return option(None, f"what {what} holds: image, text (token sequences) or points (point clouds); default: "
+                        "its dataset.json's \"modality\" (a root without one holds images); must be what --arch "
+                        "takes", group, choices=MODALITY_NAMES)
+
+
 def split_option():
     return option("train", "training split", "data")
 
@@ -134,7 +142,7 @@ def debug_option():
 
 # the fields of both training stages' configs, in this order after each stage's own: name → (annotation, field)
 TRAINING_FIELDS = {
-    "data": ("Path | None", data_option), "split": ("str", split_option), "val_split": ("str", val_split_option),
+    "data": ("Path | None", data_option), "modality": ("str | None", modality_option), "split": ("str", split_option), "val_split": ("str", val_split_option),
     "augment": ("str", augment_option), "workers": ("int", workers_option), "out": ("Path | None", out_option),
     "checkpoints": ("list[str]", checkpoints_option), "save_optimizer": ("bool", save_optimizer_option),
     "seed": ("int", seed_option), "device": ("str", device_option), "threads": ("int | None", threads_option),

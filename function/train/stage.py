@@ -14,6 +14,7 @@ import torch
 from kdq.function.cli import UserError, env_rank
 from kdq.function.data.folder import MaskedImageFolder, SeededTransform
 from kdq.function.data.layout import dataset_kind
+from kdq.function.data.modality import dataset_modality
 from kdq.function.data.transforms import TRAIN_TRANSFORMS, eval_transform, resolve_augment
 from kdq.function.io.checkpoint import checkpoint_path
 from kdq.function.io.rundir import RunRecord, check_out_apart, check_resume_settings, open_run, read_run_json
@@ -26,8 +27,38 @@ log = logging.getLogger(__name__)
 
 
 def resolved_augment(args) -> str:
-    """The training transform ``--augment`` names, with ``auto`` resolved by the dataset's kind."""
+    """The training transform ``--augment`` names, with ``auto`` resolved by the dataset's kind (tokens and points:
+    ``none``, the only one they have)."""
+    if dataset_modality(args.data) != "image":
+        if args.augment not in ("auto", "none"):
+            raise UserError(f"--augment {args.augment}: {dataset_modality(args.data)} data have no augmentation "
+                            "(auto or none)")
+        return "none"
     return resolve_augment(args.augment, dataset_kind(args.data))
+
+
+def study_data(args, info: ArchInfo):
+    """The study's modality (``--modality``, checked against the dataset and the architecture), the architecture
+    with the builder options the training split fixes (a text net's vocabulary size and maximum length), and the
+    ``--split`` and ``--val-split`` splits (None for ``none``)."""
+    from dataclasses import replace
+
+    from kdq.function.data.modality import MODALITIES, resolve_modality
+
+    modality = resolve_modality(getattr(args, "modality", None), args.data, info.modality, info.name)
+    if modality == "image":
+        return modality, info, *load_splits(args, info.input_size)
+    kind = MODALITIES[modality]
+    train = kind.read(args.data, args.split)
+    val = None
+    if args.val_split != "none":
+        val = kind.read(args.data, args.val_split, train.classes, "--val-split",
+                        vocab=getattr(train, "vocab", None))
+    options = kind.options(train)
+    if options:
+        info = replace(info, options={**info.options, **options},
+                       input_size=options.get("max_length", info.input_size))
+    return modality, info, train, val
 
 
 def load_splits(args, size: int) -> tuple[MaskedImageFolder, MaskedImageFolder | None]:
@@ -80,7 +111,7 @@ def check_splits(args, *splits: MaskedImageFolder | None) -> None:
     file is one line naming it, not a traceback in the middle of an epoch (``--workers`` is checked first)."""
     check_workers(args.workers)
     for split in splits:
-        if split is not None:
+        if isinstance(split, MaskedImageFolder):  # tokens and points are checked as they are read
             split.check_files(workers=min(8, os.cpu_count() or 1),
                               show_progress=getattr(args, "progress", True) and env_rank() == 0)
 
@@ -89,8 +120,13 @@ def make_loaders(args, train_set: MaskedImageFolder, val_set: MaskedImageFolder 
                  device):
     """The training loader (augmentation per ``--augment``, seeded per sample; global batch ``--batch-size``)
     and the validation loader (None without a val split)."""
-    transform = TRAIN_TRANSFORMS[resolved_augment(args)](info.input_size, info.train_resize)
-    data = SeededTransform(train_set, transform, args.seed)
+    if info.modality != "image":
+        from kdq.function.data.modality import Pairs
+
+        data, val_set = Pairs(train_set), (Pairs(val_set) if val_set else None)
+    else:
+        transform = TRAIN_TRANSFORMS[resolved_augment(args)](info.input_size, info.train_resize)
+        data = SeededTransform(train_set, transform, args.seed)
     try:
         loader = train_loader(data, args.batch_size, ctx, args.seed, args.workers, device)
     except ValueError as exc:
