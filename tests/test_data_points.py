@@ -50,15 +50,15 @@ def test_saved_clouds_are_centred_in_the_unit_sphere_with_0_1_flags(tmp_path):
         assert np.linalg.norm(pts, axis=1).max() == pytest.approx(1.0, abs=1e-6)
         assert np.abs(pts.mean(axis=0)).max() < 1e-6
         assert flags.dtype == np.uint8 and flags.shape == (128,) and set(np.unique(flags)) == {0, 1}
-        assert 0.4 * 128 - 1 <= flags.sum() <= 0.7 * 128 + 1
+        assert 0.5 * 128 - 1 <= flags.sum() <= 0.8 * 128 + 1  # PointStyle's foreground share, 0.5..0.8
         assert not (flags[:64] == 1).all() and not (flags[64:] == 0).all()  # shuffled, not foreground first
 
 
 def test_a_saved_cloud_is_the_scene_of_its_own_stream(tmp_path):
     write_point_dataset(tmp_path / "d", seed=7, num_classes=3, per_class={"val": 2}, show_progress=False)
     cloud = render_cloud(cloud_rng(7, "val", 5), 2, 3, 128)  # class 2's second cloud is index 2 * 2 + 1
-    assert np.array_equal(np.load(tmp_path / "d" / "val" / "02_cylinder" / "pts_00005.npy"), cloud.points)
-    assert np.array_equal(np.load(tmp_path / "d" / "seg" / "val" / "02_cylinder" / "pts_00005.npy"),
+    assert np.array_equal(np.load(tmp_path / "d" / "val" / "02_cone" / "pts_00005.npy"), cloud.points)
+    assert np.array_equal(np.load(tmp_path / "d" / "seg" / "val" / "02_cone" / "pts_00005.npy"),
                           cloud.foreground.astype(np.uint8))
 
 
@@ -127,8 +127,8 @@ def test_the_ground_plane_is_background_under_the_object():
 def test_the_foreground_share_does_not_depend_on_the_class():
     shares = [[render_cloud(cloud_rng(2, "teacher", 50 * label + i), label, 5, 128).foreground.mean()
                for i in range(40)] for label in range(5)]
-    assert all(0.4 - 0.01 <= s <= 0.7 + 0.01 for row in shares for s in row)
-    assert all(abs(np.mean(row) - 0.55) < 0.04 for row in shares), [np.mean(r) for r in shares]
+    assert all(0.5 - 0.01 <= s <= 0.8 + 0.01 for row in shares for s in row)
+    assert all(abs(np.mean(row) - 0.65) < 0.04 for row in shares), [np.mean(r) for r in shares]  # mid 0.5..0.8
 
 
 def test_point_dataset_items(tmp_path):
@@ -230,7 +230,7 @@ def test_make_dataset_points_writes_the_layout_with_the_same_bytes(tmp_path, cap
     assert run_script("make_dataset", "--out", tmp_path / "b", *flags) == 0
     assert digests(tmp_path / "a") == digests(tmp_path / "b")
     ds = PointDataset(tmp_path / "a", "teacher")
-    assert len(ds) == 10 and ds[9][0].shape == (32, 3) and ds.classes[4] == "04_torus"
+    assert len(ds) == 10 and ds[9][0].shape == (32, 3) and ds.classes[4] == "04_cylinder"
 
 
 @pytest.mark.parametrize("flags, message", [

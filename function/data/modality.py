@@ -95,6 +95,14 @@ def _split_or_error(read, root: Path, split: str, flag: str, classes):
     return dataset
 
 
+def vocab_digest(vocab) -> str:
+    """The SHA-256 of a vocabulary (its tokens by id, one per line): two datasets map words to the same ids when
+    their digests agree."""
+    import hashlib
+
+    return hashlib.sha256("".join(f"{token}\n" for token in vocab).encode("utf-8")).hexdigest()
+
+
 def _text_options(dataset) -> dict[str, Any]:
     return {"vocab_size": len(dataset.vocab), "max_length": dataset.max_length}
 

@@ -1,6 +1,6 @@
 """Point clouds: the embedded point-cloud dataset (seeded scenes with exact foreground points) and its reader.
 
-A class is defined by its object alone: a shape (sphere, cube, cylinder, cone, torus) whose **foreground** points
+A class is defined by its object alone: a shape (sphere, cube, cone, torus, cylinder) whose **foreground** points
 are sampled on its surface (a little sensor noise, and a density that varies over the surface: denser towards a
 random direction, as a scanner sees one side better).  The **background** carries no class information: a ground
 plane patch under the object and 1 to 3 Gaussian blobs beside it, of the same law for every class.  Each scene has a
@@ -46,7 +46,8 @@ DEFAULT_CLASSES, DEFAULT_POINTS = 4, 128  # the generator's defaults (make_datas
 DEFAULT_PER_CLASS = {"teacher": 300, "train": 60, "val": 60}
 MIN_POINTS = 16  # the generator's least cloud size (a foreground, a plane and up to 3 blobs need a few points each)
 
-SHAPES = ("sphere", "cube", "cylinder", "cone", "torus")
+SHAPES = ("sphere", "cube", "cone", "torus", "cylinder")  # the first K are the classes: the cylinder, which
+# PointNet confuses with the sphere at 128 points (measured: 52 of 60 validation cylinders), comes last
 # the shapes' sizes in shape coordinates (z is the vertical axis): each fits in a ball of radius about 1
 SPHERE_RADIUS = 1.0
 CUBE_HALF = 0.75  # half the side
@@ -57,20 +58,24 @@ TORUS_MAJOR, TORUS_MINOR = 0.75, 0.3
 
 @dataclass(frozen=True)
 class PointStyle:
-    """Knobs of the generator; lengths are in shape coordinates (multiplied by the scene's scale)."""
+    """Knobs of the generator; lengths are in shape coordinates (multiplied by the scene's scale).  The clutter is
+    kept clear of the object (a blob's centre ≥ 1.5 away, 3 std ≤ 0.45) but not far: with 1–3 blobs 1.6–2.4 away, a
+    plane 1.8 wide and 40–70 % foreground, PointNet's max-pooled fc1 followed the far clutter (bg − fg entropy < 0
+    on 79 % of the train clouds for a teacher at 83 % val top-1); at these defaults the demo's teacher reaches 85 %
+    and the shape is kept more than the clutter on 23 % of the clouds (measured on 48 clouds)."""
     scale: tuple[float, float] = (0.6, 1.4)
     tilt: float = 0.26  # largest tilt about a horizontal axis, radians (15 degrees)
     translation: float = 1.0  # the object's centre is uniform in [-t, t]^3
-    foreground_share: tuple[float, float] = (0.4, 0.7)
+    foreground_share: tuple[float, float] = (0.5, 0.8)
     surface_noise: float = 0.01  # std of the foreground points' offset from the surface
     density_floor: float = 0.15  # the least relative density on the surface (1.15 at its densest)
     oversample: int = 4  # uniform candidates per foreground point, thinned to the non-uniform density
     plane_gap: float = 0.1  # the ground plane lies this far below the object's lowest point
-    plane_half_width: float = 1.8
+    plane_half_width: float = 1.0
     plane_noise: float = 0.01
     plane_share: tuple[float, float] = (0.4, 0.7)  # of the background points
-    blobs: tuple[int, int] = (1, 3)
-    blob_distance: tuple[float, float] = (1.6, 2.4)  # horizontal distance of a blob's centre from the object's
+    blobs: tuple[int, int] = (1, 2)
+    blob_distance: tuple[float, float] = (1.5, 1.9)  # horizontal distance of a blob's centre from the object's
     blob_height: tuple[float, float] = (0.0, 1.2)  # above the plane
     blob_std: tuple[float, float] = (0.06, 0.15)
 

@@ -145,13 +145,29 @@ def _plan_units(args: SigmaRunConfig, info: ArchInfo, config: SigmaConfig, check
 
     resolve_modality(args.modality, args.data, info.modality, info.name)
     dataset = UnitSource(info.modality, args.data, args.split)
-    if info.modality == "text" and dataset.dataset.max_length > info.input_size:
-        raise UserError(f"--data: {args.data} holds sequences of up to {dataset.dataset.max_length} tokens; the "
-                        f"net takes at most {info.input_size}")
+    if info.modality == "text":
+        check_vocabulary(args, info, dataset.dataset)
     draw = draw_order(len(dataset), args.pic_num, args.pic_seed)
     return SigmaPlan(info=info, layer=args.layer, config=config, checkpoints=checkpoints, model=model,
                      dataset=dataset, draw=draw, names=[dataset.names[i] for i in draw], foreground=None,
                      rule_start=start)
+
+
+def check_vocabulary(args: SigmaRunConfig, info: ArchInfo, dataset) -> None:
+    """A text split the net can read: sequences no longer than it takes, and the vocabulary it was trained with
+    (the training run's ``vocab_sha256``, where it records one; else at least no more words than it has ids)."""
+    from kdq.function.data.modality import vocab_digest
+
+    if dataset.max_length > info.input_size:
+        raise UserError(f"--data: {args.data} holds sequences of up to {dataset.max_length} tokens; the net takes at "
+                        f"most {info.input_size}")
+    trained = (read_run_json(args.checkpoint_root).get("settings") or {}).get("vocab_sha256")
+    if trained is not None and trained != vocab_digest(dataset.vocab):
+        raise UserError(f"--data: {args.data}'s vocab.txt is not the vocabulary --checkpoint_root "
+                        f"{args.checkpoint_root} was trained with (its words would get other ids)")
+    size = info.options.get("vocab_size")
+    if size is not None and len(dataset.vocab) > size:
+        raise UserError(f"--data: {args.data}'s vocab.txt has {len(dataset.vocab)} words; the net has ids for {size}")
 
 
 def fit_memory(batch: int, samples: int, steps: int, checkpoints: int, size: int) -> dict[str, int]:

@@ -64,11 +64,12 @@ def main(args: argparse.Namespace) -> None:
     from kdq.function.runtime import cleanup_distributed, use_threads
     from kdq.function.train.engine import evaluate
     from kdq.function.train.phase import finish_phase, start_phase
-    from kdq.function.train.stage import resolved_augment, setup
+    from kdq.function.train.stage import data_identity, resolved_augment, setup
 
     args = use_threads(resolve_args(args))  # a resolved copy (the caller's is left as parsed), threads set
     plan = plan_run(args)
-    run = setup(args, "distillation", {"augment": resolved_augment(args)})
+    run = setup(args, "distillation", {"augment": resolved_augment(args), "modality": plan.info.modality,
+                                       **data_identity(plan.train_set)})
     if run.complete:
         return
     run.seed()  # the student is built first after seeding, as in train_net: same --arch/--seed → same initialisation
@@ -113,6 +114,9 @@ def plan_run(args) -> Plan:
     teacher_run = read_run_json(args.teacher_checkpoint.parent) if args.teacher_format == "kdq" else {}
     teacher_info = arch_from(args, teacher_run, "teacher-", f"the teacher's run {args.teacher_checkpoint.parent}")
     info = student_arch(args, info, teacher_info)  # the teacher's own arch: its taps and image size by default
+    if teacher_info.modality != info.modality:
+        raise UserError(f"the teacher takes {teacher_info.modality} inputs ({teacher_info.name}), the student "
+                        f"{info.modality} inputs ({info.name}): one loader feeds both")
     if teacher_info.input_size != info.input_size:
         raise UserError(f"the teacher takes {teacher_info.input_size} px inputs, the student {info.input_size} px: "
                         "one loader feeds both (--image-size / --teacher-image-size)")

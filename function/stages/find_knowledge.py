@@ -75,8 +75,9 @@ def main(args: MetricsConfig) -> None:
         layer = SigmaRun.open(args.label_sigma[0], "--label-sigma").recorded("layer")
         if layer not in LAYERS:
             raise UserError("--layer is needed: the label sigma run does not record its layer")
-    record = RunRecord(args.out, STAGE, args, resolved={"layer": layer}, carry_wall_time=False)
     data = _dataset(args)
+    record = RunRecord(args.out, STAGE, args, resolved={"layer": layer, "modality": getattr(data, "modality", "image")},
+                       carry_wall_time=False)
     inputs = [load_layer(args, name, data, a, b)  # every check before any output
               for name, a, b in layer_dirs(layer, args.label_sigma, args.distil_sigma)]
     check_out_apart(args.out, args, recorded={f"the {net} net's training run {d.run} (recorded in its sigma run)": d.run

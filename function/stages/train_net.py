@@ -54,7 +54,7 @@ def main(args: argparse.Namespace) -> None:
     from kdq.function.train.phase import Phase, accuracy_validation, cross_entropy_step, finish_phase, start_phase, \
         tracked_weights
     from kdq.function.train.stage import (check_dropout, check_splits, checked_checkpoints, checked_lr_schedule,
-                                          make_loaders, resolved_augment, setup, study_data)
+                                          data_identity, make_loaders, resolved_augment, setup, study_data)
 
     args = use_threads(args)  # torch's CPU threads (--threads), the count recorded in run.json
     info = resolve_arch(args.arch, args.taps, args.image_size)
@@ -65,7 +65,8 @@ def main(args: argparse.Namespace) -> None:
     pretrained = read_pretrained(args, info, len(train_set.classes))
     lr_at = checked_lr_schedule(args)
     check_splits(args, train_set, val_set)
-    run = setup(args, "train_net", {"augment": resolved_augment(args), "modality": modality})
+    run = setup(args, "train_net", {"augment": resolved_augment(args), "modality": modality,
+                                    **data_identity(train_set)})
     if run.complete:
         return
     run.seed()

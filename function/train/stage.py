@@ -61,6 +61,16 @@ def study_data(args, info: ArchInfo):
     return modality, info, train, val
 
 
+def data_identity(dataset) -> dict[str, str]:
+    """What a training run records of its data beyond the folder (run.json's settings): a text split's
+    vocabulary as ``vocab_sha256`` (a later stage's dataset must map words to the same ids); nothing for images
+    and points."""
+    from kdq.function.data.modality import vocab_digest
+
+    vocab = getattr(dataset, "vocab", None)
+    return {"vocab_sha256": vocab_digest(vocab)} if vocab is not None else {}
+
+
 def load_splits(args, size: int) -> tuple[MaskedImageFolder, MaskedImageFolder | None]:
     """The ``--split`` training split and the ``--val-split`` one (None for ``none``) with its eval transform."""
     train = MaskedImageFolder(args.data, args.split)
