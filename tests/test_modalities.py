@@ -424,3 +424,14 @@ def test_fit_sigma_on_a_point_net_has_one_sigma_per_point(arch, layer):
     for fit in fits:
         assert fit.sigma.shape == (32,) and np.isfinite(fit.sigma).all() and (fit.sigma > 0).all()
         assert np.isfinite(fit.entropy_map).all()
+
+
+def test_the_modality_is_not_the_papers_only_for_tokens_and_points():
+    from kdq.function.metrics.caveats import setting_differences
+
+    def differences(modality):
+        return [d for d in setting_differences({"stage": "train_sigma", "settings": {"modality": modality}})
+                if d.startswith("--modality")]
+
+    assert differences(None) == [] and differences("image") == []
+    assert differences("text") == ["--modality text (paper: image)"]

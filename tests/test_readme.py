@@ -38,3 +38,35 @@ def test_the_example_runs_as_written(tmp_path):
     report = tmp_path / "kdq_report" / "report.md"
     assert report.is_file() and "## How to read this" in report.read_text()
     assert len(list((tmp_path / "kdq_report" / "figures").glob("*.png"))) >= 3
+
+
+def modality_examples() -> list[str]:
+    """The two ``python`` blocks of the README's "Tokens and point clouds" section (tokens, then points)."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Tokens and point clouds"):]
+    section = section[:section.index("\n## ", 1)]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 2, f"{len(blocks)} python blocks in the README's 'Tokens and point clouds' section"
+    return blocks
+
+
+def run_example(tmp_path, code: str) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    (tmp_path / "example.py").write_text(code)
+    done = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_the_token_example_runs_as_written(tmp_path):
+    out = run_example(tmp_path, modality_examples()[0])
+    values = re.findall(r"-?\d+\.\d+|nan", out)
+    assert len(values) == 12 and values[8:] == ["nan"] * 4, out  # one entropy per token, NaN on the 4 padded ones
+
+
+def test_the_point_example_runs_as_written(tmp_path):
+    out = run_example(tmp_path, modality_examples()[1])
+    for metric in ("N_fg", "N_bg", "lambda", "D_mean", "D_std", "rho"):
+        assert re.search(rf"^{metric}\s", out, re.M), out
+    assert "no verdict: only 3 images" in out  # three clouds carry no verdict

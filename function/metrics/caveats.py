@@ -29,6 +29,7 @@ METHOD_STAGES = ("train_net", "distillation", "train_sigma")  # the stages whose
 PAPER_ARCHS = frozenset({"alexnet", "vgg11", "vgg16", "vgg16_bn", "vgg19", "resnet18", "resnet50", "resnet101",
                          "resnet152"})
 PAPER_DATASETS = frozenset({"cub", "voc", "ilsvrc"})
+PAPER_MODALITY = "image"  # the CVPR paper's inputs (the journal version's tokens and points are kdq's carry-over)
 
 
 def stage_defaults(stage: str) -> dict[str, Any]:
@@ -55,6 +56,10 @@ def setting_differences(record: dict[str, Any]) -> list[str]:
     defaults = stage_defaults(stage)
     out = []
     for key, value in settings.items():
+        if key == "modality":  # the flag's default is "the dataset's": the paper's data are images
+            if value not in (None, PAPER_MODALITY):
+                out.append(f"--modality {value} (paper: {PAPER_MODALITY})")
+            continue
         if key in NOT_METHOD or key not in defaults or _same(value, defaults[key]):
             continue
         out.append(f"--{key.replace('_', '-')} {_text(value)} (paper: {_text(defaults[key])})")
