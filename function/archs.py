@@ -87,7 +87,7 @@ def model_record(info) -> dict[str, Any]:
 
     record = {"arch": info.name, "taps": taps_text(info.taps), "image_size": info.input_size, "family": info.family}
     if info.modality != "image":  # the builder options the data fixed (a text net's vocabulary and length)
-        record.update(modality=info.modality, options=dict(info.options))
+        record.update(modality=info.modality, options=dict(info.options), inject=info.inject)
     return record
 
 
@@ -135,6 +135,8 @@ def arch_from(args, record: dict[str, Any] | None, prefix: str = "",
     options = model.get("options")
     if isinstance(options, dict) and options:  # the builder options the training data fixed
         info = dataclasses.replace(info, options={**info.options, **options})
+    if model.get("modality") in ("text", "points") and info.modality == "image":  # a module:factory model's
+        info = dataclasses.replace(info, modality=model["modality"], inject=model.get("inject"))
     return info
 
 

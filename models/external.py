@@ -83,14 +83,31 @@ def _builder(arch: str) -> Callable[..., nn.Module]:
     if not callable(factory):
         raise ValueError(f"{module_name} has no callable {attr!r}")
     check_factory(arch, factory)
+    accepts = factory_keywords(factory)
 
-    def build(num_classes: int) -> nn.Module:
-        model = factory(num_classes=num_classes)
+    def build(num_classes: int, **options) -> nn.Module:
+        """``factory(num_classes=C)``, with the builder options the data fix (a text model's ``vocab_size`` and
+        ``max_length``) that the factory takes by keyword."""
+        taken = {k: v for k, v in options.items() if accepts is None or k in accepts}
+        model = factory(num_classes=num_classes, **taken)
         if not isinstance(model, nn.Module):
             raise ValueError(f"{arch} returned a {type(model).__name__}, not an nn.Module")
         return model
 
     return build
+
+
+def factory_keywords(factory: Callable) -> set[str] | None:
+    """The keyword arguments ``factory`` takes besides ``num_classes`` (None: any, it has ``**kwargs``)."""
+    import inspect
+
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return set()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "num_classes"}
 
 
 def _torchvision_builder(name: str) -> Callable[..., nn.Module]:

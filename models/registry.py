@@ -77,7 +77,10 @@ class ArchInfo:
         """A ValueError for a builder option (beyond ``num_classes`` and ``dropout``) the builder does not take; the
         registry's own settings of a builder (``partial``'s keywords: ``batch_norm``, ``hidden``) are none."""
         fixed = {"num_classes", "dropout", *(getattr(self.builder, "keywords", None) or {})}
-        taken = [name for name in inspect.signature(self.builder).parameters if name not in fixed]
+        params = inspect.signature(self.builder).parameters
+        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return  # a module:factory builder: it passes on the options its factory takes
+        taken = [name for name in params if name not in fixed]
         unknown = sorted(set(options) - set(taken))
         if unknown:
             known = ", ".join(taken) if taken else "none"

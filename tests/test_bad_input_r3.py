@@ -492,7 +492,7 @@ def test_fit_json_is_strict_json_with_a_note(tmp_path):
     from kdq.function.sigma import layout
     from kdq.function.sigma.run import ImageRecord
 
-    rec = ImageRecord.empty(0, 3, "cls/img.png", np.ones((2, 2), bool), K=2, T=3, g=2)
+    rec = ImageRecord.empty(0, 3, "cls/img.png", np.ones((2, 2), bool), K=2, T=3, shape=(2, 2))
     fit = types.SimpleNamespace(sigma=np.ones((2, 2)), entropy=np.zeros(3), feature_loss=np.zeros(3),
                                 penalty_loss=np.zeros(3), sigma_f2=1e-3, best_step=2, steps_run=3,
                                 final_lambda=float("inf"))

@@ -435,3 +435,20 @@ def test_the_modality_is_not_the_papers_only_for_tokens_and_points():
 
     assert differences(None) == [] and differences("image") == []
     assert differences("text") == ["--modality text (paper: image)"]
+
+
+def test_a_users_text_model_through_module_factory(datasets, tmp_path):
+    """``--arch package.module:factory`` on text data: the model takes the dataset's modality (noise at its ``embed``),
+    the factory gets the data's vocab_size and max_length by keyword, and the sigma stage rebuilds it from run.json."""
+    arch = "tests.user_models:bag_of_words"
+    assert train(datasets["text"], arch, "train", 1, tmp_path / "label", "--taps", "conv=proj,fc3=head") == 0
+    model = run_json(tmp_path / "label")["model"]
+    vocab = (datasets["text"] / "vocab.txt").read_text().splitlines()
+    assert (model["modality"], model["inject"], model["options"]["vocab_size"]) == ("text", "embed", len(vocab))
+    assert sigma(tmp_path / "label", datasets["text"], "conv", tmp_path / "sigma") == 0
+    name = (tmp_path / "sigma" / "effect_name_list.txt").read_text().split()[0]
+    sentence = next(json.loads(line) for line in (datasets["text"] / "train.jsonl").read_text().splitlines()
+                    if json.loads(line)["id"] == name)
+    position = (tmp_path / "sigma" / "full_name_list.txt").read_text().split().index(name)
+    maps = np.load(tmp_path / "sigma" / f"img_{position}_effect" / "npy_files" / "best_sigma_entropy.npy")
+    assert maps.shape[-1] == len(sentence["tokens"])

@@ -121,10 +121,18 @@ def test_only_the_cued_split_changes(cued_and_clean):
 
 
 def test_default_dataset_is_what_the_code_before_the_cue_wrote(tmp_path):
-    """Regression guard: without the option the dataset is the one the generator wrote before the cue existed
-    (this digest was computed with that code, HEAD 4bc038e, on the same arguments)."""
+    """Regression guard: without the option the images and masks are the ones the generator wrote before the cue
+    existed (the digest of every file but dataset.json, computed with the code of HEAD e114a17, whose whole-folder
+    digest was HEAD 4bc038e's), and dataset.json is that code's plus ``"modality": "image"`` (#24)."""
     write_dataset(tmp_path / "d", 3, 32, 2, {"teacher": 1, "train": 2, "val": 1}, False)
-    assert _digest(tmp_path / "d") == "d123c5b5847fc8866d407dd2cd1e29b9b94338aa6303e84fd833a10ebeb7de61"
+    manifest = json.loads((tmp_path / "d" / "dataset.json").read_text())
+    (tmp_path / "d" / "dataset.json").unlink()
+    assert _digest(tmp_path / "d") == "f86f3840b664d076f28dd0a249079ab139c730120b568f896312d150c2d393a3"
+    assert manifest.pop("modality") == "image"
+    assert list(manifest) == ["generator", "seed", "image_size", "classes", "per_class", "style"]
+    assert (manifest["generator"], manifest["seed"], manifest["image_size"], manifest["classes"],
+            manifest["per_class"]) == ("kdq.synthetic", 3, 32, ["00_red_disk", "01_blue_disk"],
+                                       {"teacher": 1, "train": 2, "val": 1})
 
 
 def test_make_dataset_background_cue_flag(tmp_path):

@@ -28,3 +28,24 @@ class GatedNet(nn.Module):
 
 def gated_net(num_classes: int) -> nn.Module:
     return GatedNet(num_classes)
+
+
+class BagOfWords(nn.Module):
+    """A user's text model: ids (B, L), 0 = padding → ``embed`` → per-token ``proj`` → ReLU → masked mean → ``head``."""
+
+    def __init__(self, num_classes: int, vocab_size: int, max_length: int):
+        super().__init__()
+        self.max_length = max_length
+        self.embed = nn.Embedding(vocab_size, 8, padding_idx=0)
+        self.proj = nn.Linear(8, 16)
+        self.head = nn.Linear(16, num_classes)
+
+    def forward(self, ids):
+        mask = (ids != 0).unsqueeze(-1).float()
+        h = F.relu(self.proj(self.embed(ids))) * mask
+        return self.head(h.sum(1) / mask.sum(1).clamp(min=1))
+
+
+def bag_of_words(num_classes: int, vocab_size: int = 8, max_length: int = 8) -> nn.Module:
+    """The text model of ``--arch tests.user_models:bag_of_words``: its vocabulary and length come from the data."""
+    return BagOfWords(num_classes, vocab_size, max_length)

@@ -291,7 +291,7 @@ def write_dataset(out: Path, seed: int, size: int, num_classes: int, per_class: 
                         Image.fromarray(image).save(tmp / split / cls / f"{stem}.png")
                         Image.fromarray(mask.astype("uint8") * 255).save(tmp / "seg" / split / cls / f"{stem}.png")
                         bar.update()
-        manifest = {"generator": SYNTHETIC_GENERATOR, "seed": seed, "image_size": size,
+        manifest = {"modality": "image", "generator": SYNTHETIC_GENERATOR, "seed": seed, "image_size": size,
                     "classes": names, "per_class": per_class, "style": Style().__dict__}
         if cue_splits:  # only then: the default dataset.json stays byte-identical
             manifest["background_cue"] = cue_manifest(cue_splits, size)

@@ -45,6 +45,7 @@ def study_data(args, info: ArchInfo):
 
     from kdq.function.data.modality import MODALITIES, resolve_modality
 
+    info = with_data_modality(info, args.data)
     modality = resolve_modality(getattr(args, "modality", None), args.data, info.modality, info.name)
     if modality == "image":
         return modality, info, *load_splits(args, info.input_size)
@@ -69,6 +70,20 @@ def data_identity(dataset) -> dict[str, str]:
 
     vocab = getattr(dataset, "vocab", None)
     return {"vocab_sha256": vocab_digest(vocab)} if vocab is not None else {}
+
+
+def with_data_modality(info: ArchInfo, root) -> ArchInfo:
+    """A ``package.module:factory`` architecture takes the dataset's modality (a text model's noise goes to the
+    output of its submodule ``embed``, as the registry's text nets'); registry, torchvision and timm nets keep their
+    own."""
+    from dataclasses import replace
+
+    from kdq.models.external import TIMM, TORCHVISION, is_external
+
+    if not is_external(info.name) or info.name.startswith((TORCHVISION, TIMM)):
+        return info
+    modality = dataset_modality(root)
+    return replace(info, modality=modality, inject="embed" if modality == "text" else None)
 
 
 def load_splits(args, size: int) -> tuple[MaskedImageFolder, MaskedImageFolder | None]:

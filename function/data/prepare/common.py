@@ -412,7 +412,7 @@ def open_output(out: Path, preparer: str, options: dict, overwrite: bool) -> boo
 def finish_output(out: Path, preparer: str, plan: Preparation, writer: Writer) -> dict:
     """Rewrite the manifest as complete, with the classes and the counts per split."""
     record = {
-        "preparer": preparer, "status": "complete", "options": plan.options, "classes": plan.classes,
+        "modality": "image", "preparer": preparer, "status": "complete", "options": plan.options, "classes": plan.classes,
         "splits": {s: {"images": c.images, "masked": c.masked, "per_class": c.per_class}
                    for s, c in writer.splits.items()},
         "notes": plan.notes,
