@@ -452,3 +452,12 @@ def test_a_users_text_model_through_module_factory(datasets, tmp_path):
     position = (tmp_path / "sigma" / "full_name_list.txt").read_text().split().index(name)
     maps = np.load(tmp_path / "sigma" / f"img_{position}_effect" / "npy_files" / "best_sigma_entropy.npy")
     assert maps.shape[-1] == len(sentence["tokens"])
+
+
+def test_a_users_point_model_through_module_factory(datasets, tmp_path):
+    arch = "tests.user_models:point_mlp"
+    assert train(datasets["points"], arch, "train", 1, tmp_path / "label", "--taps", "conv=mlp,fc3=head") == 0
+    assert run_json(tmp_path / "label")["model"]["modality"] == "points"
+    assert sigma(tmp_path / "label", datasets["points"], "conv", tmp_path / "sigma") == 0
+    folder = next((tmp_path / "sigma").glob("img_0_*"))
+    assert np.load(folder / "npy_files" / "best_sigma_entropy.npy").shape[-1] == 64  # one σ per point

@@ -80,7 +80,7 @@ def test_setup_of_a_complete_run_says_so_instead_of_returning_none(tiny_data, tm
     assert run_script("train_net", *TRAIN, "--data", tiny_data, "--out", out) == 0
     try:
         args = train_args(tiny_data, out, "--resume")
-        run = setup(args, "train_net", {"augment": resolved_augment(args)})
+        run = setup(args, "train_net", {"augment": resolved_augment(args), "modality": "image"})  # as train_net
         assert run is not None and run.complete and run.record is None
     finally:
         release_all()

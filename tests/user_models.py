@@ -49,3 +49,20 @@ class BagOfWords(nn.Module):
 def bag_of_words(num_classes: int, vocab_size: int = 8, max_length: int = 8) -> nn.Module:
     """The text model of ``--arch tests.user_models:bag_of_words``: its vocabulary and length come from the data."""
     return BagOfWords(num_classes, vocab_size, max_length)
+
+
+class PointMLP(nn.Module):
+    """A user's point-cloud model: (B, P, 3) → per-point ``mlp`` → ReLU → max over the points → ``head``."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.mlp = nn.Linear(3, 16)
+        self.head = nn.Linear(16, num_classes)
+
+    def forward(self, points):
+        return self.head(F.relu(self.mlp(points)).amax(1))
+
+
+def point_mlp(num_classes: int) -> nn.Module:
+    """The point model of ``--arch tests.user_models:point_mlp``."""
+    return PointMLP(num_classes)

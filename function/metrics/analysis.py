@@ -58,9 +58,11 @@ def analyse_layer(inp: LayerInputs, data: MaskedImageFolder, b: float, n_boot: i
     for message in inp.warnings:
         log.warning("%s: %s", inp.layer, message)
     nets, runs = inp.nets, inp.runs
-    log.info("%s: %s images, %s checkpoints, %s training run(s), grid %d; bootstrap %d resamples", inp.layer,
-             "/".join(str(len(nets[n].names)) for n in NETS), "/".join(str(len(nets[n].epochs)) for n in NETS),
-             "/".join(str(len(runs[n])) for n in NETS), inp.grid, n_boot)
+    units = nets["label"].valid is not None
+    log.info("%s: %s %s, %s checkpoints, %s training run(s), %s; bootstrap %d resamples", inp.layer,
+             "/".join(str(len(nets[n].names)) for n in NETS), "inputs" if units else "images",
+             "/".join(str(len(nets[n].epochs)) for n in NETS), "/".join(str(len(runs[n])) for n in NETS),
+             f"up to {inp.grid} units" if units else f"grid {inp.grid}", n_boot)
     inputs = {net: [net_input(inp, net, r) for r in range(len(runs[net]))] for net in NETS}
     loop = partial(progress, desc=f"{inp.layer}: bootstrap", enabled=show_progress)
     several = any(len(runs[n]) > 1 for n in NETS)
