@@ -1,6 +1,7 @@
 """The CUDA paths (issue 26 §5), for a machine with an NVIDIA GPU: every stage at tiny scale with ``--device cuda``,
 the σ fit's ``--amp``, ``--channels-last``, ``--cudnn-benchmark``, ``--deterministic`` and ``--compile``, torchrun
-with NCCL at world size 1, one σ fit on CUDA against the same fit on the CPU, and the API on CUDA.
+with NCCL at world size 1, one σ fit on CUDA against the same fit on the CPU, the API on CUDA, and the token and
+point fits (#24) on CUDA.
 
 Run them with ``bash bench/gpu_check.sh`` (or ``python -m pytest -m cuda tests/test_cuda.py``).  Without CUDA they
 skip; the tests that need no GPU check the CPU-noise helper the agreement test relies on, the API test on the
@@ -376,6 +377,25 @@ def test_fit_sigma_and_compare_through_the_api(device, tmp_path, one_thread):
     assert all(math.isfinite(rows[key][net]) for key in ("N_fg", "N_bg", "D_mean") for net in ("label", "distil"))
     report = result.write_report(tmp_path / "report").read_text()
     assert all(f"| {metric.label} |" in report or metric.key in report for metric in METRICS)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+@pytest.mark.parametrize("arch, layer, units", [("bilstm_tiny", "proj", "tokens"), ("pointnet_tiny", "classifier.0",
+                                                                                       "points")])
+def test_fit_sigma_on_tokens_and_points(device, arch, layer, units, one_thread):
+    """The unit fits of #24 on the device: token ids (the LSTM's backward in eval mode, cuDNN off for it) and point
+    clouds; σ per unit, NaN exactly on padding, finite elsewhere."""
+    torch.manual_seed(0)
+    model = build_model(arch, 4, **({"vocab_size": 20, "max_length": 6} if units == "tokens" else {})).to(device)
+    if units == "tokens":
+        inputs = torch.tensor([[3, 4, 5, 0, 0, 0], [7, 2, 9, 1, 6, 8]])
+    else:
+        inputs = torch.randn(2, 16, 3, generator=torch.Generator().manual_seed(1))
+    config = kdq.SigmaConfig(samples=4, steps=4, break_steps=1)
+    fits = kdq.fit_sigma(model, layer, inputs, config=config, units=units, device=device)
+    padding = (inputs == 0).numpy() if units == "tokens" else np.zeros((2, 16), bool)
+    for fit, pad in zip(fits, padding):
+        assert np.isnan(fit.sigma[pad]).all() and np.isfinite(fit.sigma[~pad]).all() and not fit.fit.failed
 
 
 @needs_cuda
