@@ -461,3 +461,9 @@ def test_a_users_point_model_through_module_factory(datasets, tmp_path):
     assert sigma(tmp_path / "label", datasets["points"], "conv", tmp_path / "sigma") == 0
     folder = next((tmp_path / "sigma").glob("img_0_*"))
     assert np.load(folder / "npy_files" / "best_sigma_entropy.npy").shape[-1] == 64  # one σ per point
+
+
+def test_the_embedded_text_and_points_datasets_are_kdqs_embedded_kind(datasets):
+    from kdq.function.data.layout import dataset_kind
+
+    assert dataset_kind(datasets["text"]) == "embedded" and dataset_kind(datasets["points"]) == "embedded"

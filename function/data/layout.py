@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kdq.function.io.rundir import DATASET_JSON, SYNTHETIC_GENERATOR, read_json
+from kdq.function.io.rundir import DATASET_GENERATORS, DATASET_JSON, read_json
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 DATASET_KINDS = ("embedded", "cub", "voc", "ilsvrc")
@@ -15,7 +15,7 @@ def dataset_kind(root: Path) -> str | None:
     ``ilsvrc`` (prepare_data); None for a folder kdq did not write (the defaults that depend on the kind then
     take their general value)."""
     manifest = read_json(Path(root) / DATASET_JSON)
-    if manifest.get("generator") == SYNTHETIC_GENERATOR:
+    if manifest.get("generator") in DATASET_GENERATORS:  # images, token sequences or point clouds
         return "embedded"
     kind = manifest.get("preparer")
     return kind if kind in DATASET_KINDS else None
