@@ -165,6 +165,10 @@ def _fit_units(model: nn.Module, tap: Tap, inputs, foreground, config: SigmaConf
             raise CheckError(f"units: the model has no submodule {space.embedding!r} to perturb (Tokens.embedding "
                              f"names the module whose output is the tokens' embeddings)") from None
         ids, valid = token_ids(inputs, space.mask, space.pad_id, getattr(model, "max_length", None))
+        embedding = model.get_submodule(space.embedding)
+        if isinstance(embedding, nn.Embedding) and int(ids.max()) >= embedding.num_embeddings:
+            raise CheckError(f"inputs hold token id {int(ids.max())}; {space.embedding!r} has ids 0..."
+                             f"{embedding.num_embeddings - 1}")
         ids = ids.to(device)
         with _eval(model):
             values = module_output(model, space.embedding, ids, space.call)

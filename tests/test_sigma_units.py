@@ -253,3 +253,30 @@ def test_compare_on_unit_maps_rejects_inconsistent_padding_and_flags():
             kdq.compare(label, maps, masks, [0, 1.0], [0, 1.0], n_boot=20, units="points")
     with pytest.raises(CheckError, match="units must be one of"):
         kdq.compare(maps, maps, fg, [0, 1.0], [0, 1.0], units="pixels")
+
+
+def test_an_input_of_zero_scale_takes_no_noise_and_fails_as_sigma_f2_zero():
+    """One token, one repeated token, coincident points: s = 0, so σ_f² = 0 exactly (not rounding's 1e-17)."""
+    tokens = TokenLinear(vocab=8, length=4, dim=3, features=5)
+    ids = torch.tensor([[3, 0, 0, 0], [2, 2, 2, 2], [1, 2, 3, 4]])
+    fits = kdq.fit_sigma(tokens, "lin", ids, config=SigmaConfig(samples=4, steps=4, break_steps=1),
+                         activation=identity, units="tokens")
+    assert [f.sigma_f2 == 0.0 for f in fits] == [True, True, False]
+    assert fits[0].fit.failed and fits[1].fit.failed and not fits[2].fit.failed
+    points = PointLinear(4, 3)
+    same = torch.ones(1, 4, 3) * torch.tensor([0.3, -1.0, 2.0])
+    fit = kdq.fit_sigma(points, "lin", same, config=SigmaConfig(samples=4, steps=4, break_steps=1),
+                        activation=identity, units="points")[0]
+    assert fit.sigma_f2 == 0.0 and fit.fit.failed
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0, float("nan"), "abc", True])
+def test_a_bad_fixed_scale_is_a_one_line_error(scale):
+    with pytest.raises(CheckError, match="units.scale must be a positive number"):
+        kdq.Points(scale=scale)
+
+
+def test_token_ids_beyond_the_embedding_are_a_one_line_error():
+    model = TokenLinear(vocab=8, length=4, dim=3, features=2)
+    with pytest.raises(CheckError, match=r"token id 9; 'embed' has ids 0...7"):
+        kdq.fit_sigma(model, "lin", torch.tensor([[1, 9, 2, 3]]), units="tokens")

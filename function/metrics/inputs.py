@@ -566,14 +566,13 @@ def load_layer(req: MetricsConfig, layer: str, data: MaskedImageFolder, label_si
 
 def _unit_modality(sigmas: list[SigmaRun], data) -> bool:
     """True when the sigma runs are of tokens or points (they must all be, and the dataset too)."""
-    kinds = {sr.units for sr in sigmas}
+    kinds = {sr.recorded("modality") or "image" for sr in sigmas}
     if len(kinds) > 1:
-        raise UserError("the sigma runs mix images with tokens or points")
-    units = kinds.pop()
-    if units != (getattr(data, "modality", "image") != "image"):
-        raise UserError(f"--data {data.root} holds {getattr(data, 'modality', 'image')} data but the sigma runs were "
-                        f"fitted on {'tokens or points' if units else 'images'}")
-    return units
+        raise UserError(f"the sigma runs were fitted on different modalities ({', '.join(sorted(kinds))})")
+    fitted, held = kinds.pop(), getattr(data, "modality", "image")
+    if fitted != held:
+        raise UserError(f"--data {data.root} holds {held} data but the sigma runs were fitted on {fitted}")
+    return fitted != "image"
 
 
 def _net_data(net, sr, run, epochs, source, wd, names, maps, cells, allowed, record, units: bool) -> NetData:

@@ -361,7 +361,7 @@ def fit_images(plan: SigmaPlan, fitter: SigmaFitter, model: nn.Module, positions
         start = time.perf_counter()
         if plan.units:  # a token's clean embedding is this checkpoint's
             values, units = unit_batch(model, plan.info, images[alive], valid[alive], fitter.device)
-            fits = fitter.fit(values, seeds, units=units)
+            fits = fit_or_error(fitter, values, seeds, units)
         else:
             fits = fit_or_error(fitter, images[alive], seeds)
         stats["fit_seconds"] += time.perf_counter() - start
@@ -384,12 +384,13 @@ def fit_images(plan: SigmaPlan, fitter: SigmaFitter, model: nn.Module, positions
     return records
 
 
-def fit_or_error(fitter: SigmaFitter, images: torch.Tensor, seeds: list[int]) -> list[SigmaFit]:
-    """``fitter.fit``, with a torch.compile failure (no C++ compiler, an unsupported op) as one line."""
+def fit_or_error(fitter: SigmaFitter, images: torch.Tensor, seeds: list[int], units=None) -> list[SigmaFit]:
+    """``fitter.fit`` (``units``: tokens or points), with a torch.compile failure (no C++ compiler, an unsupported
+    op) as one line."""
     if not fitter.cfg.compile:
-        return fitter.fit(images, seeds)
+        return fitter.fit(images, seeds, units=units)
     try:
-        return fitter.fit(images, seeds)
+        return fitter.fit(images, seeds, units=units)
     except Exception as exc:  # noqa: BLE001 - only torch.compile's own errors are turned into one line
         if type(exc).__module__.split(".")[:2] not in (["torch", "_dynamo"], ["torch", "_inductor"]):
             raise

@@ -25,6 +25,7 @@ model inputs (token ids) are then read by input index.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
@@ -34,6 +35,7 @@ from kdq.function.sigma.entropy import HALF_LOG_2PIE, mean_entropy
 from kdq.function.sigma.grid import upsample
 
 UNIT_KINDS = ("cells", "tokens", "points")
+ZERO_SCALE = 1e-6  # an input's scale at or below this share of its largest |value| is 0: it takes no noise
 
 
 def unit_scale(x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -88,6 +90,10 @@ class UnitSpace:
         """Input ``i``'s units that are units (bool ``sigma_shape``), or None when all are."""
         return None
 
+    def noiseless(self, n: int) -> torch.Tensor | None:
+        """Bool ``(n,)``: the inputs that take no noise at all (their σ_f² is 0 by definition), or None (none)."""
+        return None
+
 
 @dataclass(frozen=True)
 class Cells(UnitSpace):
@@ -121,6 +127,16 @@ class Rows(UnitSpace):
     scale: float | None = None
     _valid: torch.Tensor | None = field(default=None, repr=False, compare=False)
     _scale: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    _values_max: torch.Tensor | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self):
+        if self.scale is not None:
+            from kdq.function.checks import CheckError
+
+            if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or \
+                    not math.isfinite(self.scale) or self.scale <= 0:
+                raise CheckError(f"units.scale must be a positive number (None: each input's own scale), got "
+                                 f"{self.scale!r}")
 
     def bind(self, x: torch.Tensor) -> "Rows":
         if x.dim() != 3:
@@ -132,7 +148,9 @@ class Rows(UnitSpace):
             scale = torch.stack([unit_scale(x[i], None if valid is None else valid[i]) for i in range(x.shape[0])])
         else:
             scale = torch.full((x.shape[0],), float(self.scale), device=x.device)
-        return replace(self, _valid=valid, _scale=scale)
+        largest = torch.stack([(x[i] if valid is None else x[i][valid[i]]).abs().amax() if (valid is None or
+                               valid[i].any()) else x.new_zeros(()) for i in range(x.shape[0])])
+        return replace(self, _valid=valid, _scale=scale, _values_max=largest)
 
     def sigma_shape(self, x: torch.Tensor) -> tuple[int, ...]:
         return (x.shape[1],)
@@ -155,6 +173,14 @@ class Rows(UnitSpace):
 
     def valid(self, i: int) -> torch.Tensor | None:
         return None if self._valid is None else self._valid[i]
+
+    def noiseless(self, n: int) -> torch.Tensor | None:
+        """The inputs whose own scale is 0 (one unit, identical units, coincident points): no noise reaches them,
+        so σ_f² = 0 and the fit fails as for an image the layer ignores (``scale`` given: none)."""
+        if self.scale is not None:
+            return None
+        largest = torch.stack([self._values_max[i] for i in range(n)])
+        return self._scale <= ZERO_SCALE * largest
 
     def scale_of(self, i: int) -> float:
         """Input ``i``'s scale ``s`` (bound spaces only)."""

@@ -117,7 +117,7 @@ def plan_run(args) -> Plan:
     if teacher_info.modality != info.modality:
         raise UserError(f"the teacher takes {teacher_info.modality} inputs ({teacher_info.name}), the student "
                         f"{info.modality} inputs ({info.name}): one loader feeds both")
-    if teacher_info.input_size != info.input_size:
+    if info.modality == "image" and teacher_info.input_size != info.input_size:  # tokens: the data's length, below
         raise UserError(f"the teacher takes {teacher_info.input_size} px inputs, the student {info.input_size} px: "
                         "one loader feeds both (--image-size / --teacher-image-size)")
     checkpoints = checked_checkpoints(args)
