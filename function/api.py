@@ -160,12 +160,11 @@ def _fit_units(model: nn.Module, tap: Tap, inputs, foreground, config: SigmaConf
         if tap_method(model, tap.node) != "hook":
             raise CheckError(f"layer: a token fit taps a submodule, and {tap.node!r} is a graph node")
         try:
-            model.get_submodule(space.embedding)
+            embedding = model.get_submodule(space.embedding)
         except AttributeError:
             raise CheckError(f"units: the model has no submodule {space.embedding!r} to perturb (Tokens.embedding "
                              f"names the module whose output is the tokens' embeddings)") from None
         ids, valid = token_ids(inputs, space.mask, space.pad_id, getattr(model, "max_length", None))
-        embedding = model.get_submodule(space.embedding)
         if isinstance(embedding, nn.Embedding) and int(ids.max()) >= embedding.num_embeddings:
             raise CheckError(f"inputs hold token id {int(ids.max())}; {space.embedding!r} has ids 0..."
                              f"{embedding.num_embeddings - 1}")
@@ -447,16 +446,15 @@ def _compare_units(units: str, label_maps, distil_maps, masks, D_label, D_distil
     if (fg & ~valid).any():
         raise CheckError(f"masks[{int((fg & ~valid).any(axis=1).argmax())}] marks padding as foreground")
     maps = {net: np.where(np.isfinite(arr), arr, 1.0)[:, :, :, None, :] for net, arr in maps.items()}
-    entropy_nan = {net: ~valid[None, :, None, None, :] for net in maps}
     given = {"label_maps": label_maps, "distil_maps": distil_maps, "D_label": D_label, "D_distil": D_distil}
     return _compare_maps(maps, D, fg[:, None], valid[:, None], flags, valid.shape[1], valid.shape[1],
-                         images=None, given_arrays=given, off_units=entropy_nan, **options)
+                         images=None, given_arrays=given, **options)
 
 
 def _compare_maps(maps, D, fg, valid, fg_masks, width, grid, *, b, n_boot, seed, level, epochs_label, epochs_distil,
-                  skip_epoch0, names, layer, images, given_arrays, off_units=None) -> Comparison:
+                  skip_epoch0, names, layer, images, given_arrays) -> Comparison:
     """The checks and the analysis shared by cells and units: ``maps`` ``(R, N, K, g, g)``, ``fg`` ``(N, g, g)``,
-    ``valid`` like ``fg`` or None; ``off_units``: per net, where the entropy is NaN (not a unit)."""
+    ``valid`` like ``fg`` or None (every cell a unit); the entropy is NaN off the units."""
     n = fg.shape[0]
     _check_maps_and_distances(maps, D, fg)
     given = {"label": epochs_label, "distil": epochs_distil}
@@ -471,8 +469,8 @@ def _compare_maps(maps, D, fg, valid, fg_masks, width, grid, *, b, n_boot, seed,
         raise TypeError(f"layer must be a non-empty str naming the layer (or None), got {layer!r}")
     shown = None if images is None else _display_images(images, fg_masks, fg, n)
     entropies = {net: entropy_map(maps[net]) for net in maps}
-    for net, off in (off_units or {}).items():
-        entropies[net] = np.where(np.broadcast_to(off, entropies[net].shape), np.nan, entropies[net])
+    if valid is not None:  # (N, 1, U) against (R, N, K, 1, U)
+        entropies = {net: np.where(valid[None, :, None], H, np.nan) for net, H in entropies.items()}
     runs = {net: [NetInput(H=H, fg=fg, D_at=d, allowed=mhat_allowed(epochs[net], skip_epoch0), valid=valid)
                   for H, d in zip(entropies[net], D[net])] for net in maps}
     comp = compare_runs(runs["label"], runs["distil"], b, n_boot, seed, level)

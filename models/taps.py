@@ -37,14 +37,16 @@ class Truncated(nn.Module):
     """``model`` run up to the submodule ``node``: returns that submodule's output; nothing after it runs.
 
     The model is held as a submodule, so ``train()``/``eval()``/``to()`` reach it; its parameters are the
-    model's own (shared), all of them — :func:`params_up_to` names those the output depends on.
+    model's own (shared), all of them — :func:`params_up_to` names those the output depends on.  ``call(model, x)``
+    runs the model (default ``model(x)``; e.g. ``lambda m, ids: m(ids, attention_mask=...)``).
     """
 
-    def __init__(self, model: nn.Module, node: str):
+    def __init__(self, model: nn.Module, node: str, call=None):
         super().__init__()
         self.model = model
         self.node = node
         self.target = model.get_submodule(node)
+        self.call = call
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         captured: list[torch.Tensor] = []
@@ -55,7 +57,7 @@ class Truncated(nn.Module):
 
         handle = self.target.register_forward_hook(hook)
         try:
-            self.model(x)
+            self.model(x) if self.call is None else self.call(self.model, x)
         except _Stop:
             pass
         finally:

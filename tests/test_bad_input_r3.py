@@ -496,7 +496,7 @@ def test_fit_json_is_strict_json_with_a_note(tmp_path):
     fit = types.SimpleNamespace(sigma=np.ones((2, 2)), entropy=np.zeros(3), feature_loss=np.zeros(3),
                                 penalty_loss=np.zeros(3), sigma_f2=1e-3, best_step=2, steps_run=3,
                                 final_lambda=float("inf"))
-    rec.store(1, 5, fit, float("nan"))
+    rec.store(1, 5, fit, float("nan"), fit.sigma)
     rec.write(tmp_path, [0, 5])
     info = strict_json(layout.image_folder(tmp_path, 0) / layout.FIT_JSON)
     assert info["fits"]["5"]["final_lambda"] is None and info["fits"]["5"]["bg_minus_fg_entropy"] is None

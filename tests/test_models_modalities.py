@@ -50,6 +50,15 @@ def clouds(batch: int = 3, points: int = 20, seed: int = 1) -> torch.Tensor:
     return torch.randn(batch, points, 3, generator=torch.Generator().manual_seed(seed))
 
 
+def hooked(module: nn.Module, hook, run):
+    """``run()`` with ``hook`` on ``module``'s forward (removed afterwards)."""
+    handle = module.register_forward_hook(hook)
+    try:
+        return run()
+    finally:
+        handle.remove()
+
+
 def inputs(name: str) -> torch.Tensor:
     return sentences() if name in TEXT else clouds()
 
@@ -160,11 +169,7 @@ def test_noise_on_padded_positions_changes_nothing(name):
 
     with torch.no_grad():
         clean = model(ids)
-        handle = model.embed.register_forward_hook(noisy_padding)
-        try:
-            noisy = model(ids)
-        finally:
-            handle.remove()
+        noisy = hooked(model.embed, noisy_padding, lambda: model(ids))
     torch.testing.assert_close(noisy, clean, rtol=0, atol=1e-6)
 
 
@@ -261,11 +266,7 @@ def test_noise_injected_at_embed_reaches_the_conv_tap(name):
     assert model.get_submodule(ARCHS[name].inject) is model.embed
     with torch.no_grad():
         clean = conv(ids)
-        handle = model.embed.register_forward_hook(noisy)
-        try:
-            dirty = conv(ids)
-        finally:
-            handle.remove()
+        dirty = hooked(model.embed, noisy, lambda: conv(ids))
         again = conv(ids)
     assert calls == [1]
     torch.testing.assert_close(again, clean, rtol=0, atol=0)

@@ -32,12 +32,18 @@ def dataset_modality(root: Path) -> str:
     return value
 
 
-def resolve_modality(flag: str | None, root: Path, arch_modality: str, arch: str) -> str:
-    """The study's modality: ``--modality`` (default: the dataset's), checked against the dataset and the
-    architecture (one UserError each)."""
+def data_modality(flag: str | None, root: Path) -> str:
+    """The dataset's modality, which ``--modality`` (when given) must name (a UserError otherwise)."""
     data = dataset_modality(root)
     if flag is not None and flag != data:
         raise UserError(f"--modality {flag} but {Path(root) / 'dataset.json'} describes a {data} dataset")
+    return data
+
+
+def resolve_modality(flag: str | None, root: Path, arch_modality: str, arch: str) -> str:
+    """The study's modality: ``--modality`` (default: the dataset's), checked against the dataset and the
+    architecture (one UserError each)."""
+    data = data_modality(flag, root)
     if arch_modality != data:
         raise UserError(f"--arch {arch} takes {arch_modality} inputs, and {root} holds a {data} dataset: pick an "
                         f"architecture for {data} (kdq.models.ARCH_MODALITY)")

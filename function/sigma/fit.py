@@ -178,7 +178,7 @@ class SigmaFitter:
         hist_sigma = torch.zeros((T, B, *shape), device=dev)
         hist = torch.full((3, T, B), float("nan"), device=dev)  # entropy, feature loss, penalty loss
         steps_run = [0] * B
-        noiseless = space.noiseless(B)  # tokens/points of zero scale: no noise reaches them, σ_f² = 0 by definition
+        noiseless = space.noiseless()  # tokens/points of zero scale: no noise reaches them, σ_f² = 0 by definition
         if noiseless is not None:
             sigma_f2 = torch.where(noiseless, torch.zeros_like(sigma_f2), sigma_f2)
         ok = torch.isfinite(sigma_f2) & (sigma_f2 > 0)

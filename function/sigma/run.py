@@ -287,7 +287,7 @@ class ImageRecord:
     pos: int  # position in the draw: the i of img_<i>_*
     index: int  # dataset index
     name: str
-    fg: np.ndarray  # (g, g) foreground cells
+    fg: np.ndarray  # (g, g) foreground cells (tokens, points: (1, U), its real units)
     arrays: dict[str, np.ndarray]
     fits: dict[int, dict] = field(default_factory=dict)
     reason: str | None = None  # why it is non-effective; None while effective
@@ -306,11 +306,10 @@ class ImageRecord:
     def effective(self) -> bool:
         return self.reason is None
 
-    def store(self, k: int, epoch: int, fit: SigmaFit, gap: float, sigma: np.ndarray | None = None) -> None:
-        """Checkpoint ``k``'s fit; ``sigma``: its map as stored (units: the real units' σ as 1×U), default
-        ``fit.sigma``."""
+    def store(self, k: int, epoch: int, fit: SigmaFit, gap: float, sigma: np.ndarray) -> None:
+        """Checkpoint ``k``'s fit; ``sigma``: its map as stored (``fit.sigma``; units: the real units' σ as 1×U)."""
         a = self.arrays
-        a["best_sigma_entropy"][k, 0] = fit.sigma if sigma is None else sigma
+        a["best_sigma_entropy"][k, 0] = sigma
         a["entropy"][k, 0], a["feature_loss"][k, 0] = fit.entropy, fit.feature_loss
         a["penalty_loss"][k, 0], a["sigma_f_matrix"][k, 0] = fit.penalty_loss, fit.sigma_f2
         self.fits[epoch] = {"best_step": fit.best_step, "steps_run": fit.steps_run,
@@ -331,8 +330,8 @@ class ImageRecord:
 def foreground_grid(plan: SigmaPlan, index: int) -> np.ndarray:
     """The (g, g) foreground cells of dataset image ``index`` that the effective rule compares (tokens and points:
     the ``(U,)`` flags of its real units)."""
-    if plan.units:
-        return plan.dataset.foreground(index)
+    if plan.units:  # as a 1×U grid, the shape of the map it is stored with
+        return plan.dataset.foreground(index)[None]
     values = None if plan.foreground.source == "central" else plan.dataset.mask_values(index)
     return plan.foreground.cells(values, plan.info.input_size, plan.config.grid)[0]
 
@@ -342,8 +341,7 @@ def fit_images(plan: SigmaPlan, fitter: SigmaFitter, model: nn.Module, positions
     """Fit every checkpoint (last to first) for the images at ``positions`` of the draw."""
     cfg, K = plan.config, len(plan.epochs)
     fgs = [foreground_grid(plan, plan.draw[p]) for p in positions]
-    records = [ImageRecord.empty(p, plan.draw[p], plan.names[p], fg, K, cfg.steps,
-                                 (1, fg.shape[0]) if plan.units else (cfg.grid, cfg.grid))
+    records = [ImageRecord.empty(p, plan.draw[p], plan.names[p], fg, K, cfg.steps, fg.shape)
                for p, fg in zip(positions, fgs)]
     if plan.units:
         images, valid = plan.dataset.inputs([plan.draw[p] for p in positions])
@@ -371,9 +369,9 @@ def fit_images(plan: SigmaPlan, fitter: SigmaFitter, model: nn.Module, positions
         for j, fit in zip(alive, fits):
             stats["zero_f2"][k] += fit.sigma_f2 == 0.0
             rec = records[j]
-            sigma = fit.sigma if not plan.units else \
-                (fit.sigma if fit.valid is None else fit.sigma[fit.valid])[None]  # the real units, as 1×U
-            gap = entropy_gap(sigma, rec.fg[None] if plan.units else rec.fg) if not fit.failed else float("nan")
+            # σ* over the real units (tokens: without the padding), in the shape of the map: g×g or 1×U
+            sigma = (fit.sigma if fit.valid is None else fit.sigma[fit.valid]).reshape(rec.fg.shape)
+            gap = entropy_gap(sigma, rec.fg) if not fit.failed else float("nan")
             rec.store(k, epoch, fit, gap, sigma)
             rec.reason = drop_reason(fit.sigma_f2, gap, epoch, plan.rule_start)
             if rec.effective:

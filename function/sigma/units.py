@@ -33,6 +33,7 @@ import torch
 
 from kdq.function.sigma.entropy import HALF_LOG_2PIE, mean_entropy
 from kdq.function.sigma.grid import upsample
+from kdq.models.taps import Truncated
 
 UNIT_KINDS = ("cells", "tokens", "points")
 ZERO_SCALE = 1e-6  # an input's scale at or below this share of its largest |value| is 0: it takes no noise
@@ -90,8 +91,9 @@ class UnitSpace:
         """Input ``i``'s units that are units (bool ``sigma_shape``), or None when all are."""
         return None
 
-    def noiseless(self, n: int) -> torch.Tensor | None:
-        """Bool ``(n,)``: the inputs that take no noise at all (their σ_f² is 0 by definition), or None (none)."""
+    def noiseless(self) -> torch.Tensor | None:
+        """Bool ``(B,)`` of a bound space: the inputs that take no noise at all (their σ_f² is 0 by definition), or
+        None (none)."""
         return None
 
 
@@ -127,7 +129,7 @@ class Rows(UnitSpace):
     scale: float | None = None
     _valid: torch.Tensor | None = field(default=None, repr=False, compare=False)
     _scale: torch.Tensor | None = field(default=None, repr=False, compare=False)
-    _values_max: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    _noiseless: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         if self.scale is not None:
@@ -144,13 +146,15 @@ class Rows(UnitSpace):
         valid = None if self.mask is None else torch.as_tensor(self.mask, device=x.device).bool()
         if valid is not None and valid.shape != x.shape[:2]:
             raise ValueError(f"the {self.kind} mask must be (B, U) = {tuple(x.shape[:2])}, got {tuple(valid.shape)}")
-        if self.scale is None:
-            scale = torch.stack([unit_scale(x[i], None if valid is None else valid[i]) for i in range(x.shape[0])])
-        else:
+        if self.scale is not None:
             scale = torch.full((x.shape[0],), float(self.scale), device=x.device)
-        largest = torch.stack([(x[i] if valid is None else x[i][valid[i]]).abs().amax() if (valid is None or
-                               valid[i].any()) else x.new_zeros(()) for i in range(x.shape[0])])
-        return replace(self, _valid=valid, _scale=scale, _values_max=largest)
+            return replace(self, _valid=valid, _scale=scale)
+        rows = [x[i] if valid is None else x[i][valid[i]] for i in range(x.shape[0])]
+        scale = torch.stack([unit_scale(r) for r in rows])
+        largest = torch.stack([r.abs().amax() if r.numel() else r.new_zeros(()) for r in rows])
+        # an input of zero scale (one unit, identical units, coincident points): no noise reaches it, so σ_f² is 0
+        # and the fit fails, as for an image the layer ignores (rounding of identical rows leaves s ≈ 1e-8·|x|)
+        return replace(self, _valid=valid, _scale=scale, _noiseless=scale <= ZERO_SCALE * largest)
 
     def sigma_shape(self, x: torch.Tensor) -> tuple[int, ...]:
         return (x.shape[1],)
@@ -174,17 +178,9 @@ class Rows(UnitSpace):
     def valid(self, i: int) -> torch.Tensor | None:
         return None if self._valid is None else self._valid[i]
 
-    def noiseless(self, n: int) -> torch.Tensor | None:
-        """The inputs whose own scale is 0 (one unit, identical units, coincident points): no noise reaches them,
-        so σ_f² = 0 and the fit fails as for an image the layer ignores (``scale`` given: none)."""
-        if self.scale is not None:
-            return None
-        largest = torch.stack([self._values_max[i] for i in range(n)])
-        return self._scale <= ZERO_SCALE * largest
-
-    def scale_of(self, i: int) -> float:
-        """Input ``i``'s scale ``s`` (bound spaces only)."""
-        return float(self._scale[i])
+    def noiseless(self) -> torch.Tensor | None:
+        """The inputs whose own scale is 0 (``scale`` given: none)."""
+        return self._noiseless
 
 
 @dataclass(frozen=True)
@@ -228,70 +224,37 @@ def unit_space(units: str | UnitSpace | None, grid: int) -> UnitSpace:
                      f"got {units!r}")
 
 
-class Injected(torch.nn.Module):
+class Injected(Truncated):
     """``model`` run on token ids with the output of its submodule ``inject`` replaced by given (noisy) values,
-    up to the output of the submodule ``tap``: ``forward(values, ids)``.  Nothing after the tap runs.
+    up to the output of the submodule ``tap``: ``forward(values, ids)``.  Nothing after the tap runs (a
+    :class:`~kdq.models.taps.Truncated` at ``tap`` with a hook on ``inject``).
 
     ``call(model, ids)`` runs the model (default ``model(ids)``; e.g. ``lambda m, ids: m(ids, attention_mask=...)``)."""
 
     def __init__(self, model: torch.nn.Module, inject: str, tap: str,
                  call: Callable[[torch.nn.Module, torch.Tensor], Any] | None = None):
-        super().__init__()
         if inject == tap:
             raise ValueError(f"the tapped layer {tap!r} is the module whose output is perturbed: tap a later one")
-        self.model = model
-        self.inject, self.tap = inject, tap
-        self.call = call or (lambda m, ids: m(ids))
+        super().__init__(model, tap, call)
+        self.inject = inject
 
     def forward(self, values: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        from kdq.models.taps import _Stop
-
-        captured: list[torch.Tensor] = []
-
         def replace(module, inputs, output):
             if output.shape != values.shape:
                 raise ValueError(f"{self.inject!r} gives {tuple(output.shape)}, the noisy values are "
                                  f"{tuple(values.shape)}")
             return values.to(output.dtype)
 
-        def stop(module, inputs, output):
-            captured.append(output)
-            raise _Stop
-
-        handles = [self.model.get_submodule(self.inject).register_forward_hook(replace),
-                   self.model.get_submodule(self.tap).register_forward_hook(stop)]
+        handle = self.model.get_submodule(self.inject).register_forward_hook(replace)
         try:
-            self.call(self.model, ids)
-        except _Stop:
-            pass
+            return super().forward(ids)
         finally:
-            for handle in handles:
-                handle.remove()
-        if not captured:
-            raise RuntimeError(f"the forward of the model never ran the tapped module {self.tap!r}")
-        return captured[0]
+            handle.remove()
 
 
 def module_output(model: torch.nn.Module, name: str, ids: torch.Tensor,
                   call: Callable[[torch.nn.Module, torch.Tensor], Any] | None = None) -> torch.Tensor:
     """The output of ``model``'s submodule ``name`` for ``ids`` (the clean values a token fit perturbs), without
     gradient; the forward stops there."""
-    from kdq.models.taps import _Stop
-
-    captured: list[torch.Tensor] = []
-
-    def stop(module, inputs, output):
-        captured.append(output)
-        raise _Stop
-
-    handle = model.get_submodule(name).register_forward_hook(stop)
-    try:
-        with torch.no_grad():
-            (call or (lambda m, x: m(x)))(model, ids)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    if not captured:
-        raise RuntimeError(f"the forward of the model never ran the module {name!r}")
-    return captured[0]
+    with torch.no_grad():
+        return Truncated(model, name, call)(ids)

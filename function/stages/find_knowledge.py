@@ -117,12 +117,10 @@ def main(args: MetricsConfig) -> None:
 def _dataset(args):
     """The split the sigma runs were fitted on: images (the folder layout), or tokens and points (their layouts)."""
     from kdq.function.data.folder import MaskedImageFolder
-    from kdq.function.data.modality import dataset_modality
+    from kdq.function.data.modality import data_modality
     from kdq.function.sigma.unit_run import UnitSource
 
-    modality = dataset_modality(args.data)
-    if args.modality is not None and args.modality != modality:
-        raise UserError(f"--modality {args.modality} but {args.data} holds a {modality} dataset")
+    modality = data_modality(args.modality, args.data)
     if modality == "image":
         return MaskedImageFolder(args.data, args.split)
     return UnitSource(modality, args.data, args.split)

@@ -29,10 +29,10 @@ log = logging.getLogger(__name__)
 def resolved_augment(args) -> str:
     """The training transform ``--augment`` names, with ``auto`` resolved by the dataset's kind (tokens and points:
     ``none``, the only one they have)."""
-    if dataset_modality(args.data) != "image":
+    modality = dataset_modality(args.data)
+    if modality != "image":
         if args.augment not in ("auto", "none"):
-            raise UserError(f"--augment {args.augment}: {dataset_modality(args.data)} data have no augmentation "
-                            "(auto or none)")
+            raise UserError(f"--augment {args.augment}: {modality} data have no augmentation (auto or none)")
         return "none"
     return resolve_augment(args.augment, dataset_kind(args.data))
 
